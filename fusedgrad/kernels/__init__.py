@@ -1,0 +1,12 @@
+"""Fused, parallel CPU kernels (Numba).
+
+Each public function validates its input (see :mod:`fusedgrad._validate`),
+keeps its dtype (float32 or float64) and calls a private ``@njit(parallel=True)``
+core of the same name with a leading underscore. Results are bit-identical
+for any number of threads.
+"""
+
+from fusedgrad.kernels.mlp import mlp_loss_grad
+from fusedgrad.kernels.softmax import softmax_cross_entropy
+
+__all__ = ["mlp_loss_grad", "softmax_cross_entropy"]

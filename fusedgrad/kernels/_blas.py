@@ -1,0 +1,197 @@
+"""Single-threaded BLAS level-3 calls from inside jitted (and parallel) loops.
+
+NumPy's ``np.dot`` in nopython mode allocates its result and cannot
+accumulate (``beta = 1``), transpose in place or write into a slice of a
+scratch buffer; the fused kernels need all three. This module exposes SciPy's
+BLAS (``scipy.linalg.cython_blas``) ``sgemm``/``dgemm``/``ssyrk``/``dsyrk``
+to Numba under fixed symbol names, so that compiled code refers to them by
+name and stays cacheable (a baked-in function address would change between
+processes and make ``cache=True`` fail).
+
+The helpers take row-major (C-contiguous) 2-D arrays, which BLAS sees as
+their column-major transposes.
+
+BLAS must run single-threaded while a parallel kernel calls it from several
+threads: :func:`single_threaded_blas` sets that for the duration of a call.
+"""
+
+import ctypes
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from scipy.linalg import cython_blas
+
+from fusedgrad.kernels._options import INLINE
+
+__all__ = ["mm_nn", "mm_tn", "mm_nt", "syrk_tn", "single_threaded_blas"]
+
+
+def _capsule_address(name):
+    capsule = cython_blas.__pyx_capi__[name]
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype = ctypes.c_char_p
+    get_name.argtypes = [ctypes.py_object]
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype = ctypes.c_void_p
+    get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return get_pointer(capsule, get_name(capsule))
+
+
+_SYMBOLS = {}
+for _routine in ("sgemm", "dgemm", "ssyrk", "dsyrk"):
+    _SYMBOLS[_routine] = f"fusedgrad_cython_blas_{_routine}"
+    llvm_binding.add_symbol(_SYMBOLS[_routine], _capsule_address(_routine))
+
+
+def _prefix(dtype):
+    if dtype == types.float32:
+        return "s"
+    if dtype == types.float64:
+        return "d"
+    raise TypeError(f"BLAS helpers support float32 and float64, not {dtype}")
+
+
+def _data_pointer(context, builder, array_type, value, elem_ptr_type):
+    array = context.make_array(array_type)(context, builder, value)
+    return builder.bitcast(array.data, elem_ptr_type)
+
+
+@intrinsic
+def _gemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Column-major ``c = alpha * op(a) @ op(b) + beta * c`` (Fortran gemm)."""
+    prefix = _prefix(c.dtype)
+    sig = types.void(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        (ta, tb, m_, n_, k_, alpha_, a_, lda_, b_, ldb_, beta_, c_, ldc_) = args
+        fty = context.get_value_type(c.dtype)
+        fptr = fty.as_pointer()
+        i32 = ir.IntType(32)
+        i8 = ir.IntType(8)
+
+        ref = cgutils.alloca_once_value
+        char_args = [ref(builder, context.cast(builder, v, t, types.uint8))
+                     for v, t in ((ta, transa), (tb, transb))]
+        int_args = [ref(builder, context.cast(builder, v, t, types.int32))
+                    for v, t in ((m_, m), (n_, n), (k_, k), (lda_, lda), (ldb_, ldb), (ldc_, ldc))]
+        alpha_p = ref(builder, context.cast(builder, alpha_, alpha, c.dtype))
+        beta_p = ref(builder, context.cast(builder, beta_, beta, c.dtype))
+        a_p = _data_pointer(context, builder, a, a_, fptr)
+        b_p = _data_pointer(context, builder, b, b_, fptr)
+        c_p = _data_pointer(context, builder, c, c_, fptr)
+        fnty = ir.FunctionType(ir.VoidType(), [i8.as_pointer()] * 2 + [i32.as_pointer()] * 3
+                               + [fptr, fptr, i32.as_pointer(), fptr, i32.as_pointer(),
+                                  fptr, fptr, i32.as_pointer()])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _SYMBOLS[prefix + "gemm"])
+        builder.call(fn, [char_args[0], char_args[1], int_args[0], int_args[1], int_args[2],
+                          alpha_p, a_p, int_args[3], b_p, int_args[4], beta_p, c_p, int_args[5]])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _syrk(typingctx, uplo, trans, n, k, alpha, a, lda, beta, c, ldc):
+    """Column-major ``c = alpha * op(a) @ op(a).T + beta * c`` on one triangle (Fortran syrk)."""
+    prefix = _prefix(c.dtype)
+    sig = types.void(uplo, trans, n, k, alpha, a, lda, beta, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        (uplo_, trans_, n_, k_, alpha_, a_, lda_, beta_, c_, ldc_) = args
+        fty = context.get_value_type(c.dtype)
+        fptr = fty.as_pointer()
+        i32 = ir.IntType(32)
+        i8 = ir.IntType(8)
+        ref = cgutils.alloca_once_value
+        u_p = ref(builder, context.cast(builder, uplo_, uplo, types.uint8))
+        t_p = ref(builder, context.cast(builder, trans_, trans, types.uint8))
+        n_p = ref(builder, context.cast(builder, n_, n, types.int32))
+        k_p = ref(builder, context.cast(builder, k_, k, types.int32))
+        lda_p = ref(builder, context.cast(builder, lda_, lda, types.int32))
+        ldc_p = ref(builder, context.cast(builder, ldc_, ldc, types.int32))
+        alpha_p = ref(builder, context.cast(builder, alpha_, alpha, c.dtype))
+        beta_p = ref(builder, context.cast(builder, beta_, beta, c.dtype))
+        a_p = _data_pointer(context, builder, a, a_, fptr)
+        c_p = _data_pointer(context, builder, c, c_, fptr)
+        fnty = ir.FunctionType(ir.VoidType(), [i8.as_pointer()] * 2 + [i32.as_pointer()] * 2
+                               + [fptr, fptr, i32.as_pointer(), fptr, fptr, i32.as_pointer()])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _SYMBOLS[prefix + "syrk"])
+        builder.call(fn, [u_p, t_p, n_p, k_p, alpha_p, a_p, lda_p, beta_p, c_p, ldc_p])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_N = np.uint8(ord("N"))
+_T = np.uint8(ord("T"))
+_L = np.uint8(ord("L"))
+
+
+@njit(**INLINE)
+def mm_nn(A, B, C, beta):
+    """Row-major ``C = A @ B + beta * C``; A (m, k), B (k, n), C (m, n), all C-contiguous."""
+    m, k = A.shape
+    n = B.shape[1]
+    # column-major view: C^T (n, m) = B^T (n, k) @ A^T (k, m)
+    _gemm(_N, _N, n, m, k, 1.0, B, n, A, k, beta, C, n)
+
+
+@njit(**INLINE)
+def mm_tn(A, B, C, beta):
+    """Row-major ``C = A.T @ B + beta * C``; A (m, p), B (m, n), C (p, n), all C-contiguous."""
+    m, p = A.shape
+    n = B.shape[1]
+    # column-major view: C^T (n, p) = B^T (n, m) @ A (m, p)
+    _gemm(_N, _T, n, p, m, 1.0, B, n, A, p, beta, C, n)
+
+
+@njit(**INLINE)
+def mm_nt(A, B, C, beta):
+    """Row-major ``C = A @ B.T + beta * C``; A (m, n), B (p, n), C (m, p), all C-contiguous."""
+    m, n = A.shape
+    p = B.shape[0]
+    # column-major view: C^T (p, m) = B (p, n) @ A^T (n, m)
+    _gemm(_T, _N, p, m, n, 1.0, B, n, A, n, beta, C, p)
+
+
+@njit(**INLINE)
+def syrk_tn(A, C, beta):
+    """Row-major ``C = A.T @ A + beta * C`` on the upper triangle of C only.
+
+    A (m, p) and C (p, p) C-contiguous. In column-major terms C^T = A^T (A^T)^T
+    with A^T (p, m) stored with leading dimension p; BLAS's lower triangle of
+    the column-major C^T is the row-major upper triangle of C.
+    """
+    m, p = A.shape
+    _syrk(_L, _N, p, m, 1.0, A, p, beta, C, p)
+
+
+_controller_lock = threading.Lock()
+_controller = None
+
+
+def _blas_controller():
+    global _controller
+    with _controller_lock:
+        if _controller is None:
+            from threadpoolctl import ThreadpoolController
+
+            _controller = ThreadpoolController().select(user_api="blas")
+        return _controller
+
+
+@contextmanager
+def single_threaded_blas():
+    """Limit every loaded BLAS to one thread while a parallel kernel runs.
+
+    Each kernel thread calls BLAS on its own chunk; a multi-threaded BLAS
+    inside them would oversubscribe the cores (or serialise the calls).
+    """
+    with _blas_controller().limit(limits=1):
+        yield

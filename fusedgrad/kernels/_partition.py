@@ -1,0 +1,74 @@
+"""The fixed work partition of the parallel kernels, and its jitted helpers.
+
+Rows are cut into chunks of ``chunk`` rows, small enough that a chunk's
+inputs and activations stay in a core's cache. The chunks are dealt, as
+contiguous runs, to ``groups`` groups; a ``prange`` runs over the groups and
+each group sums its gradients into its own partial buffer. The partials are
+then added in group order. Both numbers depend only on the shapes, never on
+the thread count, so every result is bit-identical for any number of threads.
+"""
+
+import math
+
+from numba import njit, prange
+
+from fusedgrad.kernels import _options as opt
+
+__all__ = ["plan", "chunk_range", "add_column_sums", "sum_groups"]
+
+
+def plan(n_rows, row_bytes, group_bytes, max_chunk_rows=None):
+    """Chunk size (rows) and number of groups for a kernel call.
+
+    Parameters
+    ----------
+    n_rows : int
+        Number of rows (samples).
+    row_bytes : int
+        Bytes of working set per row of a chunk.
+    group_bytes : int
+        Bytes of one group's partial buffers.
+    max_chunk_rows : int, optional
+        Override of the upper bound of the chunk size (for tests).
+    """
+    upper = opt.MAX_CHUNK_ROWS if max_chunk_rows is None else max_chunk_rows
+    rows = max(1, opt.CHUNK_BYTES // max(1, row_bytes))
+    chunk = 1 << max(0, rows.bit_length() - 1)  # a power of two, for aligned chunks
+    chunk = max(1, min(max(chunk, opt.MIN_CHUNK_ROWS), upper))
+    n_chunks = math.ceil(n_rows / chunk)
+    by_memory = max(1, opt.GROUP_BUFFER_BYTES // max(1, group_bytes))
+    groups = max(1, min(n_chunks, opt.MAX_GROUPS, by_memory))
+    return chunk, groups
+
+
+@njit(**opt.INLINE)
+def chunk_range(group, groups, n_chunks):
+    """The chunks ``[first, stop)`` of one group: contiguous, balanced, fixed."""
+    return group * n_chunks // groups, (group + 1) * n_chunks // groups
+
+
+@njit(**opt.INLINE)
+def add_column_sums(M, rows, acc):
+    """``acc += M[:rows].sum(axis=0)``, summed row by row (fixed order)."""
+    for i in range(rows):
+        for j in range(acc.shape[0]):
+            acc[j] += M[i, j]
+
+
+@njit(**opt.PARALLEL)
+def sum_groups(partials, out):
+    """``out = partials.sum(axis=0)`` over a C-contiguous (groups, ...) array,
+    adding the groups in order (so the result does not depend on threads)."""
+    groups = partials.shape[0]
+    P = partials.reshape(groups, -1)
+    flat = out.reshape(-1)
+    size = flat.shape[0]
+    block = 2048
+    for b in prange((size + block - 1) // block):
+        j0 = b * block
+        j1 = min(size, j0 + block)
+        for j in range(j0, j1):
+            flat[j] = P[0, j]
+        for g in range(1, groups):
+            for j in range(j0, j1):
+                flat[j] += P[g, j]
