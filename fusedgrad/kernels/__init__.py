@@ -6,7 +6,16 @@ core of the same name with a leading underscore. Results are bit-identical
 for any number of threads.
 """
 
+from fusedgrad.kernels.affine import affine_sigmoid, affine_sigmoid_backward
 from fusedgrad.kernels.mlp import mlp_loss_grad
+from fusedgrad.kernels.ols import gram, ols_loss_grad
 from fusedgrad.kernels.softmax import softmax_cross_entropy
 
-__all__ = ["mlp_loss_grad", "softmax_cross_entropy"]
+__all__ = [
+    "affine_sigmoid",
+    "affine_sigmoid_backward",
+    "softmax_cross_entropy",
+    "mlp_loss_grad",
+    "ols_loss_grad",
+    "gram",
+]
