@@ -35,8 +35,12 @@ GROUP_BUFFER_BYTES = 128 * 2**20
 
 #: Bytes of per-chunk working set (inputs, activations and their gradients)
 #: that the chunk size aims at: about half of a core's L2 cache.
-CHUNK_BYTES = 1 * 2**20
+CHUNK_BYTES = 512 * 2**10
+
+#: A chunk has at least ``group_bytes / ROWS_PER_PARTIAL_BYTE`` rows, so that
+#: large partial gradients (fat layers) are updated rarely enough.
+ROWS_PER_PARTIAL_BYTE = 1024
 
 #: Bounds of the chunk size, in rows.
 MIN_CHUNK_ROWS = 64
-MAX_CHUNK_ROWS = 2048
+MAX_CHUNK_ROWS = 1024

@@ -32,7 +32,10 @@ def plan(n_rows, row_bytes, group_bytes, max_chunk_rows=None):
         Override of the upper bound of the chunk size (for tests).
     """
     upper = opt.MAX_CHUNK_ROWS if max_chunk_rows is None else max_chunk_rows
-    rows = max(1, opt.CHUNK_BYTES // max(1, row_bytes))
+    # Enough rows per chunk that accumulating into the group's partial
+    # gradients (read and written once per chunk) is small beside the chunk's
+    # own work, but few enough that the chunk's working set stays in cache.
+    rows = max(opt.CHUNK_BYTES // max(1, row_bytes), group_bytes // opt.ROWS_PER_PARTIAL_BYTE)
     chunk = 1 << max(0, rows.bit_length() - 1)  # a power of two, for aligned chunks
     chunk = max(1, min(max(chunk, opt.MIN_CHUNK_ROWS), upper))
     n_chunks = math.ceil(n_rows / chunk)
