@@ -1,0 +1,7 @@
+"""``python -m fusedgrad``: the ``fusedgrad`` command."""
+
+import sys
+
+from fusedgrad.cli import main
+
+sys.exit(main())
