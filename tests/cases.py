@@ -1,0 +1,281 @@
+"""The comparison table: every kernel beside its NumPy reference.
+
+One row per operation (:data:`CASES`): the reference function
+(:mod:`fusedgrad.reference`), the CPU kernel (:mod:`fusedgrad.kernels`), the
+CUDA kernel (:mod:`fusedgrad.kernels.cuda`, when there is one), a seeded input
+generator and the tolerance per dtype. The correctness tests
+(``tests/test_kernels.py``, ``tests/test_determinism.py``) loop over this
+table, and the asv benchmarks are meant to as well, so a new kernel is tested
+and timed by adding one row here.
+
+Input generators take ``(shape, dtype, seed)``: ``shape`` maps the size names
+of :data:`SIZE_NAMES` to ints (a generator reads only the names listed in its
+row's ``dims``); the result is the positional argument tuple shared by the
+reference and the kernel. Floating-point data is drawn in float64 and then
+cast, so a float32 call and a float64 call with the same seed see the same
+numbers up to rounding, and the numbers are scaled so logits and
+pre-activations are of order one.
+
+Tolerance: the kernel, run in float32 or float64, is compared with the
+reference evaluated **in float64 on the same (cast) inputs**, output by
+output, by the normwise relative error ``max|a - b| / max|b|``
+(:func:`rel_error`); it must not exceed ``tolerance[dtype]``.
+
+Kernels are looked up by name on first use, not at import, so this module
+imports even while a kernel is missing (its rows then fail, loudly, when
+used).
+"""
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from fusedgrad import reference
+
+__all__ = [
+    "Case",
+    "CASES",
+    "DTYPES",
+    "SIZE_NAMES",
+    "TOLERANCE",
+    "as_float64",
+    "outputs",
+    "rel_error",
+    "compare",
+]
+
+#: The precisions every kernel supports.
+DTYPES = (np.float32, np.float64)
+
+#: Size names used by the generators: samples, features, hidden units, classes.
+SIZE_NAMES = ("N", "d", "h", "K")
+
+#: Largest normwise relative error of a kernel against the float64 reference.
+TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+# ---------------------------------------------------------------------------
+# Seeded input generators: (shape, dtype, seed) -> argument tuple
+# ---------------------------------------------------------------------------
+
+
+def _normal(rng, size, dtype, scale=1.0):
+    return (scale * rng.standard_normal(size)).astype(dtype)
+
+
+def mlp_args(shape, dtype, seed):
+    """``(X, y, W1, b1, W2, b2)`` of :func:`mlp_loss_grad`."""
+    N, d, h, K = (shape[s] for s in ("N", "d", "h", "K"))
+    rng = np.random.default_rng(seed)
+    X = _normal(rng, (N, d), dtype)
+    y = rng.integers(0, K, size=N)
+    W1 = _normal(rng, (d, h), dtype, 1.0 / np.sqrt(d))
+    b1 = _normal(rng, h, dtype, 0.5)
+    W2 = _normal(rng, (h, K), dtype, 2.0 / np.sqrt(h))
+    b2 = _normal(rng, K, dtype, 0.5)
+    return X, y, W1, b1, W2, b2
+
+
+def softmax_args(shape, dtype, seed):
+    """``(Z, y)`` of :func:`softmax_cross_entropy`."""
+    N, K = shape["N"], shape["K"]
+    rng = np.random.default_rng(seed)
+    return _normal(rng, (N, K), dtype, 2.0), rng.integers(0, K, size=N)
+
+
+def affine_sigmoid_args(shape, dtype, seed):
+    """``(X, W, b)`` of :func:`affine_sigmoid`: ``d`` inputs, ``h`` outputs."""
+    N, d, h = shape["N"], shape["d"], shape["h"]
+    rng = np.random.default_rng(seed)
+    X = _normal(rng, (N, d), dtype)
+    W = _normal(rng, (d, h), dtype, 2.0 / np.sqrt(d))
+    b = _normal(rng, h, dtype)
+    return X, W, b
+
+
+def _backward_args(shape, dtype, seed, with_W):
+    X, W, b = affine_sigmoid_args(shape, dtype, seed)
+    A = reference.affine_sigmoid(*as_float64((X, W, b))).astype(dtype)
+    rng = np.random.default_rng(seed + 1)
+    dA = _normal(rng, A.shape, dtype)
+    return (X, A, dA, W) if with_W else (X, A, dA)
+
+
+def affine_sigmoid_backward_args(shape, dtype, seed):
+    """``(X, A, dA, W)`` of :func:`affine_sigmoid_backward`, ``A`` the forward output."""
+    return _backward_args(shape, dtype, seed, True)
+
+
+def affine_sigmoid_backward_no_W_args(shape, dtype, seed):
+    """``(X, A, dA)``: the backward pass without ``dX``."""
+    return _backward_args(shape, dtype, seed, False)
+
+
+def ols_args(shape, dtype, seed):
+    """``(X, y, w)`` of :func:`ols_loss_grad`; ``y`` unrelated to ``X w`` (no cancellation)."""
+    N, d = shape["N"], shape["d"]
+    rng = np.random.default_rng(seed)
+    return _normal(rng, (N, d), dtype), _normal(rng, N, dtype), _normal(rng, d, dtype)
+
+
+def gram_args(shape, dtype, seed):
+    """``(X, y)`` of :func:`gram`."""
+    return ols_args(shape, dtype, seed)[:2]
+
+
+# ---------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One operation: reference, kernels, inputs and tolerance.
+
+    Attributes
+    ----------
+    name : str
+        Key of the row (``function``, or ``function/variant``).
+    function : str
+        The public name, the same in :mod:`fusedgrad.reference`,
+        :mod:`fusedgrad.kernels` and :mod:`fusedgrad.kernels.cuda`.
+    dims : tuple of str
+        The size names (from :data:`SIZE_NAMES`) the generator reads.
+    make_args : callable
+        ``make_args(shape, dtype, seed) -> tuple`` of positional arguments.
+    tolerance : mapping
+        ``np.dtype -> float``: largest normwise relative error against the
+        reference evaluated in float64.
+    kernel_options : tuple of dict
+        Keyword arguments the kernel must give the same answer under, e.g.
+        private chunk sizes that make small inputs span many chunks.
+    """
+
+    name: str
+    function: str
+    dims: tuple
+    make_args: Callable
+    tolerance: Mapping = field(default_factory=lambda: dict(TOLERANCE))
+    kernel_options: tuple = ({},)
+
+    @property
+    def reference(self):
+        """The NumPy reference, :mod:`fusedgrad.reference`."""
+        return getattr(reference, self.function)
+
+    @property
+    def kernel(self):
+        """The CPU kernel, :mod:`fusedgrad.kernels` (AttributeError if missing)."""
+        return getattr(importlib.import_module("fusedgrad.kernels"), self.function)
+
+    @property
+    def cuda_kernel(self):
+        """The CUDA kernel, or None where :mod:`fusedgrad.kernels.cuda` has none."""
+        try:
+            cuda = importlib.import_module("fusedgrad.kernels.cuda")
+        except ImportError:
+            return None
+        return getattr(cuda, self.function, None)
+
+    def project(self, shape):
+        """The sizes of ``shape`` this row reads, as a tuple (for deduplication and ids)."""
+        return tuple(shape[s] for s in self.dims)
+
+    def shape_id(self, shape):
+        return ",".join(f"{s}={shape[s]}" for s in self.dims)
+
+
+CASES = {
+    case.name: case
+    for case in [
+        Case(
+            "mlp_loss_grad",
+            "mlp_loss_grad",
+            ("N", "d", "h", "K"),
+            mlp_args,
+            # 64 rows per chunk (the minimum the planner picks on its own) and
+            # 1 row per chunk: small N spans many chunks and all groups.
+            kernel_options=({}, {"_max_chunk_rows": 64}, {"_max_chunk_rows": 1}),
+        ),
+        Case("softmax_cross_entropy", "softmax_cross_entropy", ("N", "K"), softmax_args),
+        Case("affine_sigmoid", "affine_sigmoid", ("N", "d", "h"), affine_sigmoid_args),
+        Case(
+            "affine_sigmoid_backward",
+            "affine_sigmoid_backward",
+            ("N", "d", "h"),
+            affine_sigmoid_backward_args,
+        ),
+        Case(
+            "affine_sigmoid_backward/no_W",
+            "affine_sigmoid_backward",
+            ("N", "d", "h"),
+            affine_sigmoid_backward_no_W_args,
+        ),
+        Case("ols_loss_grad", "ols_loss_grad", ("N", "d"), ols_args),
+        Case("gram", "gram", ("N", "d"), gram_args),
+    ]
+}
+
+
+# ---------------------------------------------------------------------------
+# Comparison
+# ---------------------------------------------------------------------------
+
+
+def as_float64(args):
+    """The arguments with every floating-point array cast to float64 (labels untouched)."""
+    return tuple(
+        a.astype(np.float64)
+        if isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.floating)
+        else a
+        for a in args
+    )
+
+
+def outputs(result):
+    """A kernel's or reference's result as a tuple (a lone array becomes a 1-tuple)."""
+    return result if isinstance(result, tuple) else (result,)
+
+
+def rel_error(got, want):
+    """Normwise relative error ``max|got - want| / max|want|`` (absolute when want is 0)."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        raise AssertionError(f"shape {got.shape} != reference shape {want.shape}")
+    if want.size == 0:
+        return 0.0
+    err = np.max(np.abs(got - want))
+    scale = np.max(np.abs(want))
+    return float(err / scale) if scale > 0 else float(err)
+
+
+def compare(case, got, want, dtype):
+    """Assert that each output of ``got`` is within the row's tolerance of ``want``.
+
+    ``want`` is the reference result in float64. Outputs that are None in the
+    reference (``dX`` without ``W``) must be None in the kernel too.
+
+    Returns
+    -------
+    errors : list of float
+        The relative error of each output (None where both are None).
+    """
+    got, want = outputs(got), outputs(want)
+    assert len(got) == len(want), f"{case.name}: {len(got)} outputs, reference has {len(want)}"
+    tol = case.tolerance[np.dtype(dtype)]
+    errors = []
+    for i, (g, w) in enumerate(zip(got, want)):
+        if w is None:
+            assert g is None, f"{case.name}: output {i} should be None"
+            errors.append(None)
+            continue
+        assert g is not None, f"{case.name}: output {i} is None"
+        err = rel_error(g, w)
+        errors.append(err)
+        assert err <= tol, (
+            f"{case.name} {np.dtype(dtype)}: output {i} has relative error {err:.3g} > {tol:g}"
+        )
+    return errors
