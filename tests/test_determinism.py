@@ -96,11 +96,6 @@ def test_bit_identical_for_one_and_two_threads(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="parallel kernels loaded from numba's cache differ in the last bits from the "
-    "freshly compiled ones (softmax dZ, mlp gradients); cf. numba#10617",
-)
 def test_bit_identical_compiled_and_from_cache(tmp_path):
     """The first run compiles (into an empty cache), the second loads the cached code."""
     cache = str(tmp_path / "numba-cache")

@@ -336,20 +336,11 @@ def _confident_exact(margin, K, label, N):
     return np.log1p(t), np.tile(row / N, (N, 1))
 
 
-_CONFIDENT_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="kernel computes log(s) and e/s - 1 with s rounded: loses relative precision "
-    "when s ~ 1 (use log1p and the sum of the non-label terms)",
-)
-
-
 def _confident_params():
-    """margin x dtype, marked xfail where the kernels currently lose precision."""
+    """margin x dtype."""
     for margin in MARGINS:
         for dtype in DTYPES:
-            fails = margin >= (7.0 if dtype is np.float32 else 10.0)
-            yield pytest.param(margin, dtype, marks=[_CONFIDENT_XFAIL] if fails else [],
-                               id=f"{margin:g}-{np.dtype(dtype).name}")
+            yield pytest.param(margin, dtype, id=f"{margin:g}-{np.dtype(dtype).name}")
 
 
 @pytest.mark.parametrize("K", [2, 5])

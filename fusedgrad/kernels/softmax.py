@@ -15,29 +15,49 @@ __all__ = ["softmax_cross_entropy"]
 def softmax_ce_rows(Z, dZ, y, rows, inv_n):
     """Loss and gradient of ``rows`` rows of logits; returns the summed row losses (float64).
 
-    Per row: ``m = max z``, ``s = sum e^(z - m)``, loss ``log s + m - z[y]``,
-    gradient ``(e^(z - m) / s - onehot(y)) * inv_n`` written to ``dZ``.
+    Per row, with ``m = max z`` (first reached at ``k = a``) and
+    ``t = sum_{k != a} e^(z_k - m)`` (the sum of the exponentials is ``s = 1 + t``):
+    loss ``log1p(t) + m - z_y`` and gradient ``(e^(z - m) / s - onehot(y)) * inv_n``,
+    written to ``dZ``. For a confident prediction (``y = a``, ``t`` tiny)
+    the label's entry is computed as ``-t / s * inv_n``: forming ``s`` and
+    subtracting 1 again would cancel all of ``t``'s digits.
     ``Z`` and ``dZ`` may be the same array (the logits are then overwritten).
     """
     K = Z.shape[1]
-    total = 0.0
+    # The losses log1p(t) and the margins m - z_y are summed apart: with
+    # fast-math reassociation, one sum of log1p(t) + (m - z_y) may be evaluated
+    # as (sum + m) - z_y, which cancels the digits of a small loss.
+    log_sum = 0.0
+    margin_sum = 0.0
+    zero = Z.dtype.type(0.0)
+    one = Z.dtype.type(1.0)
     for i in range(rows):
         label = y[i]
         zy = Z[i, label]
+        a = 0
         m = Z[i, 0]
         for k in range(1, K):
-            m = max(m, Z[i, k])
-        s = Z.dtype.type(0.0)
+            if Z[i, k] > m:
+                m = Z[i, k]
+                a = k
         for k in range(K):
-            e = exp(Z[i, k] - m)
-            dZ[i, k] = e
-            s += e
-        total += np.float64(np.log(s) + (m - zy))
-        scale = inv_n / s
+            dZ[i, k] = exp(Z[i, k] - m)
+        t = zero
+        for k in range(a):
+            t += dZ[i, k]
+        for k in range(a + 1, K):
+            t += dZ[i, k]
+        log_sum += np.float64(np.log1p(t))
+        margin_sum += np.float64(m - zy)
+        scale = inv_n / (one + t)
+        ey = dZ[i, label]
         for k in range(K):
             dZ[i, k] *= scale
-        dZ[i, label] -= inv_n
-    return total
+        if label == a:
+            dZ[i, label] = -t * scale
+        else:
+            dZ[i, label] = ey * scale - inv_n
+    return log_sum + margin_sum
 
 
 @njit(**opt.PARALLEL)
