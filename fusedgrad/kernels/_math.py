@@ -22,7 +22,7 @@ from numba import njit, types
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
-from fusedgrad.kernels._options import JIT
+from fusedgrad.kernels._options import INLINE
 
 __all__ = ["exp", "sigmoid"]
 
@@ -63,7 +63,7 @@ _KMAX64, _KMIN64 = _F64(1024.0), _F64(-1022.0)
 _C64 = tuple(_F64(1.0 / np.prod(np.arange(1, j + 1, dtype=np.float64))) for j in range(13, 1, -1))
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _exp32(x):
     xc = min(max(x, _LO32), _HI32)
     k = np.floor(xc * _LOG2E32 + _F32(0.5))
@@ -85,7 +85,7 @@ def _exp32(x):
     return _INF32 if x > _HI32 else y
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def _exp64(x):
     xc = min(max(x, _LO64), _HI64)
     k = np.floor(xc * _LOG2E64 + 0.5)

@@ -34,12 +34,12 @@ def softmax_ce_rows(Z, dZ, y, rows, inv_n):
     for i in range(rows):
         label = y[i]
         zy = Z[i, label]
-        a = 0
         m = Z[i, 0]
         for k in range(1, K):
-            if Z[i, k] > m:
-                m = Z[i, k]
-                a = k
+            m = max(m, Z[i, k])
+        a = K - 1  # the first index of the maximum, found without branches
+        for k in range(K - 2, -1, -1):
+            a = k if Z[i, k] == m else a
         for k in range(K):
             dZ[i, k] = exp(Z[i, k] - m)
         t = zero
