@@ -81,8 +81,6 @@ def float_arrays(specs, check_finite=True):
     -------
     arrays : list of ndarray
         C-contiguous arrays of the common dtype, in the order of ``specs``.
-    sizes : dict
-        The named sizes.
     """
     arrays = []
     dtype = None
@@ -130,7 +128,7 @@ def float_arrays(specs, check_finite=True):
         if check_finite and not all_finite(a):
             raise ValueError(f"{name} contains NaN or infinity")
         out.append(a)
-    return out, sizes
+    return out
 
 
 def labels(name, value, n_samples, n_classes):

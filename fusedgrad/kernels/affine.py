@@ -88,7 +88,7 @@ def affine_sigmoid(X, W, b, out=None, *, check_finite=True):
     A : ndarray, shape (n_samples, n_out)
         ``out`` when given.
     """
-    (X, W, b), _ = _validate.float_arrays(
+    X, W, b = _validate.float_arrays(
         [("X", X, ("n_samples", "n_in")), ("W", W, ("n_in", "n_out")), ("b", b, ("n_out",))],
         check_finite,
     )
@@ -135,7 +135,7 @@ def affine_sigmoid_backward(X, A, dA, W=None, *, check_finite=True):
              ("dA", dA, ("n_samples", "n_out"))]
     if W is not None:
         specs.append(("W", W, ("n_in", "n_out")))
-    arrays, _ = _validate.float_arrays(specs, check_finite)
+    arrays = _validate.float_arrays(specs, check_finite)
     X, A, dA = arrays[:3]
     N, n_in = X.shape
     n_out = A.shape[1]

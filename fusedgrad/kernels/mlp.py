@@ -114,7 +114,7 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, check_finite=True, _max_chunk_rows=No
     dW1, db1, dW2, db2 : ndarrays
         Shaped like ``W1, b1, W2, b2``, in their dtype.
     """
-    (X, W1, b1, W2, b2), sizes = _validate.float_arrays(
+    X, W1, b1, W2, b2 = _validate.float_arrays(
         [
             ("X", X, ("n_samples", "n_features")),
             ("W1", W1, ("n_features", "n_hidden")),

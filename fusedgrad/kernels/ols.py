@@ -74,7 +74,7 @@ def _gram(X, y, XtX, Xty, chunk, groups):
 
 def _ols_inputs(X, y, extra, check_finite):
     specs = [("X", X, ("n_samples", "n_features")), ("y", y, ("n_samples",))] + extra
-    return _validate.float_arrays(specs, check_finite)[0]
+    return _validate.float_arrays(specs, check_finite)
 
 
 def ols_loss_grad(X, y, w, *, check_finite=True):

@@ -106,7 +106,7 @@ def softmax_cross_entropy(Z, y, *, check_finite=True):
     loss : scalar of Z's dtype
     dZ : ndarray, shape (n_samples, n_classes), Z's dtype
     """
-    (Z,), sizes = _validate.float_arrays([("Z", Z, ("n_samples", "n_classes"))], check_finite)
+    (Z,) = _validate.float_arrays([("Z", Z, ("n_samples", "n_classes"))], check_finite)
     N, K = Z.shape
     y = _validate.labels("y", y, N, K)
     chunk, groups = plan(N, 2 * K * Z.itemsize, 8)
