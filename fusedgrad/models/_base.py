@@ -1,0 +1,348 @@
+"""Estimator base shared by the models: scikit-learn's conventions without depending on it.
+
+scikit-learn is not a dependency of fusedgrad, but the models follow its
+estimator protocol so that ``sklearn.base.clone``, ``Pipeline``,
+``GridSearchCV`` and ``cross_val_score`` accept them when it is installed.
+
+API
+---
+``BaseModel``
+    ``get_params(deep=True)``, ``set_params(**params)`` (nested ``a__b`` keys
+    too) and ``__repr__`` (non-default parameters only), all driven by the
+    signature of the subclass's ``__init__``, which must only store its
+    keyword arguments unchanged under the same names. Also
+    ``__sklearn_tags__`` (scikit-learn >= 1.6) and ``_more_tags`` (older),
+    ``__sklearn_is_fitted__`` and ``_check_is_fitted()`` (raises
+    :class:`NotFittedError` unless the subclass's ``_fitted_attribute``
+    exists), and ``_validate_X(X, reset, dtype=None, ensure_finite=True)``,
+    which checks a feature matrix with :func:`check_array` and records
+    (``reset=True``, in ``fit``) or checks (``reset=False``, in ``predict``)
+    ``n_features_in_``.
+``RegressorMixin``, ``ClassifierMixin``
+    Put them before ``BaseModel`` in the bases. They set the estimator type
+    and provide ``score(X, y, sample_weight=None)``: R² (the coefficient of
+    determination, 1.0 when ``y`` is constant and predicted exactly, as in
+    scikit-learn) and mean accuracy.
+``check_array(name, value, *, dtype=None, ndim=2, ensure_finite=True)``
+    Coerces a user array (list, ndarray, memmap, DataFrame) to a
+    C-contiguous float array. ``dtype=None`` keeps float32 and float64 and
+    turns every other real numeric dtype into float64. Errors name the
+    argument: ``TypeError`` for strings, complex, sparse or non-numeric
+    data; ``ValueError`` for a wrong ndim (a 1-D ``X`` gets a reshape hint),
+    no samples or no features, NaN or infinity.
+``check_target(value, n_samples, dtype, name="y")``
+    A 1-D real target of length ``n_samples`` in ``dtype`` (float), finite.
+``NotFittedError``
+    Subclass of ``ValueError`` and ``AttributeError``, as scikit-learn's.
+"""
+
+import inspect
+import numbers
+from collections import defaultdict
+
+import numpy as np
+
+from fusedgrad._validate import all_finite
+
+__all__ = [
+    "BaseModel",
+    "RegressorMixin",
+    "ClassifierMixin",
+    "NotFittedError",
+    "check_array",
+    "check_target",
+]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A method that needs a fitted model was called before ``fit``."""
+
+
+def _resolve_dtype(name, dtype):
+    if dtype is None:
+        return None
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be None, 'float32' or 'float64', got {dtype!r}") from None
+    if dt not in _FLOATS:
+        raise ValueError(f"{name} must be None, 'float32' or 'float64', got {dtype!r}")
+    return dt
+
+
+def check_array(name, value, *, dtype=None, ndim=2, ensure_finite=True):
+    """Coerce user data to a C-contiguous float array of ``ndim`` dimensions.
+
+    Parameters
+    ----------
+    name : str
+        Name of the argument, used in error messages.
+    value : array_like
+        The data.
+    dtype : None, str or numpy dtype
+        Target dtype. ``None`` keeps float32/float64 input and converts any
+        other real numeric input to float64.
+    ndim : int, default 2
+        Required number of dimensions.
+    ensure_finite : bool, default True
+        Reject NaN and infinity.
+
+    Returns
+    -------
+    ndarray
+        C-contiguous, of the resolved dtype; ``value`` itself (or a view of
+        it) when no conversion is needed.
+    """
+    target = _resolve_dtype("dtype", dtype)
+    if type(value).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"{name} is a sparse matrix; fusedgrad needs a dense array")
+    if value is None or isinstance(value, (str, bytes, dict, set)):
+        raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__}")
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} cannot be converted to an array: {exc}") from None
+    kind = a.dtype.kind
+    if kind in "USV":
+        raise TypeError(f"{name} must hold numbers, got dtype {a.dtype} (strings or bytes)")
+    if kind == "c":
+        raise TypeError(f"{name} must hold real numbers, got complex dtype {a.dtype}")
+    if kind == "O":
+        try:
+            a = a.astype(np.float64 if target is None else target)
+        except (ValueError, TypeError):
+            raise TypeError(f"{name} holds objects that are not numbers") from None
+    elif kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {a.dtype}")
+    if a.ndim != ndim:
+        if ndim == 2 and a.ndim == 1:
+            raise ValueError(
+                f"{name} must be 2-D (n_samples, n_features), got a 1-D array of shape "
+                f"{a.shape}; use {name}.reshape(-1, 1) for a single feature or "
+                f"{name}.reshape(1, -1) for a single sample"
+            )
+        raise ValueError(f"{name} must be {ndim}-D, got {a.ndim}-D array of shape {a.shape}")
+    if a.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it has 0 samples (shape {a.shape})")
+    if ndim == 2 and a.shape[1] == 0:
+        raise ValueError(f"{name} has 0 features (shape {a.shape})")
+    if target is None:
+        target = a.dtype if a.dtype in _FLOATS else np.dtype(np.float64)
+    a = np.ascontiguousarray(a, dtype=target)
+    if ensure_finite and not all_finite(a):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return a
+
+
+def check_target(value, n_samples, dtype, name="y"):
+    """A regression target: 1-D (or (n, 1)), length ``n_samples``, finite, in ``dtype``."""
+    y = check_array(name, value, dtype=dtype, ndim=2 if np.ndim(value) == 2 else 1)
+    if y.ndim == 2:
+        if y.shape[1] != 1:
+            raise ValueError(
+                f"{name} must be 1-D of length {n_samples}, got shape {y.shape} "
+                "(multi-output targets are not supported)"
+            )
+        y = y.reshape(-1)
+    if y.shape[0] != n_samples:
+        raise ValueError(f"{name} has {y.shape[0]} values but X has {n_samples} samples")
+    return y
+
+
+def _r2(y, y_pred, sample_weight):
+    y = np.asarray(y, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    if sample_weight is None:
+        w = np.ones_like(y)
+    else:
+        w = check_array("sample_weight", sample_weight, dtype=np.float64, ndim=1)
+        if w.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"sample_weight has {w.shape[0]} values but y has {y.shape[0]}"
+            )
+    mean = np.sum(w * y) / np.sum(w)
+    ss_res = np.sum(w * (y - y_pred) ** 2)
+    ss_tot = np.sum(w * (y - mean) ** 2)
+    if ss_tot == 0.0:
+        return 1.0 if ss_res == 0.0 else 0.0
+    return float(1.0 - ss_res / ss_tot)
+
+
+class BaseModel:
+    """Parameter handling of a fusedgrad estimator (see the module docstring)."""
+
+    #: "regressor" or "classifier", set by the mixins.
+    _estimator_type = None
+    #: A fitted attribute whose presence means "fitted" (subclasses override).
+    _fitted_attribute = "n_features_in_"
+
+    @classmethod
+    def _get_param_names(cls):
+        init = cls.__init__
+        if init is object.__init__:
+            return []
+        params = []
+        for p in inspect.signature(init).parameters.values():
+            if p.name == "self" or p.kind == p.VAR_KEYWORD:
+                continue
+            if p.kind == p.VAR_POSITIONAL:
+                raise RuntimeError(f"{cls.__name__}.__init__ must not take *args")
+            params.append(p.name)
+        return sorted(params)
+
+    def get_params(self, deep=True):
+        """Parameters of this estimator.
+
+        Parameters
+        ----------
+        deep : bool, default True
+            Also return the parameters of contained estimators, as
+            ``<name>__<parameter>``.
+
+        Returns
+        -------
+        dict
+        """
+        out = {}
+        for key in self._get_param_names():
+            value = getattr(self, key)
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                out.update((f"{key}__{k}", v) for k, v in value.get_params().items())
+            out[key] = value
+        return out
+
+    def set_params(self, **params):
+        """Set parameters (``name=value`` or nested ``name__param=value``); returns self."""
+        if not params:
+            return self
+        valid = self.get_params(deep=True)
+        nested = defaultdict(dict)
+        for key, value in params.items():
+            key, delim, sub_key = key.partition("__")
+            if key not in valid:
+                raise ValueError(
+                    f"Invalid parameter {key!r} for estimator {type(self).__name__}. "
+                    f"Valid parameters are: {self._get_param_names()!r}."
+                )
+            if delim:
+                nested[key][sub_key] = value
+            else:
+                setattr(self, key, value)
+                valid[key] = value
+        for key, sub in nested.items():
+            valid[key].set_params(**sub)
+        return self
+
+    def __repr__(self):
+        sig = inspect.signature(type(self).__init__)
+        parts = []
+        for name in self._get_param_names():
+            value = getattr(self, name)
+            default = sig.parameters[name].default
+            same = False
+            try:
+                same = value is default or bool(value == default)
+            except Exception:  # e.g. arrays: show them
+                same = False
+            if not same:
+                parts.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    # --- scikit-learn integration -------------------------------------------------
+
+    def __sklearn_tags__(self):
+        from sklearn.utils import ClassifierTags, RegressorTags, Tags, TargetTags
+
+        tags = Tags(
+            estimator_type=self._estimator_type,
+            target_tags=TargetTags(required=self._estimator_type is not None),
+            transformer_tags=None,
+            regressor_tags=RegressorTags() if self._estimator_type == "regressor" else None,
+            classifier_tags=ClassifierTags() if self._estimator_type == "classifier" else None,
+        )
+        return tags
+
+    def _more_tags(self):
+        return {"requires_y": self._estimator_type is not None}
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, self._fitted_attribute)
+
+    def _check_is_fitted(self):
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet; call 'fit' first."
+            )
+
+    def _validate_X(self, X, reset, dtype=None, ensure_finite=True):
+        """Check ``X`` (see :func:`check_array`); record or check ``n_features_in_``."""
+        X = check_array("X", X, dtype=dtype, ensure_finite=ensure_finite)
+        if reset:
+            self.n_features_in_ = X.shape[1]
+        elif X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but {type(self).__name__} was fitted "
+                f"with {self.n_features_in_} features"
+            )
+        return X
+
+
+class RegressorMixin:
+    """Estimator type "regressor" and ``score`` = R²."""
+
+    _estimator_type = "regressor"
+
+    def score(self, X, y, sample_weight=None):
+        """Coefficient of determination R² of ``predict(X)`` against ``y``.
+
+        Parameters
+        ----------
+        X : array_like, shape (n_samples, n_features)
+        y : array_like, shape (n_samples,)
+        sample_weight : array_like, shape (n_samples,), optional
+
+        Returns
+        -------
+        float
+            ``1 - SS_res / SS_tot``, computed in float64.
+        """
+        y_pred = self.predict(X)
+        y = check_target(y, y_pred.shape[0], np.float64)
+        return _r2(y, y_pred, sample_weight)
+
+
+class ClassifierMixin:
+    """Estimator type "classifier" and ``score`` = mean accuracy."""
+
+    _estimator_type = "classifier"
+
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy of ``predict(X)`` against ``y`` (weighted if given).
+
+        Parameters
+        ----------
+        X : array_like, shape (n_samples, n_features)
+        y : array_like, shape (n_samples,)
+        sample_weight : array_like, shape (n_samples,), optional
+
+        Returns
+        -------
+        float
+        """
+        y_pred = self.predict(X)
+        y = np.asarray(y)
+        if y.shape != y_pred.shape:
+            raise ValueError(f"y has shape {y.shape} but X has {y_pred.shape[0]} samples")
+        correct = (y_pred == y).astype(np.float64)
+        if sample_weight is None:
+            return float(correct.mean())
+        w = check_array("sample_weight", sample_weight, dtype=np.float64, ndim=1)
+        if w.shape[0] != y.shape[0]:
+            raise ValueError(f"sample_weight has {w.shape[0]} values but y has {y.shape[0]}")
+        return float(np.sum(w * correct) / np.sum(w))
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
