@@ -186,12 +186,33 @@ def _blas_controller():
         return _controller
 
 
+_depth_lock = threading.Lock()
+_depth = 0
+_limiter = None
+
+
 @contextmanager
 def single_threaded_blas():
     """Limit every loaded BLAS to one thread while a parallel kernel runs.
 
     Each kernel thread calls BLAS on its own chunk; a multi-threaded BLAS
     inside them would oversubscribe the cores (or serialise the calls).
+
+    Entries nest, also across Python threads: the outermost entry sets the
+    limit and the last exit restores the original thread counts; an inner
+    entry costs a lock and a counter only. A training loop enters once around
+    all its kernel calls, so the kernels' own entries are free.
     """
-    with _blas_controller().limit(limits=1):
+    global _depth, _limiter
+    with _depth_lock:
+        if _depth == 0:
+            _limiter = _blas_controller().limit(limits=1)
+        _depth += 1
+    try:
         yield
+    finally:
+        with _depth_lock:
+            _depth -= 1
+            if _depth == 0:
+                limiter, _limiter = _limiter, None
+                limiter.restore_original_limits()
