@@ -8,7 +8,7 @@ from fusedgrad.kernels import _options as opt
 from fusedgrad.kernels._blas import single_threaded_blas, syrk_tn
 from fusedgrad.kernels._partition import chunk_range, plan, sum_groups
 
-__all__ = ["ols_loss_grad", "gram"]
+__all__ = ["ols_loss_grad", "gram", "centered_gram"]
 
 
 @njit(**opt.PARALLEL)
@@ -134,3 +134,151 @@ def gram(X, y, *, check_finite=True):
     with single_threaded_blas():
         _gram(X, y, XtX, Xty, chunk, groups)
     return XtX, Xty
+
+
+@njit(**opt.PARALLEL)
+def _centered_gram(X, y, chunk, groups, counts, means, scatters):
+    """Jitted core: per-group count, mean and centred scatter of the columns of ``[X, y]``.
+
+    Writes, for each group ``g`` of the fixed partition, ``counts[g]`` (rows),
+    ``means[g]`` (``(d + 1,)``) and the upper triangle of ``scatters[g]``
+    (``(d + 1, d + 1)``, the sum of outer products of the rows of ``[X, y]``
+    minus the group's mean), all float64.
+
+    Each chunk is shifted by an estimate of its mean (the mean of the group's
+    previous chunk, or its own for the first) into a cache-resident scratch
+    block (in X's dtype), its scatter is taken there by ``syrk``, corrected for the
+    shift's rounding by the block's column sums, and merged into the group's
+    float64 accumulators with the pairwise update of Chan, Golub and LeVeque.
+    No cancellation between large uncentred sums ever happens, so float32
+    input keeps float32 speed and accuracy.
+    """
+    N, d = X.shape
+    p = d + 1
+    n_chunks = (N + chunk - 1) // chunk
+    for g in prange(groups):
+        first, stop = chunk_range(g, groups, n_chunks)
+        Z = np.empty((chunk, p), X.dtype)
+        S = np.zeros((p, p), X.dtype)
+        shift = np.empty(p, X.dtype)
+        s = np.empty(p, np.float64)
+        delta = np.empty(p, np.float64)
+        M_prev = np.empty(p, np.float64)
+        M = means[g]
+        C = scatters[g]
+        M[:] = 0.0
+        C[:] = 0.0
+        n_g = 0.0
+        for c in range(first, stop):
+            r0 = c * chunk
+            r1 = min(N, r0 + chunk)
+            m = r1 - r0
+            # The shift, in X's dtype: the mean of the previous chunk of the group
+            # (already known), or of this chunk for the group's first one.
+            if c == first:
+                s[:] = 0.0
+                for i in range(r0, r1):
+                    for j in range(d):
+                        s[j] += X[i, j]
+                    s[d] += y[i]
+                for j in range(p):
+                    shift[j] = s[j] / m
+            else:
+                for j in range(p):
+                    shift[j] = M_prev[j]
+            # Shifted block and its exact column sums (float64).
+            s[:] = 0.0
+            for i in range(m):
+                for j in range(d):
+                    z = X[r0 + i, j] - shift[j]
+                    Z[i, j] = z
+                    s[j] += z
+                z = y[r0 + i] - shift[d]
+                Z[i, d] = z
+                s[d] += z
+            syrk_tn(Z[:m], S, 0.0)
+            # Merge (count m, mean shift + s/m, scatter S - s s^T / m) into the group.
+            n_new = n_g + m
+            f = n_g * m / n_new
+            inv_m = 1.0 / m
+            for j in range(p):
+                delta[j] = (shift[j] + s[j] * inv_m) - M[j]
+            for a in range(p):
+                sa = s[a] * inv_m
+                fa = f * delta[a]
+                for b in range(a, p):
+                    C[a, b] += (S[a, b] - sa * s[b]) + fa * delta[b]
+            w = m / n_new
+            for j in range(p):
+                M[j] += delta[j] * w
+                M_prev[j] = shift[j] + s[j] * inv_m
+            n_g = n_new
+        counts[g] = n_g
+
+
+def _merge_moments(counts, means, scatters):
+    """Combine per-group (count, mean, scatter) in group order (Chan et al.)."""
+    n = 0.0
+    mean = np.zeros(means.shape[1])
+    scatter = np.zeros(scatters.shape[1:])
+    for n_b, mean_b, scatter_b in zip(counts, means, scatters):
+        if n_b == 0:
+            continue
+        n_new = n + n_b
+        delta = mean_b - mean
+        scatter += scatter_b + (n * n_b / n_new) * np.outer(delta, delta)
+        mean += delta * (n_b / n_new)
+        n = n_new
+    return mean, scatter
+
+
+def centered_gram(X, y, *, check_finite=True):
+    r"""Means and centred Gram matrix of ``[X, y]`` in one pass over ``X``.
+
+    With :math:`A = [X, y]` (``(n_samples, n_features + 1)``) and its column
+    means :math:`\bar a`:
+
+    .. math::
+        \text{mean} = \bar a, \qquad
+        \text{scatter} = (A - \mathbf 1 \bar a)^T (A - \mathbf 1 \bar a)
+
+    so that ``scatter[:d, :d]`` is the centred :math:`X^T X`, ``scatter[:d, d]``
+    the centred :math:`X^T y` and ``scatter[d, d]`` the total sum of squares
+    of ``y``; the uncentred products are ``scatter + n * outer(mean, mean)``.
+    These are the inputs of the least-squares fit with an intercept, obtained
+    without copying ``X`` and without the cancellation of
+    :math:`X^T X - n \bar x \bar x^T`.
+
+    Rows are processed in chunks: each chunk is shifted by its own mean in a
+    cache-sized scratch block, its products are taken in ``X``'s dtype (BLAS
+    ``syrk``), and the chunks are merged in float64 by the pairwise update
+    of Chan, Golub and LeVeque, in a fixed order (the result does not depend
+    on the thread count). float32 input is thus read and multiplied in
+    float32, but not accumulated over more than one chunk in float32.
+
+    Parameters
+    ----------
+    X : array_like, shape (n_samples, n_features), float32 or float64
+    y : array_like, shape (n_samples,), X's dtype
+    check_finite : bool, default True
+
+    Returns
+    -------
+    mean : ndarray, shape (n_features + 1,), float64
+        Column means of ``X`` followed by the mean of ``y``.
+    scatter : ndarray, shape (n_features + 1, n_features + 1), float64
+        Symmetric centred Gram matrix of ``[X, y]``.
+    """
+    X, y = _ols_inputs(X, y, [], check_finite)
+    N, d = X.shape
+    p = d + 1
+    chunk, groups = plan(N, 2 * p * X.itemsize, p * p * 8)
+    counts = np.zeros(groups)
+    means = np.empty((groups, p))
+    scatters = np.empty((groups, p, p))
+    with single_threaded_blas():
+        _centered_gram(X, y, chunk, groups, counts, means, scatters)
+    mean, scatter = _merge_moments(counts, means, scatters)
+    upper = np.triu(scatter)
+    scatter = upper + np.triu(upper, 1).T
+    return mean, scatter

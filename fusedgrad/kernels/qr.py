@@ -1,0 +1,201 @@
+"""Tall-skinny QR (TSQR) of ``[1, X - shift, y - shift_y]``: the accurate least-squares path.
+
+The rows are cut into the fixed chunks and groups of the other kernels
+(:mod:`fusedgrad.kernels._partition`). Each group keeps the ``R`` factor of
+the rows it has seen; for every chunk it stacks that ``R`` on the chunk's
+rows, in a float64 scratch block, and refactors (LAPACK ``dgelqf`` on the
+row-major block, which LAPACK sees as its transpose: an LQ factorisation of
+``A^T`` is a QR factorisation of ``A``). The groups' ``R`` factors are then
+stacked in group order and reduced by one more QR. Neither ``Q`` nor a copy
+of ``X`` is ever formed; LAPACK runs single-threaded inside each group.
+
+LAPACK is reached through SciPy (``scipy.linalg.cython_lapack``) under a fixed
+symbol name, as the BLAS helpers of :mod:`fusedgrad.kernels._blas` are, so the
+compiled kernel stays cacheable.
+"""
+
+import ctypes
+
+import numpy as np
+import scipy.linalg
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from scipy.linalg import cython_lapack
+
+from fusedgrad import _validate
+from fusedgrad.kernels import _options as opt
+from fusedgrad.kernels._blas import single_threaded_blas
+from fusedgrad.kernels._partition import chunk_range, plan
+
+__all__ = ["tsqr"]
+
+
+def _capsule_address(name):
+    capsule = cython_lapack.__pyx_capi__[name]
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype = ctypes.c_char_p
+    get_name.argtypes = [ctypes.py_object]
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype = ctypes.c_void_p
+    get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return get_pointer(capsule, get_name(capsule))
+
+
+_DGELQF = "fusedgrad_cython_lapack_dgelqf"
+llvm_binding.add_symbol(_DGELQF, _capsule_address("dgelqf"))
+
+
+@intrinsic
+def _dgelqf(typingctx, m, n, a, lda, tau, work, lwork):
+    """Column-major LQ factorisation ``a = L Q`` of the ``m x n`` matrix ``a`` (Fortran dgelqf).
+
+    Returns LAPACK's ``info``.
+    """
+    if a.dtype != types.float64 or tau.dtype != types.float64 or work.dtype != types.float64:
+        raise TypeError("_dgelqf takes float64 arrays")
+    sig = types.int32(m, n, a, lda, tau, work, lwork)
+
+    def codegen(context, builder, signature, args):
+        m_, n_, a_, lda_, tau_, work_, lwork_ = args
+        i32 = ir.IntType(32)
+        f64p = ir.DoubleType().as_pointer()
+        ref = cgutils.alloca_once_value
+        ints = [ref(builder, context.cast(builder, v, t, types.int32))
+                for v, t in ((m_, m), (n_, n), (lda_, lda), (lwork_, lwork))]
+        info = cgutils.alloca_once_value(builder, ir.Constant(i32, 0))
+
+        def data(ty, val):
+            arr = context.make_array(ty)(context, builder, val)
+            return builder.bitcast(arr.data, f64p)
+
+        fnty = ir.FunctionType(ir.VoidType(), [i32.as_pointer(), i32.as_pointer(), f64p,
+                                               i32.as_pointer(), f64p, f64p, i32.as_pointer(),
+                                               i32.as_pointer()])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _DGELQF)
+        builder.call(fn, [ints[0], ints[1], data(a, a_), ints[2], data(tau, tau_),
+                          data(work, work_), ints[3], info])
+        return builder.load(info)
+
+    return sig, codegen
+
+
+#: Workspace of dgelqf, in multiples of the number of columns (LAPACK's block size).
+_WORK_PER_COLUMN = 64
+
+
+@njit(**opt.PARALLEL)
+def _tsqr(X, y, shift, intercept, chunk, groups, Rs):
+    """Jitted core: ``Rs[g]`` (upper triangular, ``(P, P)``) is the R factor of the rows of
+    group ``g`` of ``[1, X - shift[:d], y - shift[d]]`` (the ones column only if
+    ``intercept``), ``P = d + 1 + intercept``. Returns the first nonzero LAPACK info, or 0.
+    """
+    N, d = X.shape
+    off = 1 if intercept else 0
+    P = d + 1 + off
+    n_chunks = (N + chunk - 1) // chunk
+    infos = np.zeros(groups, np.int32)
+    for g in prange(groups):
+        first, stop = chunk_range(g, groups, n_chunks)
+        # Row-major (P + chunk, P) block: the running R on top, the chunk below.
+        W = np.zeros((P + chunk, P), np.float64)
+        tau = np.empty(P, np.float64)
+        work = np.empty(P * _WORK_PER_COLUMN, np.float64)
+        top = 0
+        for c in range(first, stop):
+            r0 = c * chunk
+            r1 = min(N, r0 + chunk)
+            m = r1 - r0
+            for i in range(m):
+                row = W[top + i]
+                if intercept:
+                    row[0] = 1.0
+                for j in range(d):
+                    row[off + j] = X[r0 + i, j] - shift[j]
+                row[off + d] = y[r0 + i] - shift[d]
+            rows = top + m
+            # LAPACK sees the row-major (rows, P) block as a column-major (P, rows)
+            # matrix B = A^T; B = L Q  <=>  A = Q^T L^T, and L^T (the upper triangle
+            # of the top rows of the row-major block) is A's R.
+            info = _dgelqf(P, rows, W, P, tau, work, work.shape[0])
+            if info != 0 and infos[g] == 0:
+                infos[g] = info
+            k = min(rows, P)
+            for i in range(P):
+                if i < k:
+                    for j in range(i):
+                        W[i, j] = 0.0
+                else:
+                    W[i, :] = 0.0
+            top = P
+        Rs[g] = W[:P]
+    for g in range(groups):
+        if infos[g] != 0:
+            return infos[g]
+    return 0
+
+
+def tsqr(X, y, shift=None, *, intercept=True, check_finite=True):
+    r"""R factor of ``[1, X - shift[:d], y - shift[d]]`` by a tall-skinny QR in one pass.
+
+    .. math:: [\mathbf 1, X - \mathbf 1 s_x^T, y - s_y] = Q R
+
+    with ``Q`` orthonormal (never formed) and ``R`` upper triangular,
+    ``(P, P)``, ``P = n_features + 1 + intercept``. Then
+    ``R[k:k+d, k:k+d] w = R[k:k+d, -1]`` (``k = intercept``) is the
+    least-squares solution (centred when ``intercept``), ``abs(R[-1, -1])``
+    the norm of its residual, and with ``intercept`` the shifted column
+    means are ``R[0, 1:] / R[0, 0]``. The ``shift`` (e.g. the column means)
+    changes nothing in exact arithmetic; a shift near the means keeps the
+    ones column far from collinear with the others.
+
+    The computation is in float64 whatever X's dtype (float32 rows are
+    converted one cache-sized chunk at a time): this is the accurate path.
+    Rows are factored in the kernels' fixed chunks and groups, so the
+    result does not depend on the thread count.
+
+    Parameters
+    ----------
+    X : array_like, shape (n_samples, n_features), float32 or float64
+    y : array_like, shape (n_samples,), X's dtype
+    shift : array_like, shape (n_features + 1,), optional
+        Subtracted from the columns of ``[X, y]``; zeros when omitted.
+    intercept : bool, default True
+        Prepend a column of ones.
+    check_finite : bool, default True
+
+    Returns
+    -------
+    R : ndarray, shape (P, P), float64
+        Upper triangular; its rows are defined up to sign.
+    """
+    X, y = _validate.float_arrays(
+        [("X", X, ("n_samples", "n_features")), ("y", y, ("n_samples",))], check_finite
+    )
+    N, d = X.shape
+    if shift is None:
+        shift = np.zeros(d + 1)
+    else:
+        shift = np.ascontiguousarray(shift, dtype=np.float64)
+        if shift.shape != (d + 1,):
+            raise ValueError(f"shift must have shape ({d + 1},), got {shift.shape}")
+        if check_finite and not np.all(np.isfinite(shift)):
+            raise ValueError("shift contains NaN or infinity")
+    P = d + 1 + int(bool(intercept))
+    # A chunk of at least a few times P rows, so the stacked R (P rows) is a
+    # small part of each factorisation; at most what keeps the block in L2.
+    chunk, groups = plan(N, P * 8, P * P * 8)
+    chunk = max(chunk, 4 * P)
+    groups = max(1, min(groups, -(-N // chunk)))
+    Rs = np.empty((groups, P, P))
+    with single_threaded_blas():
+        info = _tsqr(X, y, shift, bool(intercept), chunk, groups, Rs)
+    if info != 0:
+        raise RuntimeError(f"LAPACK dgelqf failed with info={info}")
+    if groups == 1:
+        return Rs[0]
+    R = scipy.linalg.qr(Rs.reshape(groups * P, P), mode="r", overwrite_a=True,
+                        check_finite=False)[0]
+    return np.triu(R[:P])
