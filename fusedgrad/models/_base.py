@@ -34,6 +34,8 @@ API
     A 1-D real target of length ``n_samples`` in ``dtype`` (float), finite.
 ``NotFittedError``
     Subclass of ``ValueError`` and ``AttributeError``, as scikit-learn's.
+``ConvergenceWarning``
+    ``UserWarning`` subclass: an iterative solver stopped at ``max_iter``.
 """
 
 import inspect
@@ -49,6 +51,7 @@ __all__ = [
     "RegressorMixin",
     "ClassifierMixin",
     "NotFittedError",
+    "ConvergenceWarning",
     "check_array",
     "check_target",
 ]
@@ -58,6 +61,10 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 class NotFittedError(ValueError, AttributeError):
     """A method that needs a fitted model was called before ``fit``."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solver stopped at ``max_iter`` before meeting ``tol``."""
 
 
 def _resolve_dtype(name, dtype):
@@ -345,4 +352,8 @@ class ClassifierMixin:
 
 
 def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
