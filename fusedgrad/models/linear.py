@@ -1,0 +1,474 @@
+"""Ordinary least squares with scikit-learn's interface, built on the fused kernels."""
+
+import math
+import numbers
+import warnings
+
+import numpy as np
+import scipy.linalg
+from scipy.linalg import lapack
+
+from fusedgrad.kernels.ols import centered_gram, ols_loss_grad
+from fusedgrad.kernels.qr import tsqr
+from fusedgrad.models import _persist
+from fusedgrad.models._base import (
+    BaseModel,
+    ConvergenceWarning,
+    RegressorMixin,
+    _is_int,
+    _is_real,
+    _resolve_dtype,
+    check_array,
+    check_target,
+)
+
+__all__ = ["LinearRegression", "RankDeficientWarning", "IllConditionedWarning"]
+
+_SOLVERS = ("auto", "normal", "qr", "gd")
+
+#: Rows whose mean shifts the data before the QR factorisation when the
+#: exact means are not known yet (solver='qr'); any shift is exact.
+_SHIFT_ROWS = 1024
+
+
+class RankDeficientWarning(UserWarning):
+    """The (centred) design matrix is rank deficient: a minimum-norm solution was returned."""
+
+
+class IllConditionedWarning(UserWarning):
+    """solver='normal' was forced on an ill-conditioned problem: accuracy may be lost."""
+
+
+def _scaled(A):
+    """``D A D`` with ``D = diag(A)^(-1/2)`` (1 where the diagonal is 0) and ``D``."""
+    diag = np.diag(A).copy()
+    scale = np.ones_like(diag)
+    positive = diag > 0
+    scale[positive] = 1.0 / np.sqrt(diag[positive])
+    return A * scale[:, None] * scale[None, :], scale
+
+
+def _cholesky_rcond(As):
+    """Cholesky factor of the symmetric ``As`` and the reciprocal of its estimated
+    1-norm condition number; ``(None, 0.0)`` when ``As`` is not numerically positive definite."""
+    try:
+        factor = scipy.linalg.cho_factor(As, lower=False, check_finite=False)
+    except np.linalg.LinAlgError:
+        return None, 0.0
+    anorm = np.abs(As).sum(axis=0).max()
+    rcond, info = lapack.dpocon(factor[0], anorm, uplo="U")
+    if info != 0:
+        return None, 0.0
+    return factor, float(rcond)
+
+
+def _truncated_solve(U, sigma, Vt, rhs, tol):
+    """Minimum-norm solution from an SVD, dropping ``sigma < tol * sigma.max()``; and the rank."""
+    if sigma.size == 0 or sigma[0] == 0:
+        return np.zeros(Vt.shape[1]), 0
+    rank = int(np.count_nonzero(sigma > tol * sigma[0]))
+    z = (U[:, :rank].T @ rhs) / sigma[:rank]
+    return Vt[:rank].T @ z, rank
+
+
+@_persist.register
+class LinearRegression(RegressorMixin, BaseModel):
+    r"""Ordinary least squares: the lecture's linear model with scikit-learn's interface.
+
+    Minimises :math:`L(w, b) = \frac1{2n} \lVert y - Xw - b \rVert^2` (``b`` only
+    with ``fit_intercept``). Every solver reads ``X`` in place, in its own
+    dtype, in one or a few parallel passes; ``X`` is never copied (int or
+    non-contiguous input is converted once, as in scikit-learn).
+
+    Parameters
+    ----------
+    fit_intercept : bool, default True
+        Fit the intercept ``b`` (the lecture's constant feature
+        :math:`x_{i1} = 1`). It is handled by centring: the kernels return
+        the column means and the centred Gram matrix (or the QR factor of
+        ``[1, X, y]``) without forming a centred or augmented copy of ``X``.
+    solver : {'auto', 'normal', 'qr', 'gd'}, default 'auto'
+        * ``'normal'``: the analytic solution
+          :math:`w = (X^T X)^{-1} X^T y` from one fused pass
+          (:func:`fusedgrad.kernels.ols.centered_gram`), solved by Cholesky
+          after scaling ``X^T X`` to unit diagonal. Fastest; its relative
+          error grows like :math:`\kappa(X)^2 \epsilon`. If the scaled
+          ``X^T X`` has an estimated condition number above
+          :math:`1/\sqrt\epsilon` an :class:`IllConditionedWarning` is
+          issued; if it is numerically singular (Cholesky fails or the
+          condition number exceeds :math:`1/(d \epsilon)`), a
+          minimum-norm solution from its eigendecomposition is returned with
+          a :class:`RankDeficientWarning`.
+        * ``'qr'``: tall-skinny QR of ``[1, X, y]`` in float64
+          (:func:`fusedgrad.kernels.qr.tsqr`): error like
+          :math:`\kappa(X) \epsilon`, as ``numpy.linalg.lstsq``; about 2-4
+          times the work of ``'normal'``. If the centred, column-scaled
+          ``X`` has singular values below :math:`d \epsilon` times the
+          largest (``epsilon`` of X's dtype), the features are numerically
+          dependent: the minimum-norm solution (in units of the column
+          norms) over the numerical rank is returned with a
+          :class:`RankDeficientWarning`, and ``rank_ < n_features_in_``.
+        * ``'gd'``: the lecture's gradient descent, one fused
+          :func:`fusedgrad.kernels.ols_loss_grad` pass per iteration;
+          see ``learning_rate``, ``max_iter`` and ``tol``.
+        * ``'auto'``: ``'normal'`` when the scaled ``X^T X`` is positive
+          definite with an estimated condition number below
+          :math:`1/\sqrt\epsilon` (then the normal equations lose at most
+          about half the digits, and usually far fewer); otherwise a second
+          pass by ``'qr'`` (with its rank check). ``solver_`` tells which ran.
+    learning_rate : 'auto' or float, default 'auto'
+        Step size of ``'gd'``. ``'auto'`` uses :math:`1/\lambda_{max}` of the
+        Hessian :math:`X_c^T X_c / n` (:math:`X_c` the centred ``X`` with
+        an intercept), the largest step that is safe for every problem; it
+        costs one extra pass.
+    max_iter : int, default 1000
+        Largest number of gradient-descent iterations.
+    tol : float, default 1e-6
+        Gradient descent stops when the gradient's norm falls below ``tol``
+        times its norm at the start (:math:`w = 0`).
+    dtype : None, 'float32' or 'float64', default None
+        Compute dtype. ``None`` keeps float32 and float64 input as it is and
+        converts other numbers to float64.
+    device : 'cpu', default 'cpu'
+        Only ``'cpu'`` is implemented.
+
+    Attributes
+    ----------
+    coef_ : ndarray, shape (n_features,)
+        Weights, in the compute dtype.
+    intercept_ : float scalar of the compute dtype
+        ``b`` (0 without ``fit_intercept``).
+    n_features_in_ : int
+    solver_ : str
+        The solver that produced ``coef_``: ``'normal'``, ``'qr'`` or ``'gd'``.
+    rank_ : int
+        Numerical rank of the (centred) design found by the solver
+        (``n_features_in_`` unless a :class:`RankDeficientWarning` was given).
+    cond_ : float or None
+        Estimated 1-norm condition number of the scaled ``X^T X`` (inf when
+        singular), when the solver computed it (``'normal'`` and ``'auto'``).
+    n_iter_ : int
+        ``'gd'`` only: iterations run (passes of ``ols_loss_grad``).
+    loss_curve_ : list of float
+        ``'gd'`` only: the loss :math:`L(w, b)` at the start of each iteration.
+
+    Notes
+    -----
+    float32 input is read, multiplied and factorised in float32 by the
+    ``'normal'`` and ``'gd'`` solvers; the pass of ``'normal'`` sums each
+    chunk of rows in float32 and the chunks in float64, so accuracy does not
+    degrade with the number of rows. The small ``(d, d)`` solve runs in
+    float64. ``'qr'`` converts one cache-sized chunk at a time to float64.
+    """
+
+    _fitted_attribute = "coef_"
+
+    def __init__(self, fit_intercept=True, solver="auto", learning_rate="auto", max_iter=1000,
+                 tol=1e-6, dtype=None, device="cpu"):
+        self.fit_intercept = fit_intercept
+        self.solver = solver
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.tol = tol
+        self.dtype = dtype
+        self.device = device
+
+    # --- parameters -------------------------------------------------------------
+
+    def _check_params(self):
+        if not isinstance(self.fit_intercept, (bool, np.bool_)):
+            raise TypeError(f"fit_intercept must be True or False, got {self.fit_intercept!r}")
+        if not isinstance(self.solver, str) or self.solver not in _SOLVERS:
+            raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}")
+        lr = self.learning_rate
+        if not (isinstance(lr, str) and lr == "auto"):
+            if not _is_real(lr) or not math.isfinite(lr) or lr <= 0:
+                raise ValueError(f"learning_rate must be 'auto' or a positive number, got {lr!r}")
+        if not _is_int(self.max_iter) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        if not _is_real(self.tol) or not self.tol >= 0 or not math.isfinite(self.tol):
+            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
+        _resolve_dtype("dtype", self.dtype)
+        if self.device != "cpu":
+            raise ValueError(
+                f"device must be 'cpu' (LinearRegression has no GPU solver), got {self.device!r}"
+            )
+
+    # --- fit ----------------------------------------------------------------------
+
+    def fit(self, X, y):
+        """Fit the linear model.
+
+        Parameters
+        ----------
+        X : array_like, shape (n_samples, n_features)
+            Real numbers, no NaN or infinity.
+        y : array_like, shape (n_samples,)
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        X = check_array("X", X, dtype=self.dtype)
+        y = check_target(y, X.shape[0], X.dtype)
+        eps = float(np.finfo(X.dtype).eps)
+        result = {"cond_": None}
+        if self.solver == "gd":
+            coef, intercept = self._fit_gd(X, y, result)
+            result["solver_"], result["rank_"] = "gd", X.shape[1]
+        else:
+            coef = intercept = None
+            shift = None
+            if self.solver in ("normal", "auto"):
+                mean, scatter = centered_gram(X, y, check_finite=False)
+                solved = self._solve_gram(X.shape[0], mean, scatter, eps, result)
+                if solved is not None:
+                    coef, intercept = solved
+                    result["solver_"] = "normal"
+                shift = mean
+            if coef is None:
+                coef, intercept = self._fit_qr(X, y, shift, eps, result)
+                result["solver_"] = "qr"
+        self.coef_ = np.asarray(coef, dtype=X.dtype)
+        self.intercept_ = X.dtype.type(intercept)
+        self.n_features_in_ = X.shape[1]
+        for name in ("n_iter_", "loss_curve_"):
+            if name not in result and hasattr(self, name):
+                delattr(self, name)
+        for name, value in result.items():
+            setattr(self, name, value)
+        return self
+
+    def _solve_gram(self, n, mean, scatter, eps, result):
+        """Normal equations from ``centered_gram``'s output; ``None`` when 'auto' must use QR."""
+        d = scatter.shape[0] - 1
+        G = scatter if self.fit_intercept else scatter + n * np.outer(mean, mean)
+        A, b = G[:d, :d], G[:d, d]
+        As, scale = _scaled(A)
+        factor, rcond = _cholesky_rcond(As)
+        cond = math.inf if rcond == 0.0 else 1.0 / rcond
+        result["cond_"] = cond
+        if cond * math.sqrt(eps) < 1.0:
+            coef = scale * scipy.linalg.cho_solve(factor, scale * b, check_finite=False)
+            result["rank_"] = d
+        elif self.solver == "auto":
+            return None
+        elif cond * d * eps < 1.0:
+            warnings.warn(
+                f"solver='normal': X^T X is ill-conditioned (estimated condition number "
+                f"{cond:.2e} after scaling): the normal equations may have lost about "
+                f"{math.log10(cond):.0f} digits; solver='qr' or 'auto' is accurate",
+                IllConditionedWarning,
+                stacklevel=3,
+            )
+            coef = scale * scipy.linalg.cho_solve(factor, scale * b, check_finite=False)
+            result["rank_"] = d
+        else:
+            lam, V = np.linalg.eigh(As)
+            lam, V = lam[::-1], V[:, ::-1]
+            # Eigenvalues of X^T X (squared singular values of X) are resolved
+            # down to about d * eps of the largest.
+            z, rank = _eig_solve(lam, V, scale * b, d * eps)
+            coef = scale * z
+            result["rank_"] = rank
+            warnings.warn(
+                f"solver='normal': X^T X is numerically singular (rank {rank} of {d} after "
+                "scaling); returning the minimum-norm solution of the normal equations, "
+                "accurate only to about sqrt(eps); solver='qr' or 'auto' is accurate",
+                RankDeficientWarning,
+                stacklevel=3,
+            )
+        intercept = mean[d] - mean[:d] @ coef if self.fit_intercept else 0.0
+        return coef, intercept
+
+    def _fit_qr(self, X, y, shift, eps, result):
+        N, d = X.shape
+        if self.fit_intercept:
+            if shift is None:
+                head = slice(0, min(N, _SHIFT_ROWS))
+                shift = np.r_[X[head].mean(axis=0, dtype=np.float64),
+                              y[head].mean(dtype=np.float64)]
+        else:
+            shift = np.zeros(d + 1)
+        R = tsqr(X, y, shift, intercept=self.fit_intercept, check_finite=False)
+        k = 1 if self.fit_intercept else 0
+        Rxx = R[k:k + d, k:k + d]
+        rxy = R[k:k + d, k + d]
+        norms = np.sqrt(np.einsum("ij,ij->j", Rxx, Rxx))
+        scale = np.ones(d)
+        scale[norms > 0] = 1.0 / norms[norms > 0]
+        Rs = Rxx * scale
+        sigma = scipy.linalg.svdvals(Rs, check_finite=False) if d else np.zeros(0)
+        tol = d * eps
+        full = d > 0 and sigma[-1] > tol * sigma[0] and np.all(norms > 0) and N >= d + k
+        if full:
+            coef = scipy.linalg.solve_triangular(Rxx, rxy, check_finite=False)
+            rank = d
+        else:
+            U, sigma, Vt = np.linalg.svd(Rs)
+            z, rank = _truncated_solve(U, sigma, Vt, rxy, tol)
+            coef = scale * z
+            warnings.warn(
+                f"X is rank deficient{' after centring' if self.fit_intercept else ''}: "
+                f"numerical rank {rank} of {d} features; the minimum-norm solution (in units "
+                "of the column norms) is returned",
+                RankDeficientWarning,
+                stacklevel=3,
+            )
+        result["rank_"] = rank
+        if self.fit_intercept:
+            if R[0, 0] == 0:
+                raise RuntimeError("QR factor has a zero first pivot")  # cannot happen: N >= 1
+            means = shift + R[0, 1:] / R[0, 0]
+            intercept = means[d] - means[:d] @ coef
+        else:
+            intercept = 0.0
+        return coef, intercept
+
+    def _fit_gd(self, X, y, result):
+        """Gradient descent on ``w``; with an intercept, ``b = mean(y) - mean(X) w``
+        is eliminated exactly (the centred problem), so the step only sees ``X``'s
+        spread, not its offset."""
+        N, d = X.shape
+        dt = X.dtype.type
+        mean, scatter = centered_gram(X, y, check_finite=False)
+        if not self.fit_intercept:
+            scatter = scatter + N * np.outer(mean, mean)
+        if isinstance(self.learning_rate, str):
+            H = scatter[:d, :d] / N
+            lam = scipy.linalg.eigvalsh(H, subset_by_index=[d - 1, d - 1], check_finite=False)[0]
+            step = 1.0 / lam if lam > 0 else 1.0
+        else:
+            step = float(self.learning_rate)
+        mean_x, mean_y = mean[:d], mean[d]
+        w = np.zeros(d, X.dtype)
+        target = np.empty_like(y) if self.fit_intercept else y
+        curve = []
+        g0 = None
+        converged = False
+        for _ in range(self.max_iter):
+            if self.fit_intercept:
+                b = mean_y - mean_x @ w.astype(np.float64)
+                np.subtract(y, dt(b), out=target)
+            loss, grad = ols_loss_grad(X, target, w, check_finite=False)
+            loss = float(loss)
+            if not math.isfinite(loss) or not np.all(np.isfinite(grad)):
+                raise ValueError(
+                    f"gradient descent diverged at iteration {len(curve) + 1} (loss {loss}): "
+                    f"learning_rate={self.learning_rate!r} is too large; "
+                    "use learning_rate='auto' or a smaller step"
+                )
+            curve.append(loss)
+            gnorm = float(np.linalg.norm(grad.astype(np.float64)))
+            if g0 is None:
+                g0 = gnorm
+            if gnorm <= self.tol * g0:
+                converged = True
+                break
+            w -= dt(step) * grad
+        if not converged:
+            warnings.warn(
+                f"gradient descent stopped at max_iter={self.max_iter} with the gradient norm at "
+                f"{gnorm / g0:.2e} of its start (tol={self.tol}); raise max_iter or use "
+                "solver='auto'",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        result["n_iter_"] = len(curve)
+        result["loss_curve_"] = curve
+        intercept = mean_y - mean_x @ w.astype(np.float64) if self.fit_intercept else 0.0
+        return w, intercept
+
+    # --- predict ----------------------------------------------------------------
+
+    def predict(self, X):
+        """Predictions ``X @ coef_ + intercept_``.
+
+        Parameters
+        ----------
+        X : array_like, shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray, shape (n_samples,)
+            In X's float dtype (float64 for other numbers).
+        """
+        self._check_is_fitted()
+        X = self._validate_X(X, reset=False)
+        return X @ self.coef_.astype(X.dtype, copy=False) + X.dtype.type(self.intercept_)
+
+    # --- persistence ------------------------------------------------------------
+
+    def save(self, path):
+        """Write the fitted model to ``path`` (see :func:`fusedgrad.models.load`)."""
+        self._check_is_fitted()
+        _persist.save(self, path)
+
+    def _persist_state(self):
+        params = self.get_params(deep=False)
+        state = {
+            "n_features_in_": int(self.n_features_in_),
+            "solver_": self.solver_,
+            "rank_": int(self.rank_),
+            "cond_": None if self.cond_ is None or not math.isfinite(self.cond_)
+            else float(self.cond_),
+            "cond_is_inf": self.cond_ is not None and not math.isfinite(self.cond_),
+        }
+        if hasattr(self, "n_iter_"):
+            state["n_iter_"] = int(self.n_iter_)
+            state["loss_curve_"] = [float(v) for v in self.loss_curve_]
+        arrays = {"coef_": self.coef_, "intercept_": np.asarray(self.intercept_)}
+        return params, state, arrays
+
+    @classmethod
+    def _from_persist_state(cls, params, state, arrays):
+        model = cls(**params)
+        model._check_params()
+        d = state.get("n_features_in_")
+        if not _is_int(d) or d < 1:
+            raise ValueError(f"n_features_in_ must be a positive integer, got {d!r}")
+        coef = _persist.expect_array(arrays, "coef_", (d,), (np.float32, np.float64))
+        intercept = _persist.expect_array(arrays, "intercept_", (), coef.dtype)
+        extra = set(arrays) - {"coef_", "intercept_"}
+        if extra:
+            raise ValueError(f"unexpected arrays {sorted(extra)}")
+        if not np.all(np.isfinite(coef)) or not np.isfinite(intercept):
+            raise ValueError("coef_ or intercept_ holds NaN or infinity")
+        solver = state.get("solver_")
+        if solver not in ("normal", "qr", "gd"):
+            raise ValueError(f"solver_ must be 'normal', 'qr' or 'gd', got {solver!r}")
+        rank = state.get("rank_")
+        if not _is_int(rank) or not 0 <= rank <= d:
+            raise ValueError(f"rank_ must be an integer in [0, {d}], got {rank!r}")
+        cond = state.get("cond_")
+        if state.get("cond_is_inf"):
+            cond = math.inf
+        elif cond is not None and not isinstance(cond, numbers.Real):
+            raise ValueError(f"cond_ must be a number or null, got {cond!r}")
+        model.coef_ = np.array(coef)
+        model.intercept_ = coef.dtype.type(intercept)
+        model.n_features_in_ = d
+        model.solver_ = solver
+        model.rank_ = rank
+        model.cond_ = cond
+        if "n_iter_" in state or solver == "gd":
+            n_iter = state.get("n_iter_")
+            curve = state.get("loss_curve_")
+            if not _is_int(n_iter) or n_iter < 1:
+                raise ValueError(f"n_iter_ must be a positive integer, got {n_iter!r}")
+            if (not isinstance(curve, list) or len(curve) != n_iter
+                    or not all(_is_real(v) for v in curve)):
+                raise ValueError(f"loss_curve_ must be a list of {n_iter} numbers")
+            model.n_iter_ = n_iter
+            model.loss_curve_ = [float(v) for v in curve]
+        return model
+
+
+def _eig_solve(lam, V, rhs, tol):
+    """Minimum-norm solution of ``V diag(lam) V^T z = rhs`` dropping ``lam < tol * lam.max()``."""
+    if lam.size == 0 or lam[0] <= 0:
+        return np.zeros(V.shape[0]), 0
+    rank = int(np.count_nonzero(lam > tol * lam[0]))
+    z = V[:, :rank] @ ((V[:, :rank].T @ rhs) / lam[:rank])
+    return z, rank
