@@ -1,0 +1,1114 @@
+"""MLPClassifier: scikit-learn's multi-layer perceptron classifier, trained by the fused kernels.
+
+The estimator follows :class:`sklearn.neural_network.MLPClassifier`: the same
+parameter names and defaults (except ``activation``, whose default is the
+lecture's ``'logistic'``), the same weight initialisation, update rules,
+stopping rules and fitted attributes, and the same use of the random state,
+so that with the same ``random_state`` it starts from the same weights and
+takes the same minibatches. The arithmetic is done by :mod:`fusedgrad.kernels`:
+
+* one hidden layer with the logistic activation (the lecture's network) takes
+  the fused :func:`~fusedgrad.kernels.mlp_loss_grad`, the whole forward and
+  backward pass in one call;
+* any other network goes layer by layer through
+  :func:`~fusedgrad.kernels.layers.affine_activation`,
+  :func:`~fusedgrad.kernels.softmax_cross_entropy` and
+  :func:`~fusedgrad.kernels.layers.affine_activation_backward`.
+
+Only the optimizer's elementwise updates (a few NumPy operations on the
+parameters) run outside the kernels.
+
+Large data: ``X`` is never copied or converted as a whole. A minibatch of
+consecutive rows is a view; a shuffled minibatch gathers only its own rows;
+rows in another dtype are converted a block at a time. ``X`` may therefore be
+an ``np.memmap`` larger than memory.
+"""
+
+import math
+import numbers
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from fusedgrad._validate import all_finite
+from fusedgrad.models._base import BaseModel, ClassifierMixin, check_array
+
+__all__ = ["MLPClassifier", "ConvergenceWarning"]
+
+
+class ConvergenceWarning(UserWarning):
+    """``fit`` reached ``max_iter`` before its stopping criterion was met."""
+
+
+_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
+_SOLVERS = ("gd", "sgd", "adam")
+_LEARNING_RATES = ("constant", "invscaling", "adaptive")
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: Rows per kernel call where a batch is cut into blocks: networks that go
+#: layer by layer (their activations are stored for the backward pass),
+#: gathered or converted rows, and prediction. Bounds the extra memory of a
+#: call independently of the number of samples.
+_BLOCK_ROWS = 16384
+
+
+# ---------------------------------------------------------------------------
+# The device: the one place where kernels are chosen
+# ---------------------------------------------------------------------------
+
+
+class _CpuKernels:
+    """The kernels of ``device='cpu'`` (:mod:`fusedgrad.kernels`).
+
+    A device provides ``mlp_loss_grad``, ``softmax_cross_entropy``,
+    ``affine_activation``, ``affine_activation_backward`` (the signatures of
+    the CPU kernels) and ``session()``, a context manager entered once around
+    a whole fit or prediction.
+    """
+
+    name = "cpu"
+
+    def __init__(self):
+        from fusedgrad import kernels
+        from fusedgrad.kernels import layers
+        from fusedgrad.kernels._blas import single_threaded_blas
+
+        self.mlp_loss_grad = kernels.mlp_loss_grad
+        self.softmax_cross_entropy = kernels.softmax_cross_entropy
+        self.affine_activation = layers.affine_activation
+        self.affine_activation_backward = layers.affine_activation_backward
+        # Every kernel limits BLAS to one thread while it runs; entering the
+        # limit once around the whole loop makes the kernels' own entries free.
+        self.session = single_threaded_blas
+
+
+def _device_kernels(device):
+    """The kernels of ``device`` ('cpu'; 'cuda' once its kernels exist)."""
+    if device == "cpu":
+        return _CpuKernels()
+    if device == "cuda":
+        raise ValueError(
+            "device='cuda': the CUDA kernels are not available until "
+            "fusedgrad.kernels.cuda provides them; use device='cpu'"
+        )
+    raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+
+
+# ---------------------------------------------------------------------------
+# Parameter checks
+# ---------------------------------------------------------------------------
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_choice(name, value, options):
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+    return value
+
+
+def _check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_int(name, value, low):
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def _check_real(name, value, low=None, high=None, low_open=False, high_open=False):
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    bad = not math.isfinite(value)
+    if low is not None:
+        bad |= value <= low if low_open else value < low
+    if high is not None:
+        bad |= value >= high if high_open else value > high
+    if bad:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+        where = f"in {lo}, {hi}" if low is not None and high is not None else (
+            f"{'>' if low_open else '>='} {low:g}" if low is not None else f"<= {high:g}")
+        raise ValueError(f"{name} must be {where}, got {value!r}")
+    return value
+
+
+def _check_random_state(seed):
+    """scikit-learn's ``check_random_state``: None, an int or a RandomState."""
+    if seed is None or seed is np.random:
+        return np.random.mtrand._rand
+    if _is_int(seed):
+        if not 0 <= seed < 2**32:
+            raise ValueError(f"random_state must be in [0, 2**32), got {seed}")
+        return np.random.RandomState(seed)
+    if isinstance(seed, np.random.RandomState):
+        return seed
+    raise TypeError(
+        f"random_state must be None, an int or a numpy.random.RandomState, got {seed!r}"
+    )
+
+
+def _check_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in _DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return dt
+
+
+# ---------------------------------------------------------------------------
+# Data: rows served in the model's dtype, X never converted as a whole
+# ---------------------------------------------------------------------------
+
+
+def _feature_matrix(X, dtype):
+    """``X`` as a 2-D real ndarray; an ndarray (or memmap) of numbers is kept as it is."""
+    if (isinstance(X, np.ndarray) and X.dtype.kind in "biuf" and X.ndim == 2
+            and X.shape[0] > 0 and X.shape[1] > 0):
+        return X
+    return check_array("X", X, dtype=dtype, ensure_finite=False)
+
+
+def _rows(X, rows, dtype):
+    """``X[rows]`` (a slice or an index array) as a C-contiguous array of ``dtype``:
+    a view for consecutive rows already in ``dtype``, else a copy of these rows only."""
+    return np.ascontiguousarray(X[rows], dtype=dtype)
+
+
+def _is_native(X, dtype):
+    return X.dtype == dtype and X.flags.c_contiguous
+
+
+def _check_finite(X, dtype):
+    """Reject NaN or infinity in ``X``, and values that overflow ``dtype``; one pass,
+    a block of rows at a time where ``X`` must be converted."""
+    if X.dtype.kind in "biu":
+        return  # every integer is finite in float32 and float64
+    if _is_native(X, dtype):
+        if not all_finite(X):
+            raise ValueError("X contains NaN or infinity")
+        return
+    for start in range(0, X.shape[0], _BLOCK_ROWS):
+        block = X[start:start + _BLOCK_ROWS]
+        if not all_finite(np.ascontiguousarray(block, dtype=dtype)):
+            if not all_finite(np.ascontiguousarray(block)):
+                raise ValueError("X contains NaN or infinity")
+            raise ValueError(f"X holds values too large for dtype={dtype.name!r}")
+
+
+def _check_labels(y, n_samples):
+    if y is None:
+        raise TypeError("y must be an array of class labels, got None")
+    if type(y).__module__.startswith("scipy.sparse"):
+        raise TypeError("y is a sparse matrix; pass a 1-D array of class labels")
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.reshape(-1)
+    if y.ndim != 1:
+        raise ValueError(
+            f"y must be a 1-D array of class labels (n_samples,), got shape {y.shape} "
+            "(multi-label targets are not supported)"
+        )
+    if y.shape[0] != n_samples:
+        raise ValueError(f"y has {y.shape[0]} labels but X has {n_samples} samples")
+    if y.dtype.kind == "c":
+        raise TypeError(f"y must hold class labels, got complex dtype {y.dtype}")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)):
+            raise ValueError("y contains NaN or infinity")
+        if np.any(y != np.floor(y)):
+            raise ValueError(
+                "y must hold class labels, got continuous values (e.g. "
+                f"{y[y != np.floor(y)][0]!r}); MLPClassifier is a classifier"
+            )
+    return y
+
+
+def _unique_labels(name, y):
+    try:
+        return np.unique(y)
+    except TypeError:
+        raise TypeError(f"{name} holds labels of mixed types that cannot be sorted") from None
+
+
+# ---------------------------------------------------------------------------
+# Optimizers: scikit-learn's update rules, in place
+# ---------------------------------------------------------------------------
+
+
+class _SGDOptimizer:
+    """Stochastic gradient descent with momentum, as scikit-learn's ``SGDOptimizer``.
+
+    ``v <- momentum v - lr g``; the parameter moves by ``v``, or by
+    ``momentum v - lr g`` with Nesterov's momentum. The operations are
+    scikit-learn's, in the same order, so the same gradients give the same
+    bits. ``grads`` are overwritten.
+    """
+
+    def __init__(self, params, learning_rate_init, lr_schedule, momentum, nesterov, power_t):
+        self.learning_rate_init = learning_rate_init
+        self.learning_rate = float(learning_rate_init)
+        self.lr_schedule = lr_schedule
+        self.momentum = momentum
+        self.nesterov = nesterov
+        self.power_t = power_t
+        self.velocities = [np.zeros_like(p) for p in params]
+        self._tmp = [np.empty_like(p) for p in params] if nesterov else None
+
+    def update_params(self, params, grads):
+        lr, mu = self.learning_rate, self.momentum
+        for i, (p, g, v) in enumerate(zip(params, grads, self.velocities)):
+            g *= lr
+            if mu == 0.0:
+                p -= g  # the velocity is -lr g: the same step
+                continue
+            v *= mu
+            v -= g
+            if self.nesterov:
+                step = np.multiply(v, mu, out=self._tmp[i])
+                step -= g
+                p += step
+            else:
+                p += v
+
+    def iteration_ends(self, time_step):
+        if self.lr_schedule == "invscaling":
+            self.learning_rate = float(self.learning_rate_init) / (time_step + 1) ** self.power_t
+
+    def trigger_stopping(self, msg, progress):
+        if self.lr_schedule != "adaptive":
+            progress.message(msg + " Stopping.")
+            return True
+        if self.learning_rate <= 1e-6:
+            progress.message(msg + " Learning rate too small. Stopping.")
+            return True
+        self.learning_rate /= 5.0
+        progress.message(msg + f" Setting learning rate to {self.learning_rate:f}")
+        return False
+
+
+class _AdamOptimizer:
+    """Adam, as scikit-learn's ``AdamOptimizer`` (same operations, same order)."""
+
+    def __init__(self, params, learning_rate_init, beta_1, beta_2, epsilon):
+        self.learning_rate_init = learning_rate_init
+        self.learning_rate = float(learning_rate_init)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self.t = 0
+        self.ms = [np.zeros_like(p) for p in params]
+        self.vs = [np.zeros_like(p) for p in params]
+        self._tmp = [np.empty_like(p) for p in params]
+
+    def update_params(self, params, grads):
+        self.t += 1
+        b1, b2 = self.beta_1, self.beta_2
+        self.learning_rate = (self.learning_rate_init * math.sqrt(1 - b2**self.t)
+                              / (1 - b1**self.t))
+        for p, g, m, v, tmp in zip(params, grads, self.ms, self.vs, self._tmp):
+            m *= b1
+            m += np.multiply(g, 1 - b1, out=tmp)
+            v *= b2
+            tmp = np.multiply(g, g, out=tmp)
+            tmp *= 1 - b2
+            v += tmp
+            tmp = np.sqrt(v, out=tmp)
+            tmp += self.epsilon
+            step = np.multiply(m, -self.learning_rate, out=g)
+            step /= tmp
+            p += step
+
+    def iteration_ends(self, time_step):
+        pass
+
+    def trigger_stopping(self, msg, progress):
+        progress.message(msg + " Stopping.")
+        return True
+
+
+# ---------------------------------------------------------------------------
+# Progress output (verbose=True)
+# ---------------------------------------------------------------------------
+
+
+class _Progress:
+    """Progress of a fit on stderr: a line per epoch (epoch, loss, validation
+    score, samples/s) and, on a terminal, a bar that moves during the epoch.
+    Silent when ``verbose`` is false."""
+
+    _BAR = 24
+
+    def __init__(self, verbose, max_iter, n_samples):
+        self.on = bool(verbose)
+        self.stream = sys.stderr
+        self.max_iter = max_iter
+        self.n_samples = n_samples
+        self.live = self.on and getattr(self.stream, "isatty", lambda: False)()
+        self._last = 0.0
+        self._epoch = 0
+        self._start = time.perf_counter()
+
+    def start_epoch(self, epoch):
+        self._epoch = epoch
+        self._start = time.perf_counter()
+
+    def batch(self, done):
+        if not self.live:
+            return
+        now = time.perf_counter()
+        if now - self._last < 0.2:
+            return
+        self._last = now
+        filled = int(self._BAR * done / self.n_samples)
+        rate = done / max(now - self._start, 1e-9)
+        self.stream.write(f"\repoch {self._epoch}/{self.max_iter} "
+                          f"[{'#' * filled}{'.' * (self._BAR - filled)}] {rate:,.0f} samples/s")
+        self.stream.flush()
+
+    def end_epoch(self, loss, val_score=None):
+        if not self.on:
+            return
+        seconds = time.perf_counter() - self._start
+        rate = self.n_samples / max(seconds, 1e-9)
+        val = "" if val_score is None else f", validation score {val_score:.6f}"
+        clear = "\r\033[K" if self.live else ""
+        self.stream.write(f"{clear}epoch {self._epoch}/{self.max_iter}: loss {loss:.8f}{val}, "
+                          f"{rate:,.0f} samples/s, {seconds:.3f} s\n")
+        self.stream.flush()
+
+    def message(self, text):
+        if self.on:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+
+# ---------------------------------------------------------------------------
+# The estimator
+# ---------------------------------------------------------------------------
+
+
+class MLPClassifier(ClassifierMixin, BaseModel):
+    r"""Multi-layer perceptron classifier trained by the fused kernels.
+
+    scikit-learn's :class:`~sklearn.neural_network.MLPClassifier` with the
+    lecture's network as the default: the parameters, defaults, fitted
+    attributes and training loop are scikit-learn's (solvers ``'sgd'`` and
+    ``'adam'``; ``'lbfgs'`` is not offered), plus the full-batch solver
+    ``'gd'`` and the ``dtype`` and ``device`` parameters. The loss is the
+    mean cross-entropy of the softmax output plus the L2 penalty
+
+    .. math::
+        L = \frac1n \sum_i -\log \hat y_{i, y_i}
+            + \frac{\alpha}{2 n} \sum_l \lVert W^l \rVert^2
+
+    over the ``n`` samples of a minibatch, and the layers are
+    :math:`a^{l} = f(a^{l-1} W^l + b^l)` (row vectors).
+
+    Differences from scikit-learn:
+
+    * ``activation`` defaults to ``'logistic'`` (scikit-learn: ``'relu'``).
+    * Two classes use a softmax output of 2 units (scikit-learn: one logistic
+      unit). The model is as expressive; the weights, the initial draw and so
+      the path of training differ from scikit-learn's in this case, and
+      ``n_outputs_`` is 2, not 1.
+    * The validation split of ``early_stopping`` is never stratified
+      (scikit-learn stratifies two-class problems only).
+    * ``batch_size`` larger than the number of samples is clipped silently.
+    * ``partial_fit`` is offered for every solver and ignores
+      ``early_stopping`` (no validation split is taken from a partial batch)
+      instead of raising.
+    * No ``sample_weight`` and no multi-label targets.
+    * ``predict_log_proba`` is computed from the logits as a log-softmax, so
+      it is finite where ``log(predict_proba)`` would underflow to ``-inf``.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : int or tuple of int, default (100,)
+        Units of each hidden layer.
+    activation : {'logistic', 'tanh', 'relu', 'identity'}, default 'logistic'
+        Activation of the hidden layers. One hidden layer with ``'logistic'``
+        is the lecture's network and trains through the fused
+        :func:`~fusedgrad.kernels.mlp_loss_grad`.
+    solver : {'adam', 'sgd', 'gd'}, default 'adam'
+        ``'gd'``: full-batch gradient descent as in the lecture,
+        :math:`W \leftarrow W - \eta \nabla L` once per epoch on all training
+        samples (``batch_size``, ``momentum`` and ``shuffle`` do not apply;
+        the ``learning_rate`` schedule does). ``'sgd'``: minibatch stochastic
+        gradient descent with ``momentum`` and ``nesterovs_momentum``.
+        ``'adam'``: Adam with ``beta_1``, ``beta_2``, ``epsilon``.
+    alpha : float, default 1e-4
+        Strength of the L2 penalty (see the loss above).
+    batch_size : int or 'auto', default 'auto'
+        Minibatch size of ``'sgd'`` and ``'adam'``; ``'auto'`` is
+        ``min(200, n_samples)``.
+    learning_rate : {'constant', 'invscaling', 'adaptive'}, default 'constant'
+        Step size schedule (``'sgd'`` and ``'gd'``): constant; divided by
+        ``(t + 1) ** power_t`` with ``t`` the samples seen, after each epoch;
+        or divided by 5 each time the stopping criterion is met, until 1e-6.
+    learning_rate_init : float, default 0.001
+        Initial step size.
+    power_t : float, default 0.5
+        Exponent of ``'invscaling'``.
+    max_iter : int, default 200
+        Most epochs (passes over the training data) per ``fit``.
+    shuffle : bool, default True
+        Shuffle the samples before each epoch (``'sgd'``, ``'adam'``).
+    random_state : int, RandomState or None, default None
+        Seeds the initial weights, the validation split and the shuffling,
+        drawn in scikit-learn's order: the same seed gives the same model.
+    tol : float, default 1e-4
+        Improvement of the training loss (or of the validation score with
+        ``early_stopping``) below which an epoch counts as no improvement.
+    verbose : bool, default False
+        Progress on stderr: a line per epoch with the loss, the validation
+        score and the throughput, and a bar during each epoch on a terminal.
+    warm_start : bool, default False
+        ``fit`` continues from the current ``coefs_`` and ``intercepts_``.
+    momentum : float, default 0.9
+        Momentum of ``'sgd'``, in [0, 1].
+    nesterovs_momentum : bool, default True
+        Nesterov's momentum (``'sgd'`` with ``momentum > 0``).
+    early_stopping : bool, default False
+        Set aside ``validation_fraction`` of the training data and stop when
+        its accuracy has not improved by ``tol`` for ``n_iter_no_change``
+        epochs; the best weights are kept.
+    validation_fraction : float, default 0.1
+        Fraction of the samples set aside by ``early_stopping``, in (0, 1).
+    beta_1, beta_2 : float, default 0.9, 0.999
+        Decay rates of Adam's moment estimates, in [0, 1).
+    epsilon : float, default 1e-8
+        Adam's guard against division by zero.
+    n_iter_no_change : int, default 10
+        Epochs without improvement before stopping.
+    dtype : {'float32', 'float64'}, default 'float32'
+        Precision of the weights and of all computation; ``X`` is converted a
+        block of rows at a time.
+    device : {'cpu', 'cuda'}, default 'cpu'
+        Where the kernels run. ``'cuda'`` raises until
+        :mod:`fusedgrad.kernels.cuda` provides the kernels.
+
+    Attributes
+    ----------
+    classes_ : ndarray, shape (n_classes,)
+        The class labels (any sortable type, strings too).
+    coefs_ : list of ndarray
+        ``coefs_[l]`` has shape ``(units[l], units[l + 1])``.
+    intercepts_ : list of ndarray
+        ``intercepts_[l]`` has shape ``(units[l + 1],)``.
+    loss_ : float
+        Loss (with the L2 term) of the last epoch, averaged over its batches.
+    loss_curve_ : list of float
+        ``loss_`` of every epoch (continued by ``warm_start``/``partial_fit``).
+    best_loss_ : float or None
+        Smallest ``loss_`` so far; None with ``early_stopping``.
+    validation_scores_ : list of float or None
+        Validation accuracy after each epoch with ``early_stopping``, else None.
+    best_validation_score_ : float or None
+        Best of ``validation_scores_``.
+    n_iter_ : int
+        Epochs run by the last ``fit`` (1 after ``partial_fit``).
+    t_ : int
+        Training samples seen, over all calls.
+    n_features_in_ : int
+    n_layers_ : int
+        Number of layers including input and output: ``len(hidden) + 2``.
+    n_outputs_ : int
+        Output units: the number of classes (2 for two classes).
+    out_activation_ : str
+        ``'softmax'``.
+
+    Examples
+    --------
+    >>> from fusedgrad.models import MLPClassifier
+    >>> clf = MLPClassifier(hidden_layer_sizes=(32,), max_iter=50, random_state=0)
+    >>> clf.fit(X_train, y_train).score(X_test, y_test)  # doctest: +SKIP
+    """
+
+    _fitted_attribute = "coefs_"
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="logistic",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        dtype="float32",
+        device="cpu",
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.dtype = dtype
+        self.device = device
+
+    # --- parameters -----------------------------------------------------------
+
+    def _hidden_sizes(self):
+        sizes = self.hidden_layer_sizes
+        if _is_int(sizes):
+            sizes = (sizes,)
+        try:
+            sizes = tuple(sizes)
+        except TypeError:
+            raise TypeError(
+                f"hidden_layer_sizes must be an int or a sequence of ints, got {sizes!r}"
+            ) from None
+        for h in sizes:
+            if not _is_int(h):
+                raise TypeError(f"hidden_layer_sizes must hold ints, got {sizes!r}")
+            if h <= 0:
+                raise ValueError(f"hidden_layer_sizes must hold positive ints, got {sizes!r}")
+        return tuple(int(h) for h in sizes)
+
+    def _check_params(self):
+        """Check every parameter (errors name it); returns the checked hidden sizes and dtype."""
+        hidden = self._hidden_sizes()
+        _check_choice("activation", self.activation, _ACTIVATIONS)
+        if self.solver == "lbfgs":
+            raise ValueError("solver='lbfgs' is not offered; use 'adam', 'sgd' or 'gd'")
+        _check_choice("solver", self.solver, _SOLVERS)
+        _check_real("alpha", self.alpha, low=0.0)
+        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
+            if not _is_int(self.batch_size):
+                raise TypeError(f"batch_size must be 'auto' or an int, got {self.batch_size!r}")
+            _check_int("batch_size", self.batch_size, 1)
+        _check_choice("learning_rate", self.learning_rate, _LEARNING_RATES)
+        _check_real("learning_rate_init", self.learning_rate_init, low=0.0, low_open=True)
+        _check_real("power_t", self.power_t)
+        _check_int("max_iter", self.max_iter, 1)
+        _check_bool("shuffle", self.shuffle)
+        _check_real("tol", self.tol, low=0.0)
+        if not (isinstance(self.verbose, (bool, np.bool_)) or _is_int(self.verbose)):
+            raise TypeError(f"verbose must be a bool or an int, got {self.verbose!r}")
+        _check_bool("warm_start", self.warm_start)
+        _check_real("momentum", self.momentum, low=0.0, high=1.0)
+        _check_bool("nesterovs_momentum", self.nesterovs_momentum)
+        _check_bool("early_stopping", self.early_stopping)
+        _check_real("validation_fraction", self.validation_fraction, low=0.0, high=1.0,
+                    low_open=True, high_open=True)
+        _check_real("beta_1", self.beta_1, low=0.0, high=1.0, high_open=True)
+        _check_real("beta_2", self.beta_2, low=0.0, high=1.0, high_open=True)
+        _check_real("epsilon", self.epsilon, low=0.0, low_open=True)
+        _check_int("n_iter_no_change", self.n_iter_no_change, 1)
+        dtype = _check_dtype(self.dtype)
+        _check_random_state(self.random_state)
+        kernels = _device_kernels(self.device)
+        return hidden, dtype, kernels
+
+    # --- the network ------------------------------------------------------------
+
+    def _fused(self):
+        """The lecture's network: one logistic hidden layer, one fused kernel call."""
+        return len(self.coefs_) == 2 and self.activation == "logistic"
+
+    def _init_coef(self, rng, fan_in, fan_out, dtype):
+        # Glorot's uniform initialisation, drawn exactly as scikit-learn draws it.
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        bound = np.sqrt(factor / (fan_in + fan_out))
+        coef = rng.uniform(-bound, bound, (fan_in, fan_out))
+        intercept = rng.uniform(-bound, bound, fan_out)
+        return coef.astype(dtype, copy=False), intercept.astype(dtype, copy=False)
+
+    def _initialize(self, layer_units, dtype, rng):
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_outputs_ = layer_units[-1]
+        self.n_layers_ = len(layer_units)
+        self.out_activation_ = "softmax"
+        self.coefs_, self.intercepts_ = [], []
+        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
+            coef, intercept = self._init_coef(rng, fan_in, fan_out, dtype)
+            self.coefs_.append(coef)
+            self.intercepts_.append(intercept)
+        self._best_coefs = [c.copy() for c in self.coefs_]
+        self._best_intercepts = [b.copy() for b in self.intercepts_]
+        self.loss_curve_ = []
+        self._no_improvement_count = 0
+        if self.early_stopping:
+            self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
+            self.best_loss_ = None
+        else:
+            self.best_loss_ = np.inf
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+
+    def _block_loss_grad(self, kernels, Xb, yb):
+        """Mean cross-entropy of the rows ``Xb`` (C-contiguous, model dtype) and its
+        gradients ``coef_grads + intercept_grads``, without the L2 term."""
+        W, b = self.coefs_, self.intercepts_
+        if self._fused():
+            loss, dW1, db1, dW2, db2 = kernels.mlp_loss_grad(Xb, yb, W[0], b[0], W[1], b[1],
+                                                            check_finite=False)
+            return float(loss), [dW1, dW2, db1, db2]
+        L = len(W)
+        acts = [Xb]
+        for i in range(L - 1):
+            acts.append(kernels.affine_activation(acts[-1], W[i], b[i], self.activation,
+                                                  check_finite=False))
+        Z = kernels.affine_activation(acts[-1], W[-1], b[-1], "identity", check_finite=False)
+        loss, dA = kernels.softmax_cross_entropy(Z, yb, check_finite=False)
+        coef_grads, intercept_grads = [None] * L, [None] * L
+        A, activation = Z, "identity"
+        for i in range(L - 1, -1, -1):
+            dW, db, dA = kernels.affine_activation_backward(
+                acts[i], A, dA, activation, W[i] if i > 0 else None, check_finite=False)
+            coef_grads[i], intercept_grads[i] = dW, db
+            A, activation = acts[i], self.activation
+        return float(loss), coef_grads + intercept_grads
+
+    def _loss_grad(self, kernels, X, codes, rows, n_rows, dtype):
+        """Loss and gradients (L2 term included) of the minibatch ``X[rows]``.
+
+        ``rows`` is a slice or an index array. The lecture's network takes a
+        view of consecutive rows in one fused call, however many; otherwise
+        the batch goes through the kernels in blocks of at most
+        :data:`_BLOCK_ROWS` rows, whose means are combined with weights
+        ``n_block / n_rows``.
+        """
+        if isinstance(rows, slice):
+            blocks = [slice(s, min(s + _BLOCK_ROWS, rows.stop))
+                      for s in range(rows.start, rows.stop, _BLOCK_ROWS)]
+            if self._fused() and _is_native(X, dtype):
+                blocks = [rows]
+        else:
+            blocks = [rows[s:s + _BLOCK_ROWS] for s in range(0, n_rows, _BLOCK_ROWS)]
+        loss, grads = 0.0, None
+        for block in blocks:
+            Xb, yb = _rows(X, block, dtype), codes[block]
+            block_loss, block_grads = self._block_loss_grad(kernels, Xb, yb)
+            if len(blocks) == 1:
+                loss, grads = block_loss, block_grads
+                break
+            weight = Xb.shape[0] / n_rows
+            loss += weight * block_loss
+            if grads is None:
+                grads = [g * dtype.type(weight) for g in block_grads]
+            else:
+                for g, gb in zip(grads, block_grads):
+                    gb *= dtype.type(weight)
+                    g += gb
+        if self.alpha:
+            # scikit-learn's L2 term: alpha / (2 n) sum ||W||^2, gradient alpha W / n
+            squares = 0.0
+            for W in self.coefs_:
+                w = W.reshape(-1)
+                squares += float(np.dot(w, w))
+            loss += 0.5 * self.alpha * squares / n_rows
+            scale = self.alpha / n_rows
+            for g, W in zip(grads, self.coefs_):
+                g += scale * W
+        return loss, grads
+
+    def _forward(self, kernels, Xb, out_activation, out=None):
+        """Output of the network on the rows ``Xb``: logits ('identity') or probabilities."""
+        A = Xb
+        W, b = self.coefs_, self.intercepts_
+        for i in range(len(W) - 1):
+            A = kernels.affine_activation(A, W[i], b[i], self.activation, check_finite=False)
+        return kernels.affine_activation(A, W[-1], b[-1], out_activation, out,
+                                         check_finite=False)
+
+    def _accuracy(self, kernels, X, codes, rows, dtype):
+        """Fraction of ``X[rows]`` predicted right (``codes`` are label indices)."""
+        correct = 0
+        for s in range(0, len(rows), _BLOCK_ROWS):
+            block = rows[s:s + _BLOCK_ROWS]
+            logits = self._forward(kernels, _rows(X, block, dtype), "identity")
+            correct += int(np.count_nonzero(np.argmax(logits, axis=1) == codes[block]))
+        return correct / len(rows)
+
+    # --- labels -----------------------------------------------------------------
+
+    def _encode(self, y, first_pass, incremental, classes):
+        """Class indices of ``y`` and the ``classes_`` to fit with (not yet stored)."""
+        if classes is not None:
+            classes = _unique_labels("classes", np.asarray(classes).reshape(-1))
+            if classes.shape[0] < 2:
+                raise ValueError(f"classes must hold at least 2 classes, got {classes!r}")
+        if first_pass:
+            fit_classes = classes if classes is not None else _unique_labels("y", y)
+            if fit_classes.shape[0] < 2:
+                raise ValueError(
+                    f"y has a single class ({fit_classes[0]!r}); a classifier needs at "
+                    "least 2 (pass classes= to partial_fit to declare the others)"
+                )
+        else:
+            fit_classes = self.classes_
+            if classes is not None and not np.array_equal(classes, fit_classes):
+                raise ValueError(
+                    f"classes={classes!r} differs from the classes of the first call, "
+                    f"{fit_classes!r}"
+                )
+            if self.warm_start and not incremental:
+                seen = _unique_labels("y", y)
+                if not np.array_equal(seen, fit_classes):
+                    raise ValueError(
+                        "warm_start can only be used where y has the same classes as in "
+                        f"the previous call to fit: previously {fit_classes!r}, y has {seen!r}"
+                    )
+        try:
+            codes = np.searchsorted(fit_classes, y)
+            codes = np.minimum(codes, fit_classes.shape[0] - 1)
+            known = fit_classes[codes] == y
+        except TypeError:
+            raise TypeError(
+                f"y holds labels of another type than classes_ {fit_classes!r}") from None
+        if not np.all(known):
+            unknown = _unique_labels("y", np.asarray(y)[~known])
+            raise ValueError(f"y has classes not in classes_ {fit_classes!r}: {unknown!r}")
+        return np.ascontiguousarray(codes, dtype=np.intp), fit_classes
+
+    # --- fitting ----------------------------------------------------------------
+
+    def fit(self, X, y):
+        """Fit the model to ``X`` and the class labels ``y``.
+
+        Parameters
+        ----------
+        X : array_like, shape (n_samples, n_features)
+            Training data; an ndarray or ``np.memmap`` is read a batch at a
+            time and never copied as a whole.
+        y : array_like, shape (n_samples,)
+            Class labels of any sortable type.
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, incremental=False, classes=None)
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over ``X, y``, continuing from the current weights.
+
+        Parameters
+        ----------
+        X : array_like, shape (n_samples, n_features)
+        y : array_like, shape (n_samples,)
+        classes : array_like, shape (n_classes,), optional
+            All the classes; required on the first call (``y`` need not hold
+            them all), optional and checked afterwards.
+
+        Returns
+        -------
+        self
+        """
+        if classes is None and not hasattr(self, "classes_"):
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        return self._fit(X, y, incremental=True, classes=classes)
+
+    def _fit(self, X, y, incremental, classes):
+        hidden, dtype, kernels = self._check_params()
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        X = _feature_matrix(X, dtype)
+        n_samples, n_features = X.shape
+        y = _check_labels(y, n_samples)
+        if not first_pass and n_features != self.n_features_in_:
+            raise ValueError(
+                f"X has {n_features} features, but MLPClassifier was fitted with "
+                f"{self.n_features_in_} features"
+            )
+        codes, fit_classes = self._encode(y, first_pass, incremental, classes)
+        layer_units = [n_features, *hidden, fit_classes.shape[0]]
+        if not first_pass:
+            shapes = [c.shape for c in self.coefs_]
+            if shapes != list(zip(layer_units[:-1], layer_units[1:])):
+                raise ValueError(
+                    f"hidden_layer_sizes={hidden} does not match the fitted coefs_ "
+                    f"{shapes}; set warm_start=False to start anew"
+                )
+        _check_finite(X, dtype)
+
+        rng = _check_random_state(self.random_state)
+        if first_pass:
+            self.classes_ = fit_classes
+            self.n_features_in_ = n_features
+            self._initialize(layer_units, dtype, rng)
+        elif self.coefs_[0].dtype != dtype:
+            self.coefs_ = [c.astype(dtype) for c in self.coefs_]
+            self.intercepts_ = [b.astype(dtype) for b in self.intercepts_]
+            if hasattr(self, "_optimizer"):
+                del self._optimizer
+        with kernels.session():
+            self._fit_stochastic(kernels, X, codes, dtype, rng, incremental)
+        return self
+
+    def _fit_stochastic(self, kernels, X, codes, dtype, rng, incremental):
+        """scikit-learn's ``_fit_stochastic``: epochs of minibatch steps, stopping rules."""
+        params = self.coefs_ + self.intercepts_
+        if not incremental or not hasattr(self, "_optimizer"):
+            if self.solver == "adam":
+                self._optimizer = _AdamOptimizer(params, self.learning_rate_init, self.beta_1,
+                                                 self.beta_2, self.epsilon)
+            else:
+                momentum = 0.0 if self.solver == "gd" else self.momentum
+                self._optimizer = _SGDOptimizer(params, self.learning_rate_init,
+                                                self.learning_rate, momentum,
+                                                self.nesterovs_momentum, self.power_t)
+        optimizer = self._optimizer
+
+        early_stopping = self.early_stopping and not incremental
+        n_samples = X.shape[0]
+        train_idx = val_idx = None
+        if early_stopping:
+            n_val = math.ceil(self.validation_fraction * n_samples)
+            if n_samples - n_val < 1:
+                raise ValueError(
+                    f"validation_fraction={self.validation_fraction} leaves no training "
+                    f"samples out of {n_samples}"
+                )
+            if n_val < 2:
+                raise ValueError(
+                    f"The validation set is too small ({n_val} of {n_samples} samples): "
+                    "increase validation_fraction or the number of samples"
+                )
+            permutation = rng.permutation(n_samples)
+            val_idx, train_idx = permutation[:n_val], permutation[n_val:]
+            n_samples = train_idx.shape[0]
+            if self.validation_scores_ is None:  # warm start after a fit without it
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+        elif self.best_loss_ is None:
+            self.best_loss_ = np.inf  # partial_fit after an early-stopping fit
+
+        if self.solver == "gd":
+            batch_size = n_samples
+        elif self.batch_size == "auto":
+            batch_size = min(200, n_samples)
+        else:
+            batch_size = min(self.batch_size, n_samples)
+        shuffle = self.shuffle and self.solver != "gd"
+        sample_idx = np.arange(n_samples)
+        progress = _Progress(self.verbose, 1 if incremental else self.max_iter, n_samples)
+
+        try:
+            self.n_iter_ = 0
+            for _ in range(self.max_iter):
+                progress.start_epoch(self.n_iter_ + 1)
+                if shuffle:
+                    # scikit-learn's sklearn.utils.shuffle: the same draws
+                    order = np.arange(n_samples)
+                    rng.shuffle(order)
+                    sample_idx = sample_idx[order]
+                accumulated_loss = 0.0
+                for start in range(0, n_samples, batch_size):
+                    stop = min(start + batch_size, n_samples)
+                    if shuffle and (stop - start < n_samples or train_idx is not None):
+                        rows = sample_idx[start:stop]
+                        if train_idx is not None:
+                            rows = train_idx[rows]
+                    elif train_idx is not None:
+                        rows = train_idx[start:stop]
+                    else:
+                        # consecutive rows: a view; also a whole shuffled epoch in one
+                        # batch, whose gradient does not depend on the order
+                        rows = slice(start, stop)
+                    loss, grads = self._loss_grad(kernels, X, codes, rows, stop - start, dtype)
+                    if not math.isfinite(loss):
+                        self._diverged(loss)
+                    accumulated_loss += loss * (stop - start)
+                    optimizer.update_params(params, grads)
+                    progress.batch(stop)
+
+                self.n_iter_ += 1
+                self.loss_ = accumulated_loss / n_samples
+                self.t_ += n_samples
+                self.loss_curve_.append(self.loss_)
+                if not all(all_finite(p) for p in params):
+                    self._diverged(float("nan"))
+
+                val_score = None
+                if early_stopping:
+                    val_score = self._accuracy(kernels, X, codes, val_idx, dtype)
+                progress.end_epoch(self.loss_, val_score)
+                self._update_no_improvement_count(early_stopping, val_score)
+                optimizer.iteration_ends(self.t_)
+
+                if self._no_improvement_count > self.n_iter_no_change:
+                    if early_stopping:
+                        msg = (f"Validation score did not improve more than tol={self.tol:f} "
+                               f"for {self.n_iter_no_change} consecutive epochs.")
+                    else:
+                        msg = (f"Training loss did not improve more than tol={self.tol:f} "
+                               f"for {self.n_iter_no_change} consecutive epochs.")
+                    if optimizer.trigger_stopping(msg, progress):
+                        break
+                    self._no_improvement_count = 0
+
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(
+                        f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
+                        "and the optimization hasn't converged yet.",
+                        ConvergenceWarning,
+                        stacklevel=3,
+                    )
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.", stacklevel=3)
+
+        if early_stopping:
+            self.coefs_ = self._best_coefs
+            self.intercepts_ = self._best_intercepts
+            # the optimizer's state belongs to the last weights, not the best
+            self._best_coefs = [c.copy() for c in self.coefs_]
+            self._best_intercepts = [b.copy() for b in self.intercepts_]
+
+    def _update_no_improvement_count(self, early_stopping, val_score):
+        if early_stopping:
+            self.validation_scores_.append(val_score)
+            if val_score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if val_score > self.best_validation_score_:
+                self.best_validation_score_ = val_score
+                self._best_coefs = [c.copy() for c in self.coefs_]
+                self._best_intercepts = [b.copy() for b in self.intercepts_]
+        else:
+            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if self.loss_curve_[-1] < self.best_loss_:
+                self.best_loss_ = self.loss_curve_[-1]
+
+    def _diverged(self, loss):
+        raise ValueError(
+            f"training diverged: the loss became {loss} at epoch {self.n_iter_ + 1}; "
+            f"the step size is too large for this data, lower learning_rate_init "
+            f"(now {self.learning_rate_init!r}) or scale the features"
+        )
+
+    # --- prediction ---------------------------------------------------------------
+
+    def _prediction_input(self, X):
+        self._check_is_fitted()
+        _, dtype, kernels = self._check_params()
+        dtype = self.coefs_[0].dtype
+        X = _feature_matrix(X, dtype)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but MLPClassifier was fitted with "
+                f"{self.n_features_in_} features"
+            )
+        _check_finite(X, dtype)
+        return X, dtype, kernels
+
+    def _blocks(self, n):
+        return [slice(s, min(s + _BLOCK_ROWS, n)) for s in range(0, n, _BLOCK_ROWS)]
+
+    def predict_proba(self, X):
+        """Class probabilities, the softmax of the output layer.
+
+        Parameters
+        ----------
+        X : array_like, shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray, shape (n_samples, n_classes)
+            Columns in the order of ``classes_``, in the model's dtype.
+        """
+        X, dtype, kernels = self._prediction_input(X)
+        out = np.empty((X.shape[0], self.n_outputs_), dtype)
+        with kernels.session():
+            for block in self._blocks(X.shape[0]):
+                self._forward(kernels, _rows(X, block, dtype), "softmax", out=out[block])
+        return out
+
+    def predict_log_proba(self, X):
+        """Logarithm of the class probabilities, as a log-softmax of the logits.
+
+        Parameters
+        ----------
+        X : array_like, shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray, shape (n_samples, n_classes)
+            ``log(predict_proba(X))``, but finite where the probability
+            underflows to 0.
+        """
+        X, dtype, kernels = self._prediction_input(X)
+        out = np.empty((X.shape[0], self.n_outputs_), dtype)
+        with kernels.session():
+            for block in self._blocks(X.shape[0]):
+                Z = self._forward(kernels, _rows(X, block, dtype), "identity")
+                Z -= Z.max(axis=1, keepdims=True)
+                Z -= np.log(np.exp(Z).sum(axis=1, keepdims=True))
+                out[block] = Z
+        return out
+
+    def predict(self, X):
+        """Predicted class labels: the class of largest probability.
+
+        Parameters
+        ----------
+        X : array_like, shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray, shape (n_samples,)
+            Labels from ``classes_``.
+        """
+        X, dtype, kernels = self._prediction_input(X)
+        codes = np.empty(X.shape[0], np.intp)
+        with kernels.session():
+            for block in self._blocks(X.shape[0]):
+                logits = self._forward(kernels, _rows(X, block, dtype), "identity")
+                codes[block] = np.argmax(logits, axis=1)
+        return self.classes_[codes]
