@@ -33,14 +33,10 @@ import warnings
 import numpy as np
 
 from fusedgrad._validate import all_finite
-from fusedgrad.models._base import BaseModel, ClassifierMixin, check_array
+from fusedgrad.models import _persist
+from fusedgrad.models._base import BaseModel, ClassifierMixin, ConvergenceWarning, check_array
 
-__all__ = ["MLPClassifier", "ConvergenceWarning"]
-
-
-class ConvergenceWarning(UserWarning):
-    """``fit`` reached ``max_iter`` before its stopping criterion was met."""
-
+__all__ = ["MLPClassifier"]
 
 _ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
 _SOLVERS = ("gd", "sgd", "adam")
@@ -402,6 +398,7 @@ class _Progress:
 # ---------------------------------------------------------------------------
 
 
+@_persist.register
 class MLPClassifier(ClassifierMixin, BaseModel):
     r"""Multi-layer perceptron classifier trained by the fused kernels.
 
@@ -531,6 +528,14 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         Output units: the number of classes (2 for two classes).
     out_activation_ : str
         ``'softmax'``.
+
+    Notes
+    -----
+    ``save(path)`` writes the fitted model to one file that
+    :func:`fusedgrad.models.load` reads without running code (arrays and
+    JSON metadata); pickling works as for any scikit-learn estimator. The
+    optimizer's state (momentum, Adam's moments) is not saved: a
+    ``partial_fit`` after loading starts it afresh, as ``fit`` always does.
 
     Examples
     --------
@@ -995,10 +1000,10 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                         f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
                         "and the optimization hasn't converged yet.",
                         ConvergenceWarning,
-                        stacklevel=3,
+                        stacklevel=4,
                     )
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.", stacklevel=3)
+            warnings.warn("Training interrupted by user.", stacklevel=4)
 
         if early_stopping:
             self.coefs_ = self._best_coefs
@@ -1112,3 +1117,153 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                 logits = self._forward(kernels, _rows(X, block, dtype), "identity")
                 codes[block] = np.argmax(logits, axis=1)
         return self.classes_[codes]
+
+    # --- persistence ---------------------------------------------------------------
+
+    def save(self, path):
+        """Write the fitted model to ``path`` (read it with :func:`fusedgrad.models.load`).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write: one uncompressed ``.npz`` archive of the
+            weights with the parameters and fitted state as JSON.
+        """
+        self._check_is_fitted()
+        _persist.save(self, path)
+
+    def _persist_state(self):
+        params = self.get_params(deep=False)
+        params["hidden_layer_sizes"] = list(self._hidden_sizes())
+        if isinstance(self.random_state, np.random.RandomState):
+            params["random_state"] = None  # a generator's state is not a parameter to keep
+        params["dtype"] = _check_dtype(self.dtype).name
+
+        def number(value):
+            return float(value) if value is not None and math.isfinite(value) else None
+
+        state = {
+            "n_features_in_": int(self.n_features_in_),
+            "n_layers_": int(self.n_layers_),
+            "n_outputs_": int(self.n_outputs_),
+            "out_activation_": self.out_activation_,
+            "n_iter_": int(self.n_iter_),
+            "t_": int(self.t_),
+            "loss_": number(getattr(self, "loss_", None)),
+            "loss_curve_": [float(v) for v in self.loss_curve_],
+            "best_loss_": number(self.best_loss_),
+            "validation_scores_": None if self.validation_scores_ is None
+            else [float(v) for v in self.validation_scores_],
+            "best_validation_score_": number(self.best_validation_score_),
+            "no_improvement_count": int(self._no_improvement_count),
+        }
+        arrays = {}
+        classes = self.classes_
+        if classes.dtype.kind in "biuf":
+            arrays["classes_"] = classes
+        elif all(isinstance(c, str) for c in classes.tolist()):
+            state["classes_"] = [str(c) for c in classes.tolist()]
+        else:
+            raise TypeError(
+                f"classes_ of dtype {classes.dtype} cannot be saved: only numbers and "
+                "strings can (pickle the model instead)"
+            )
+        for i, (W, b) in enumerate(zip(self.coefs_, self.intercepts_)):
+            arrays[f"coefs_{i}"] = W
+            arrays[f"intercepts_{i}"] = b
+        return params, state, arrays
+
+    @classmethod
+    def _from_persist_state(cls, params, state, arrays):
+        params = dict(params)
+        if isinstance(params.get("hidden_layer_sizes"), list):
+            params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+        model = cls(**params)
+        hidden, dtype, _ = model._check_params()
+
+        def integer(name, low):
+            value = state.get(name)
+            if not _is_int(value) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            return value
+
+        def number(name, value, allow_none=True):
+            if value is None and allow_none:
+                return None
+            if not _is_real(value):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            return float(value)
+
+        def numbers_list(name, allow_none):
+            value = state.get(name)
+            if value is None and allow_none:
+                return None
+            if not isinstance(value, list):
+                raise ValueError(f"{name} must be a list of numbers, got {value!r}")
+            return [number(name, v, allow_none=False) for v in value]
+
+        d = integer("n_features_in_", 1)
+        n_classes = integer("n_outputs_", 2)
+        units = [d, *hidden, n_classes]
+        if integer("n_layers_", 2) != len(units):
+            raise ValueError(
+                f"n_layers_ is {state['n_layers_']} but hidden_layer_sizes={hidden} "
+                f"makes {len(units)} layers"
+            )
+        if state.get("out_activation_") != "softmax":
+            raise ValueError(
+                f"out_activation_ must be 'softmax', got {state.get('out_activation_')!r}")
+
+        if "classes_" in arrays:
+            classes = _persist.expect_array(arrays, "classes_", (n_classes,),
+                                            arrays["classes_"].dtype)
+            if classes.dtype.kind not in "biuf":
+                raise ValueError(f"the array 'classes_' has dtype {classes.dtype}")
+        else:
+            labels = state.get("classes_")
+            if not isinstance(labels, list) or not all(isinstance(c, str) for c in labels):
+                raise ValueError("classes_ is missing (neither an array nor a list of strings)")
+            classes = np.array(labels, dtype=str)
+            if classes.shape != (n_classes,):
+                raise ValueError(f"classes_ has {len(labels)} labels, expected {n_classes}")
+        if not np.array_equal(np.unique(classes), classes):
+            raise ValueError(f"classes_ must be sorted and distinct, got {classes!r}")
+
+        coefs, intercepts = [], []
+        for i, (fan_in, fan_out) in enumerate(zip(units[:-1], units[1:])):
+            coefs.append(np.array(_persist.expect_array(arrays, f"coefs_{i}",
+                                                        (fan_in, fan_out), dtype)))
+            intercepts.append(np.array(_persist.expect_array(arrays, f"intercepts_{i}",
+                                                             (fan_out,), dtype)))
+        expected = {f"{kind}_{i}" for kind in ("coefs", "intercepts") for i in range(len(coefs))}
+        extra = set(arrays) - expected - {"classes_"}
+        if extra:
+            raise ValueError(f"unexpected arrays {sorted(extra)}")
+        if not all(np.all(np.isfinite(p)) for p in coefs + intercepts):
+            raise ValueError("coefs_ or intercepts_ hold NaN or infinity")
+
+        model.classes_ = classes
+        model.n_features_in_ = d
+        model.n_layers_ = len(units)
+        model.n_outputs_ = n_classes
+        model.out_activation_ = "softmax"
+        model.coefs_, model.intercepts_ = coefs, intercepts
+        model._best_coefs = [c.copy() for c in coefs]
+        model._best_intercepts = [b.copy() for b in intercepts]
+        model.n_iter_ = integer("n_iter_", 0)
+        model.t_ = integer("t_", 0)
+        model._no_improvement_count = integer("no_improvement_count", 0)
+        loss = number("loss_", state.get("loss_"))
+        if loss is not None:
+            model.loss_ = loss
+        model.loss_curve_ = numbers_list("loss_curve_", allow_none=False)
+        model.validation_scores_ = numbers_list("validation_scores_", allow_none=True)
+        best_loss = number("best_loss_", state.get("best_loss_"))
+        best_score = number("best_validation_score_", state.get("best_validation_score_"))
+        if model.validation_scores_ is None:
+            model.best_loss_ = np.inf if best_loss is None else best_loss
+            model.best_validation_score_ = None
+        else:
+            model.best_loss_ = best_loss
+            model.best_validation_score_ = -np.inf if best_score is None else best_score
+        return model
