@@ -34,12 +34,19 @@ API
     A 1-D real target of length ``n_samples`` in ``dtype`` (float), finite.
 ``NotFittedError``
     Subclass of ``ValueError`` and ``AttributeError``, as scikit-learn's.
-``ConvergenceWarning``
-    ``UserWarning`` subclass: an iterative solver stopped at ``max_iter``.
+``ConvergenceWarning``, ``DataConversionWarning``
+    ``UserWarning`` subclasses: an iterative solver stopped at ``max_iter``;
+    a column-vector ``y`` was flattened. Raise or warn with ``_sk(cls)``
+    rather than ``cls``: once scikit-learn is imported it gives a subclass of
+    both ours and scikit-learn's class of the same name, so that code (and
+    scikit-learn's checks) catching scikit-learn's also catch ours.
 """
 
+import functools
 import inspect
 import numbers
+import sys
+import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -52,6 +59,7 @@ __all__ = [
     "ClassifierMixin",
     "NotFittedError",
     "ConvergenceWarning",
+    "DataConversionWarning",
     "check_array",
     "check_target",
 ]
@@ -65,6 +73,29 @@ class NotFittedError(ValueError, AttributeError):
 
 class ConvergenceWarning(UserWarning):
     """An iterative solver stopped at ``max_iter`` before meeting ``tol``."""
+
+
+class DataConversionWarning(UserWarning):
+    """Input data was converted (e.g. a column-vector ``y`` flattened)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _with_sklearn(cls):
+    """``cls``, or a subclass of it and of scikit-learn's class of the same name
+    when ``sklearn.exceptions`` is already imported (so that code catching
+    scikit-learn's exceptions and warnings also catches ours)."""
+    sk = sys.modules.get("sklearn.exceptions")
+    theirs = getattr(sk, cls.__name__, None) if sk is not None else None
+    if theirs is None:
+        return cls
+    return type(cls.__name__, (cls, theirs), {"__module__": cls.__module__})
+
+
+def _sk(cls):
+    # Not cached while scikit-learn is absent, so a later import is noticed.
+    if "sklearn.exceptions" not in sys.modules:
+        return cls
+    return _with_sklearn(cls)
 
 
 def _resolve_dtype(name, dtype):
@@ -111,30 +142,41 @@ def check_array(name, value, *, dtype=None, ndim=2, ensure_finite=True):
         a = np.asarray(value)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{name} cannot be converted to an array: {exc}") from None
+    return _check_converted(name, a, target, ndim, ensure_finite)
+
+
+def _check_converted(name, a, target, ndim, ensure_finite):
     kind = a.dtype.kind
     if kind in "USV":
         raise TypeError(f"{name} must hold numbers, got dtype {a.dtype} (strings or bytes)")
     if kind == "c":
-        raise TypeError(f"{name} must hold real numbers, got complex dtype {a.dtype}")
+        # ValueError, as scikit-learn raises for complex data.
+        raise ValueError(f"{name} holds complex numbers. Complex data not supported")
     if kind == "O":
         try:
             a = a.astype(np.float64 if target is None else target)
-        except (ValueError, TypeError):
-            raise TypeError(f"{name} holds objects that are not numbers") from None
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{name} holds objects that are not numbers: {exc}") from None
     elif kind not in "biuf":
         raise TypeError(f"{name} must hold numbers, got dtype {a.dtype}")
     if a.ndim != ndim:
         if ndim == 2 and a.ndim == 1:
             raise ValueError(
                 f"{name} must be 2-D (n_samples, n_features), got a 1-D array of shape "
-                f"{a.shape}; use {name}.reshape(-1, 1) for a single feature or "
-                f"{name}.reshape(1, -1) for a single sample"
+                f"{a.shape}. Reshape your data either using {name}.reshape(-1, 1) if it has "
+                f"a single feature or {name}.reshape(1, -1) if it contains a single sample"
             )
         raise ValueError(f"{name} must be {ndim}-D, got {a.ndim}-D array of shape {a.shape}")
     if a.shape[0] == 0:
-        raise ValueError(f"{name} is empty: it has 0 samples (shape {a.shape})")
+        raise ValueError(
+            f"{name} is empty: found array with 0 sample(s) (shape={a.shape}) while a "
+            "minimum of 1 is required."
+        )
     if ndim == 2 and a.shape[1] == 0:
-        raise ValueError(f"{name} has 0 features (shape {a.shape})")
+        raise ValueError(
+            f"{name} has no features: found array with 0 feature(s) (shape={a.shape}) while "
+            "a minimum of 1 is required."
+        )
     if target is None:
         target = a.dtype if a.dtype in _FLOATS else np.dtype(np.float64)
     a = np.ascontiguousarray(a, dtype=target)
@@ -144,15 +186,37 @@ def check_array(name, value, *, dtype=None, ndim=2, ensure_finite=True):
 
 
 def check_target(value, n_samples, dtype, name="y"):
-    """A regression target: 1-D (or (n, 1)), length ``n_samples``, finite, in ``dtype``."""
-    y = check_array(name, value, dtype=dtype, ndim=2 if np.ndim(value) == 2 else 1)
-    if y.ndim == 2:
-        if y.shape[1] != 1:
-            raise ValueError(
-                f"{name} must be 1-D of length {n_samples}, got shape {y.shape} "
-                "(multi-output targets are not supported)"
-            )
-        y = y.reshape(-1)
+    """A regression target: 1-D, length ``n_samples``, finite, in ``dtype``.
+
+    A column vector ``(n_samples, 1)`` is flattened with a
+    :class:`DataConversionWarning`, as scikit-learn does.
+    """
+    if value is None:
+        raise ValueError(
+            f"{name} is None: this estimator requires y to be passed, but the target y is None"
+        )
+    if type(value).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"{name} is a sparse matrix; fusedgrad needs a dense array")
+    if isinstance(value, (str, bytes, dict, set)):
+        raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__}")
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} cannot be converted to an array: {exc}") from None
+    if a.ndim == 2 and a.shape[1] == 1:
+        warnings.warn(
+            f"A column-vector {name} was passed when a 1d array was expected. Please change "
+            f"the shape of {name} to (n_samples,), for example using ravel().",
+            _sk(DataConversionWarning),
+            stacklevel=3,
+        )
+        a = a.reshape(-1)
+    if a.ndim == 2:
+        raise ValueError(
+            f"{name} must be 1-D of length {n_samples}, got shape {a.shape} "
+            "(multi-output targets are not supported)"
+        )
+    y = _check_converted(name, a, _resolve_dtype("dtype", dtype), 1, True)
     if y.shape[0] != n_samples:
         raise ValueError(f"{name} has {y.shape[0]} values but X has {n_samples} samples")
     return y
@@ -279,7 +343,7 @@ class BaseModel:
 
     def _check_is_fitted(self):
         if not self.__sklearn_is_fitted__():
-            raise NotFittedError(
+            raise _sk(NotFittedError)(
                 f"This {type(self).__name__} instance is not fitted yet; call 'fit' first."
             )
 
@@ -290,8 +354,8 @@ class BaseModel:
             self.n_features_in_ = X.shape[1]
         elif X.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"X has {X.shape[1]} features, but {type(self).__name__} was fitted "
-                f"with {self.n_features_in_} features"
+                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input"
             )
         return X
 

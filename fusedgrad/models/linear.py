@@ -18,6 +18,7 @@ from fusedgrad.models._base import (
     _is_int,
     _is_real,
     _resolve_dtype,
+    _sk,
     check_array,
     check_target,
 )
@@ -148,7 +149,9 @@ class LinearRegression(RegressorMixin, BaseModel):
         Estimated 1-norm condition number of the scaled ``X^T X`` (inf when
         singular), when the solver computed it (``'normal'`` and ``'auto'``).
     n_iter_ : int
-        ``'gd'`` only: iterations run (passes of ``ols_loss_grad``).
+        ``'gd'``: iterations run (passes of ``ols_loss_grad``; the step size
+        and the means take one more pass). Other solvers: passes over ``X``
+        (1, or 2 when ``'auto'`` fell back to QR).
     loss_curve_ : list of float
         ``'gd'`` only: the loss :math:`L(w, b)` at the start of each iteration.
 
@@ -220,8 +223,10 @@ class LinearRegression(RegressorMixin, BaseModel):
         else:
             coef = intercept = None
             shift = None
+            passes = 0
             if self.solver in ("normal", "auto"):
                 mean, scatter = centered_gram(X, y, check_finite=False)
+                passes += 1
                 solved = self._solve_gram(X.shape[0], mean, scatter, eps, result)
                 if solved is not None:
                     coef, intercept = solved
@@ -229,13 +234,14 @@ class LinearRegression(RegressorMixin, BaseModel):
                 shift = mean
             if coef is None:
                 coef, intercept = self._fit_qr(X, y, shift, eps, result)
+                passes += 1
                 result["solver_"] = "qr"
+            result["n_iter_"] = passes
         self.coef_ = np.asarray(coef, dtype=X.dtype)
         self.intercept_ = X.dtype.type(intercept)
         self.n_features_in_ = X.shape[1]
-        for name in ("n_iter_", "loss_curve_"):
-            if name not in result and hasattr(self, name):
-                delattr(self, name)
+        if "loss_curve_" not in result and hasattr(self, "loss_curve_"):
+            del self.loss_curve_
         for name, value in result.items():
             setattr(self, name, value)
         return self
@@ -372,7 +378,7 @@ class LinearRegression(RegressorMixin, BaseModel):
                 f"gradient descent stopped at max_iter={self.max_iter} with the gradient norm at "
                 f"{gnorm / g0:.2e} of its start (tol={self.tol}); raise max_iter or use "
                 "solver='auto'",
-                ConvergenceWarning,
+                _sk(ConvergenceWarning),
                 stacklevel=3,
             )
         result["n_iter_"] = len(curve)
@@ -415,8 +421,8 @@ class LinearRegression(RegressorMixin, BaseModel):
             else float(self.cond_),
             "cond_is_inf": self.cond_ is not None and not math.isfinite(self.cond_),
         }
-        if hasattr(self, "n_iter_"):
-            state["n_iter_"] = int(self.n_iter_)
+        state["n_iter_"] = int(self.n_iter_)
+        if hasattr(self, "loss_curve_"):
             state["loss_curve_"] = [float(v) for v in self.loss_curve_]
         arrays = {"coef_": self.coef_, "intercept_": np.asarray(self.intercept_)}
         return params, state, arrays
@@ -452,15 +458,15 @@ class LinearRegression(RegressorMixin, BaseModel):
         model.solver_ = solver
         model.rank_ = rank
         model.cond_ = cond
-        if "n_iter_" in state or solver == "gd":
-            n_iter = state.get("n_iter_")
+        n_iter = state.get("n_iter_")
+        if not _is_int(n_iter) or n_iter < 1:
+            raise ValueError(f"n_iter_ must be a positive integer, got {n_iter!r}")
+        model.n_iter_ = n_iter
+        if solver == "gd":
             curve = state.get("loss_curve_")
-            if not _is_int(n_iter) or n_iter < 1:
-                raise ValueError(f"n_iter_ must be a positive integer, got {n_iter!r}")
             if (not isinstance(curve, list) or len(curve) != n_iter
                     or not all(_is_real(v) for v in curve)):
                 raise ValueError(f"loss_curve_ must be a list of {n_iter} numbers")
-            model.n_iter_ = n_iter
             model.loss_curve_ = [float(v) for v in curve]
         return model
 
