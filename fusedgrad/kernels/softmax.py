@@ -5,15 +5,103 @@ from numba import njit, prange
 
 from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
-from fusedgrad.kernels._math import exp
+from fusedgrad.kernels._math import exp, log1p
 from fusedgrad.kernels._partition import chunk_range, plan
 
 __all__ = ["softmax_cross_entropy"]
 
 
+#: Up to this many classes, rows are handled in transposed blocks (see
+#: :func:`softmax_ce_rows`); beyond it, one row at a time.
+_COLUMNS_MAX_CLASSES = 32
+
+#: Elements of a transposed block of logits (it stays in L1 cache).
+_BLOCK_ELEMENTS = 4096
+
+
 @njit(**opt.INLINE)
 def softmax_ce_rows(Z, dZ, y, rows, inv_n):
     """Loss and gradient of ``rows`` rows of logits; returns the summed row losses (float64).
+
+    With few classes a row is too short to fill a SIMD register, so blocks
+    of rows are transposed into a small scratch array and processed across
+    rows (:func:`_ce_block_columns`); with many classes, row by row
+    (:func:`_ce_rows`). Both compute the same sums in the same order.
+    """
+    K = Z.shape[1]
+    if K > _COLUMNS_MAX_CLASSES:
+        return _ce_rows(Z, dZ, y, rows, inv_n)
+    block = max(16, (_BLOCK_ELEMENTS // K) // 16 * 16)
+    T = np.empty((K, block), Z.dtype)
+    scratch = np.empty((4, block), Z.dtype)
+    total = 0.0
+    for r0 in range(0, rows, block):
+        r1 = min(rows, r0 + block)
+        total += _ce_block_columns(Z, dZ, y, r0, r1, inv_n, T, scratch)
+    return total
+
+
+@njit(**opt.JIT)
+def _ce_block_columns(Z, dZ, y, r0, r1, inv_n, T, scratch):
+    """Rows ``[r0, r1)`` of :func:`softmax_ce_rows`, vectorised across rows.
+
+    ``T`` (K, block) receives the transposed logits and then their shifted
+    exponentials; ``scratch`` holds per-row maximum, first argmax, ``t`` and
+    the logit of the label.
+    """
+    K = Z.shape[1]
+    n = r1 - r0
+    zero = Z.dtype.type(0.0)
+    one = Z.dtype.type(1.0)
+    mx, am, t, zy = scratch[0], scratch[1], scratch[2], scratch[3]
+    for i in range(n):
+        row = r0 + i
+        zy[i] = Z[row, y[row]]
+        for k in range(K):
+            T[k, i] = Z[row, k]
+    for i in range(n):
+        mx[i] = T[0, i]
+    for k in range(1, K):
+        for i in range(n):
+            mx[i] = max(mx[i], T[k, i])
+    # the first index of the maximum (as a float: exact for any K here)
+    for i in range(n):
+        am[i] = Z.dtype.type(K - 1)
+    for k in range(K - 2, -1, -1):
+        kf = Z.dtype.type(k)
+        for i in range(n):
+            am[i] = kf if T[k, i] == mx[i] else am[i]
+    for i in range(n):
+        t[i] = zero
+    for k in range(K):
+        for i in range(n):
+            T[k, i] = exp(T[k, i] - mx[i])
+    for k in range(K):
+        kf = Z.dtype.type(k)
+        for i in range(n):
+            t[i] += zero if am[i] == kf else T[k, i]
+    log_sum = 0.0
+    margin_sum = 0.0
+    for i in range(n):
+        log_sum += np.float64(log1p(t[i]))
+        margin_sum += np.float64(mx[i] - zy[i])
+    for i in range(n):
+        scale = inv_n / (one + t[i])
+        row = r0 + i
+        label = y[row]
+        ey = T[label, i]
+        for k in range(K):
+            dZ[row, k] = T[k, i] * scale
+        if label == np.intp(am[i]):
+            dZ[row, label] = -t[i] * scale
+        else:
+            dZ[row, label] = ey * scale - inv_n
+    return log_sum + margin_sum
+
+
+@njit(**opt.JIT)
+def _ce_rows(Z, dZ, y, rows, inv_n):
+    """Loss and gradient of ``rows`` rows of logits, one row at a time (many classes).
 
     Per row, with ``m = max z`` (first reached at ``k = a``) and
     ``t = sum_{k != a} e^(z_k - m)`` (the sum of the exponentials is ``s = 1 + t``):
@@ -47,7 +135,7 @@ def softmax_ce_rows(Z, dZ, y, rows, inv_n):
             t += dZ[i, k]
         for k in range(a + 1, K):
             t += dZ[i, k]
-        log_sum += np.float64(np.log1p(t))
+        log_sum += np.float64(log1p(t))
         margin_sum += np.float64(m - zy)
         scale = inv_n / (one + t)
         ey = dZ[i, label]
