@@ -44,3 +44,90 @@ ROWS_PER_PARTIAL_BYTE = 1024
 #: Bounds of the chunk size, in rows.
 MIN_CHUNK_ROWS = 64
 MAX_CHUNK_ROWS = 1024
+
+# ---------------------------------------------------------------------------
+# CUDA kernels (fusedgrad.kernels.cuda)
+# ---------------------------------------------------------------------------
+# The CUDA kernels are built by factories that read these values when a kernel
+# is first needed for a given shape class and dtype; the values are part of the
+# factories' cache keys, so changing one (the tests shrink them so that tiny
+# inputs span several blocks) builds new kernels. Block sizes are threads per
+# block; every size below must be a power of two unless said otherwise.
+
+#: Options of every ``@cuda.jit`` kernel and device function. No fast math:
+#: the sigmoid and the softmax rely on IEEE inf arithmetic, and ``__expf``
+#: loses accuracy for large arguments.
+CUDA_JIT = dict(fastmath=False)
+
+#: Threads per block of the one-dimensional kernels (checks, elementwise and
+#: column-sum passes, the second pass over per-block partial sums).
+CUDA_TPB = 256
+
+#: Blocks per multiprocessor of the grid-stride kernels: the grid is
+#: ``min(work, CUDA_BLOCKS_PER_SM * multiprocessors)`` blocks.
+CUDA_BLOCKS_PER_SM = 4
+
+#: Upper bound on the grid of every grid-stride kernel, or None (then only
+#: ``CUDA_BLOCKS_PER_SM`` bounds it). The tests set a small value so that the
+#: grid-stride loops run more than once.
+CUDA_MAX_BLOCKS = None
+
+#: Multiprocessors assumed when the device does not report its count (the
+#: simulator).
+CUDA_DEFAULT_SMS = 2
+
+#: Static shared memory, in bytes, one block may use (48 KiB is the limit of
+#: static shared memory on every CUDA GPU).
+CUDA_SHARED_BYTES = 48 * 1024
+
+#: Reduce within a warp with ``shfl_down_sync`` (True), through shared memory
+#: only (False), or decide at build time (None: shuffles on a real GPU, shared
+#: memory under the simulator, which does not implement warp shuffles).
+CUDA_WARP_SHUFFLE = None
+
+# Softmax cross-entropy. Up to ``CUDA_SOFTMAX_STAGED_MAX_K`` classes a block
+# stages a tile of ``CUDA_SOFTMAX_TPB`` whole rows in shared memory with
+# coalesced loads and each thread then handles one row; for more classes a
+# block works on one row at a time, its threads striding over the row.
+CUDA_SOFTMAX_TPB = 128
+CUDA_SOFTMAX_STAGED_MAX_K = 32
+
+# Tiled matrix product (numba.cuda): a block computes a BM x BN tile of C in
+# steps of BK, each thread a TM x TN micro-tile held in registers;
+# (BM / TM) * (BN / TN) threads per block.
+CUDA_GEMM_BM = 64
+CUDA_GEMM_BN = 64
+CUDA_GEMM_BK = 16
+CUDA_GEMM_TM = 4
+CUDA_GEMM_TN = 4
+
+#: Which library computes the large matrix products: "numba" (the tiled
+#: kernel above), "cupy" (cuBLAS through CuPy) or "auto" (CuPy when it imports
+#: and a real GPU is in use, else numba).
+CUDA_GEMM = "auto"
+
+#: A product ``A^T B`` summed over many rows (weight gradients, the Gram
+#: matrix) is split over at most this many row ranges, each block writing its
+#: own partial tile; the partials are then added in a fixed order.
+CUDA_MAX_SPLITS = 64
+
+# The fused MLP kernel (thin layers): one block keeps its share of the weight
+# gradients in registers while it walks over tiles of rows; a row tile's
+# activations live only in shared memory.
+#: Threads per block of the fused kernel.
+CUDA_FUSED_TPB = 256
+#: Largest number of dW1 (and, separately, dW2) partial sums one thread keeps
+#: in registers; layers with ``d * h > CUDA_FUSED_TPB * CUDA_FUSED_MAX_ACC``
+#: take the layered path (matrix products with fused elementwise stages).
+CUDA_FUSED_MAX_ACC = 64
+#: Most rows per tile of the fused kernel (fewer when shared memory is short).
+CUDA_FUSED_MAX_ROWS = 128
+#: Blocks per multiprocessor of the fused kernel.
+CUDA_FUSED_BLOCKS_PER_SM = 2
+
+#: Rows per tile of the OLS kernel, at most (fewer when a row is wide).
+CUDA_OLS_MAX_ROWS = 64
+
+#: The layered MLP path processes the rows in chunks whose hidden activations
+#: take at most this many bytes.
+CUDA_CHUNK_BYTES = 1 << 30

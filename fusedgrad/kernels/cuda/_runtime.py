@@ -1,0 +1,605 @@
+"""What every CUDA kernel wrapper shares: the import guard, launch sizes,
+input checks on host and device arrays, output allocation and the second pass
+over per-block partial sums.
+
+numba-cuda is optional. This module imports on any machine; :data:`cuda` is
+``numba.cuda`` when numba-cuda imports and None otherwise, and
+:func:`require` raises a :class:`RuntimeError` that says what is missing.
+
+Input conventions of every kernel in :mod:`fusedgrad.kernels.cuda`:
+
+* A *device array* is a numba device array or any object with
+  ``__cuda_array_interface__`` (CuPy, PyTorch); it is used in place, never
+  copied to the host. A non-contiguous one is copied once on the device.
+* Anything else is a *host array* (NumPy array or array-like): it is checked
+  exactly as the CPU kernels check it and copied to the device.
+* Outputs are numba device arrays when at least one input is a device array,
+  NumPy arrays when all inputs are host arrays. A loss is always returned as a
+  NumPy scalar of the input dtype (one value copied back).
+* Checks that need the data (NaN/inf, labels in range) run as small
+  reduction kernels on device arrays; their results come back in one copy of
+  a few integers, so a call synchronises once before its kernels run.
+"""
+
+import functools
+import importlib.util
+import math
+import numbers
+
+import numpy as np
+from numba import types
+
+from fusedgrad import _validate
+from fusedgrad.kernels import _options as opt
+
+__all__ = [
+    "cuda",
+    "is_available",
+    "require",
+    "simulator",
+    "use_shuffle",
+    "grid_size",
+    "Inputs",
+    "prepare",
+    "empty",
+    "to_host",
+    "sum_partials",
+]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+cuda = None
+_IMPORT_ERROR = None
+
+if importlib.util.find_spec("numba_cuda") is None:
+    _IMPORT_ERROR = "numba-cuda is not installed (pip install 'fusedgrad[cuda]')"
+else:
+    try:
+        from numba import cuda
+    except Exception as exc:  # a broken or incompatible installation
+        cuda = None
+        _IMPORT_ERROR = f"numba.cuda failed to import: {type(exc).__name__}: {exc}"
+
+
+def simulator():
+    """Whether numba's CUDA simulator is in use (``NUMBA_ENABLE_CUDASIM=1``)."""
+    if cuda is None:
+        return False
+    from numba.core import config
+
+    return bool(config.ENABLE_CUDASIM)
+
+
+@functools.lru_cache(maxsize=None)
+def _unavailable_reason():
+    if cuda is None:
+        return _IMPORT_ERROR
+    if simulator():
+        return None
+    try:
+        if cuda.is_available():
+            return None
+    except Exception as exc:  # driver present but broken
+        return f"the CUDA driver failed to initialise: {type(exc).__name__}: {exc}"
+    return "no CUDA GPU or driver was found"
+
+
+def is_available():
+    """Whether the CUDA kernels can run here.
+
+    True when numba-cuda is installed and a CUDA GPU with a working driver is
+    present, or when numba's CUDA simulator is switched on
+    (``NUMBA_ENABLE_CUDASIM=1``, which runs the kernels slowly on the CPU).
+
+    Returns
+    -------
+    bool
+    """
+    return _unavailable_reason() is None
+
+
+def require():
+    """Raise RuntimeError, saying why, unless :func:`is_available`."""
+    reason = _unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(
+            f"fusedgrad.kernels.cuda cannot run: {reason}. "
+            "Use the CPU kernels in fusedgrad.kernels instead."
+        )
+
+
+def use_shuffle():
+    """Whether block reductions use warp shuffles (see ``CUDA_WARP_SHUFFLE``)."""
+    if opt.CUDA_WARP_SHUFFLE is None:
+        return not simulator()
+    return bool(opt.CUDA_WARP_SHUFFLE)
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors():
+    if simulator():
+        return opt.CUDA_DEFAULT_SMS
+    try:
+        return int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+    except Exception:
+        return opt.CUDA_DEFAULT_SMS
+
+
+def grid_size(work, per_sm=None):
+    """Blocks of a grid-stride kernel over ``work`` units (tiles, rows, ...)."""
+    per_sm = opt.CUDA_BLOCKS_PER_SM if per_sm is None else per_sm
+    blocks = max(1, min(int(work), per_sm * _multiprocessors()))
+    if opt.CUDA_MAX_BLOCKS is not None:
+        blocks = min(blocks, int(opt.CUDA_MAX_BLOCKS))
+    return blocks
+
+
+def jit(**extra):
+    """``cuda.jit`` with the options of :mod:`fusedgrad.kernels._options`."""
+    return cuda.jit(**dict(opt.CUDA_JIT, **extra))
+
+
+# ---------------------------------------------------------------------------
+# Small kernels of the wrappers: checks, copies, fills, second passes
+# ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _check_kernels(tpb):
+    """Kernels that count non-finite values and out-of-range labels."""
+
+    @jit()
+    def count_nonfinite(a, flags, slot):
+        # a: 1-D; flags[slot] += number of NaN/inf. Block partial counts in
+        # shared memory, one integer atomic per block (exact, order-free).
+        buf = cuda.shared.array(tpb, types.int64)
+        tid = cuda.threadIdx.x
+        count = 0
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < a.shape[0]:
+            if not math.isfinite(a[i]):
+                count += 1
+            i += step
+        buf[tid] = count
+        cuda.syncthreads()
+        s = tpb // 2
+        while s > 0:
+            if tid < s:
+                buf[tid] += buf[tid + s]
+            cuda.syncthreads()
+            s //= 2
+        if tid == 0 and buf[0] > 0:
+            cuda.atomic.add(flags, slot, buf[0])
+
+    @jit()
+    def label_range(y, n_classes, flags, slot):
+        # flags[slot]: count of labels outside [0, n_classes);
+        # flags[slot + 1], flags[slot + 2]: running min and max label.
+        buf = cuda.shared.array(tpb, types.int64)
+        tid = cuda.threadIdx.x
+        bad = 0
+        lo = np.int64(0x7FFFFFFFFFFFFFFF)
+        hi = np.int64(-0x7FFFFFFFFFFFFFFF)
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < y.shape[0]:
+            v = np.int64(y[i])
+            if v < 0 or v >= n_classes:
+                bad += 1
+            lo = min(lo, v)
+            hi = max(hi, v)
+            i += step
+        buf[tid] = bad
+        cuda.syncthreads()
+        s = tpb // 2
+        while s > 0:
+            if tid < s:
+                buf[tid] += buf[tid + s]
+            cuda.syncthreads()
+            s //= 2
+        if tid == 0 and buf[0] > 0:
+            cuda.atomic.add(flags, slot, buf[0])
+        if bad > 0:
+            cuda.atomic.min(flags, slot + 1, lo)
+            cuda.atomic.max(flags, slot + 2, hi)
+
+    return count_nonfinite, label_range
+
+
+@functools.lru_cache(maxsize=None)
+def _copy_kernels():
+    @jit()
+    def copy2d(src, dst):
+        n_cols = dst.shape[1]
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < dst.shape[0] * n_cols:
+            r = i // n_cols
+            c = i - r * n_cols
+            dst[r, c] = src[r, c]
+            i += step
+
+    @jit()
+    def copy1d(src, dst):
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < dst.shape[0]:
+            dst[i] = src[i]
+            i += step
+
+    @jit()
+    def fill(a, value):
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < a.shape[0]:
+            a[i] = value
+            i += step
+
+    return copy2d, copy1d, fill
+
+
+#: When True every output buffer is filled with NaN (0x7F.. for integers)
+#: before a kernel writes it, so an element a kernel forgets stays NaN.
+#: Used by the tests and ``benchmarks/gpu_check.py``; costs a pass per output.
+POISON = False
+
+
+def empty(shape, dtype):
+    """An uninitialised device array (NaN-filled when :data:`POISON` is set)."""
+    a = cuda.device_array(shape, dtype)
+    if POISON and a.size:
+        flat = a.reshape(a.size)
+        value = np.nan if np.dtype(dtype).kind == "f" else np.iinfo(dtype).max
+        _, _, fill = _copy_kernels()
+        fill[grid_size(-(-a.size // opt.CUDA_TPB)), opt.CUDA_TPB](flat, np.dtype(dtype).type(value))
+    return a
+
+
+def zeros(shape, dtype):
+    """A zero-filled device array."""
+    a = cuda.device_array(shape, dtype)
+    if a.size:
+        _, _, fill = _copy_kernels()
+        fill[grid_size(-(-a.size // opt.CUDA_TPB)), opt.CUDA_TPB](a.reshape(a.size), np.dtype(dtype).type(0))
+    return a
+
+
+def to_host(a):
+    """A device array copied to a new NumPy array."""
+    return a.copy_to_host()
+
+
+@functools.lru_cache(maxsize=None)
+def _sum_kernel():
+    @jit()
+    def sum_rows(partials, out, scale, accumulate):
+        # out[m] (+)= scale * sum_g partials[g, m], in float64, g in order.
+        m = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while m < out.shape[0]:
+            s = 0.0
+            for g in range(partials.shape[0]):
+                s += partials[g, m]
+            s *= scale
+            if accumulate:
+                s += out[m]
+            out[m] = s
+            m += step
+
+    return sum_rows
+
+
+def sum_partials(partials, out, scale=1.0, accumulate=False):
+    """``out (+)= scale * partials.sum(axis=0)``: the fixed-order second pass.
+
+    ``partials`` is (n_blocks, m) on the device, ``out`` a 1-D device array
+    of length m (any contiguous array viewed flat). Sums in float64.
+    """
+    m = out.shape[0]
+    tpb = opt.CUDA_TPB
+    _sum_kernel()[grid_size(-(-m // tpb)), tpb](partials, out, float(scale), bool(accumulate))
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------
+
+
+def _is_device(value):
+    return bool(getattr(value, "__cuda_ndarray__", False)) or hasattr(
+        value, "__cuda_array_interface__"
+    )
+
+
+def _as_device(value):
+    if getattr(value, "__cuda_ndarray__", False):
+        return value
+    return cuda.as_cuda_array(value)
+
+
+def _host(name, value):
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, (list, tuple, numbers.Number)) or hasattr(value, "__array__"):
+        return np.asarray(value)
+    raise TypeError(f"{name} must be an array, got {type(value).__name__}")
+
+
+def _is_c_contiguous(a):
+    try:
+        return bool(a.is_c_contiguous())
+    except AttributeError:
+        return bool(a.flags["C_CONTIGUOUS"])
+
+
+def _contiguous(a):
+    """A C-contiguous device array with the contents of device array ``a``."""
+    if _is_c_contiguous(a):
+        return a
+    out = cuda.device_array(a.shape, a.dtype)
+    copy2d, copy1d, _ = _copy_kernels()
+    tpb = opt.CUDA_TPB
+    blocks = grid_size(-(-max(a.size, 1) // tpb))
+    if a.ndim == 1:
+        copy1d[blocks, tpb](a, out)
+    else:
+        copy2d[blocks, tpb](a, out)
+    return out
+
+
+def _shape_text(shape):
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+class Inputs:
+    """The prepared inputs of one call.
+
+    Attributes
+    ----------
+    arrays : list
+        C-contiguous device arrays, in the order of the specs.
+    labels : device array or None
+        The labels, on the device (any integer dtype).
+    host : bool
+        True when every input was a host array: results go back to the host.
+    dtype : numpy.dtype
+        The common floating dtype.
+    sizes : dict
+        The named sizes of the specs (``n_samples`` ...).
+    """
+
+    def __init__(self, arrays, labels, host, dtype, sizes):
+        self.arrays = arrays
+        self.labels = labels
+        self.host = host
+        self.dtype = dtype
+        self.sizes = sizes
+
+    def result(self, a):
+        """An output as the caller gets it (NumPy when all inputs were host)."""
+        if a is None:
+            return None
+        return to_host(a) if self.host else a
+
+
+def prepare(specs, check_finite=True, labels=None):
+    """Check float inputs (and labels) and bring them to the device.
+
+    Parameters
+    ----------
+    specs : list of (name, value, shape)
+        As :func:`fusedgrad._validate.float_arrays`: ``shape`` holds ints and
+        size names.
+    check_finite : bool
+        Reject NaN/inf (a reduction kernel on device arrays).
+    labels : (name, value, samples_name, classes_name), optional
+        Integer labels of length ``sizes[samples_name]`` in
+        ``[0, sizes[classes_name])``.
+
+    Returns
+    -------
+    Inputs
+
+    Raises
+    ------
+    TypeError, ValueError
+        The same errors, with the same messages, as the CPU kernels.
+    """
+    require()
+    values = []
+    on_device = []
+    for name, value, _ in specs:
+        dev = _is_device(value)
+        values.append(_as_device(value) if dev else _host(name, value))
+        on_device.append(dev)
+
+    dtype = None
+    first = None
+    for a, (name, _, _) in zip(values, specs):
+        dt = np.dtype(a.dtype)
+        if dt not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must be a float32 or float64 array, got dtype {dt}")
+        if dtype is None:
+            dtype, first = dt, name
+        elif dt != dtype:
+            raise TypeError(
+                f"{name} has dtype {dt} but {first} has dtype {dtype}: "
+                "all float inputs must have the same dtype (cast them first)"
+            )
+
+    sizes, origin = {}, {}
+    for a, (name, _, shape) in zip(values, specs):
+        a_shape = tuple(a.shape)
+        if len(a_shape) != len(shape):
+            raise ValueError(
+                f"{name} must be {len(shape)}-D with shape {_shape_text(shape)}, "
+                f"got {len(a_shape)}-D array of shape {a_shape}"
+            )
+        for axis, (want, got) in enumerate(zip(shape, a_shape)):
+            if isinstance(want, str):
+                if want not in sizes:
+                    sizes[want], origin[want] = got, (name, axis)
+                    if got == 0:
+                        raise ValueError(f"{name} is empty: its axis {axis} ({want}) has size 0")
+                elif sizes[want] != got:
+                    other, other_axis = origin[want]
+                    raise ValueError(
+                        f"{name} has shape {a_shape}, expected {_shape_text(shape)}: "
+                        f"its axis {axis} ({want}) is {got} but axis {other_axis} of "
+                        f"{other} is {sizes[want]}"
+                    )
+            elif want != got:
+                raise ValueError(f"{name} must have size {want} on axis {axis}, got shape {a_shape}")
+
+    y = y_device = None
+    if labels is not None:
+        y_name, y_value, samples, classes = labels
+        n, k = sizes[samples], sizes[classes]
+        y_device = _is_device(y_value)
+        if y_device:
+            y = _as_device(y_value)
+            y_dtype = np.dtype(y.dtype)
+            if y_dtype == np.bool_ or not np.issubdtype(y_dtype, np.integer):
+                raise TypeError(
+                    f"{y_name} must hold integer class labels in [0, {k}), got dtype {y_dtype}"
+                )
+            if len(y.shape) != 1:
+                raise ValueError(f"{y_name} must be 1-D of length {n}, got shape {tuple(y.shape)}")
+            if y.shape[0] != n:
+                raise ValueError(f"{y_name} has {y.shape[0]} labels but there are {n} samples")
+        else:
+            y = _validate.labels(y_name, y_value, n, k).astype(np.int64, copy=False)
+
+    # Data checks: host arrays on the host, device arrays by kernels whose
+    # counts come back in a single copy.
+    device_checks = []  # (kind, name, slot)
+    flags = None
+    init = [0] * (sum(on_device) if check_finite else 0)
+    if y_device:
+        init += [0, np.iinfo(np.int64).max, np.iinfo(np.int64).min]
+    if init:
+        flags = cuda.to_device(np.array(init, dtype=np.int64))
+    count_nonfinite, label_range = _check_kernels(opt.CUDA_TPB)
+    tpb = opt.CUDA_TPB
+    slot = 0
+    for i, ((name, _, _), a) in enumerate(zip(specs, values)):
+        if not check_finite:
+            continue
+        if on_device[i]:
+            flat = _contiguous(a)
+            flat = flat.reshape(flat.size)
+            count_nonfinite[grid_size(-(-flat.size // tpb)), tpb](flat, flags, slot)
+            device_checks.append(("finite", name, slot))
+            slot += 1
+    if y_device:
+        label_range[grid_size(-(-y.shape[0] // tpb)), tpb](
+            y, np.int64(sizes[labels[3]]), flags, slot
+        )
+        device_checks.append(("labels", labels[0], slot))
+
+    counts = flags.copy_to_host() if flags is not None else None
+    for i, ((name, _, _), a) in enumerate(zip(specs, values)):
+        if not check_finite:
+            break
+        if on_device[i]:
+            slot = next(s for kind, nm, s in device_checks if kind == "finite" and nm == name)
+            if counts[slot]:
+                raise ValueError(f"{name} contains NaN or infinity")
+        elif not _validate.all_finite(np.ascontiguousarray(a)):
+            raise ValueError(f"{name} contains NaN or infinity")
+    if y_device:
+        slot = device_checks[-1][2]
+        if counts[slot]:
+            k = sizes[labels[3]]
+            lo, hi = int(counts[slot + 1]), int(counts[slot + 2])
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"{labels[0]} holds label {bad}, outside [0, {k}) for {k} classes"
+            )
+
+    arrays = []
+    for a, dev in zip(values, on_device):
+        if dev:
+            arrays.append(_contiguous(a))
+        else:
+            arrays.append(cuda.to_device(np.ascontiguousarray(a)))
+    if y is not None and not y_device:
+        y = cuda.to_device(np.ascontiguousarray(y))
+    host = not any(on_device) and not y_device
+    return Inputs(arrays, y, host, dtype, sizes)
+
+
+def loss_value(loss_sum, dtype):
+    """The loss kept as a one-element float64 device array, as a NumPy scalar."""
+    return np.dtype(dtype).type(loss_sum.copy_to_host()[0])
+
+
+def is_device(value):
+    """Whether ``value`` is a device array (numba, or ``__cuda_array_interface__``)."""
+    return _is_device(value)
+
+
+def _span(a):
+    """The byte range ``[start, stop)`` of a device array, or None if unknown."""
+    try:
+        iface = a.__cuda_array_interface__
+    except AttributeError:
+        return None
+    start = int(iface["data"][0])
+    return start, start + int(np.prod(iface["shape"], dtype=np.int64)) * np.dtype(iface["typestr"]).itemsize
+
+
+def _device_overlap(a, b):
+    fa, fb = getattr(a, "_ary", None), getattr(b, "_ary", None)
+    if fa is not None and fb is not None:  # simulator arrays wrap NumPy arrays
+        return np.shares_memory(fa, fb)
+    sa, sb = _span(a), _span(b)
+    if sa is None or sb is None:
+        return False
+    return sa[0] < sb[1] and sb[0] < sa[1]
+
+
+def output(name, value, shape, dtype, inputs=()):
+    """Check a caller-supplied output (host or device): shape, dtype,
+    C-contiguous, not overlapping any of ``inputs`` (name, value) pairs."""
+    if not _is_device(value):
+        host_inputs = [(n, v) for n, v in inputs if isinstance(v, np.ndarray)]
+        return _validate.output(name, value, shape, dtype, host_inputs)
+    a = _as_device(value)
+    if np.dtype(a.dtype) != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {np.dtype(a.dtype)}")
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+    if not _is_c_contiguous(a):
+        raise ValueError(f"{name} must be C-contiguous")
+    for other_name, other in inputs:
+        if _is_device(other) and _device_overlap(a, _as_device(other)):
+            raise ValueError(f"{name} overlaps input {other_name}")
+    return a
+
+
+@functools.lru_cache(maxsize=None)
+def _split_kernel():
+    @jit()
+    def split(C, left, last):
+        # left = C[:, :-1], last = C[:, -1]
+        n = left.shape[1]
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < C.shape[0] * C.shape[1]:
+            r = i // C.shape[1]
+            c = i - r * C.shape[1]
+            if c < n:
+                left[r, c] = C[r, c]
+            else:
+                last[r] = C[r, c]
+            i += step
+
+    return split
+
+
+def split_columns(C, left, last):
+    """Copy ``C[:, :-1]`` into ``left`` and ``C[:, -1]`` into ``last`` (device arrays)."""
+    tpb = opt.CUDA_TPB
+    _split_kernel()[grid_size(-(-C.size // tpb)), tpb](C, left, last)

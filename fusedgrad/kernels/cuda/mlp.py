@@ -1,0 +1,431 @@
+"""The whole forward and backward pass of the 2-layer MLP on the GPU."""
+
+import functools
+import math
+
+import numba
+import numpy as np
+from numba import types
+
+from fusedgrad.kernels import _options as opt
+from fusedgrad.kernels.cuda import _gemm
+from fusedgrad.kernels.cuda import _runtime as rt
+from fusedgrad.kernels.cuda._device import helpers
+from fusedgrad.kernels.cuda._runtime import cuda, jit
+from fusedgrad.kernels.cuda.affine import column_sums
+from fusedgrad.kernels.cuda.softmax import softmax_ce_device
+
+__all__ = ["mlp_loss_grad", "plan_fused"]
+
+
+# ---------------------------------------------------------------------------
+# Thin layers: the whole pass of a row tile in one kernel
+# ---------------------------------------------------------------------------
+
+
+def _fused_shared_bytes(D, H, K, R, T, itemsize, w1_shared):
+    words = R * ((D | 1) + (H | 1) + (K | 1)) + H * (K | 1) + H + K + T
+    if w1_shared:
+        words += D * (H | 1)
+    return itemsize * words + 8 * T
+
+
+def plan_fused(D, H, K, itemsize, tpb=None):
+    """The layout of the fused kernel for these sizes, or None when the layer
+    is too wide for it (then the layered path runs).
+
+    Threads form an ``NI x NJ`` grid; thread ``(ti, tj)`` owns the hidden
+    units ``j = tj + NJ * jj`` (``jj < MJ``), the rows ``ti + NI * rr`` of a
+    tile in the forward product and the inputs ``i = ti + NI * ii``
+    (``ii < MI``) of the dW1 sums it keeps in registers. ``R`` rows per tile.
+
+    Returns
+    -------
+    dict or None
+        ``T, NI, NJ, MI, MJ, MR, R, w1_shared``.
+    """
+    T = opt.CUDA_FUSED_TPB if tpb is None else tpb
+    acc_max = opt.CUDA_FUSED_MAX_ACC
+    if -(-H * K // T) > acc_max or K > T:
+        return None
+    best = None
+    nj = 1
+    while nj <= T:
+        ni = T // nj
+        mi, mj = -(-D // ni), -(-H // nj)
+        if mi * mj <= acc_max and mj <= acc_max:
+            waste = 1.0 - D * H / (ni * mi * nj * mj)
+            loads = (mi + mj) / (mi * mj)
+            score = loads + waste
+            if best is None or score < best[0]:
+                best = (score, ni, nj, mi, mj)
+        nj *= 2
+    if best is None:
+        return None
+    _, NI, NJ, MI, MJ = best
+    for w1_shared in (True, False):
+        R = (min(T, opt.CUDA_FUSED_MAX_ROWS) // NI) * NI
+        while R >= NI and (
+            _fused_shared_bytes(D, H, K, R, T, itemsize, w1_shared) > opt.CUDA_SHARED_BYTES
+            or (R // NI) * MJ > acc_max
+        ):
+            R -= NI
+        if R >= NI and (w1_shared is False or R >= min(32, T)):
+            return dict(T=T, NI=NI, NJ=NJ, MI=MI, MJ=MJ, MR=R // NI, R=R, w1_shared=w1_shared)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle):
+    dt = np.dtype(dtype).type
+    nbt = numba.from_dtype(np.dtype(dtype))
+    zero = dt(0.0)
+    one = dt(1.0)
+    D1, H1, K1 = D | 1, H | 1, K | 1
+    Q2 = -(-H * K // T)  # dW2 entries per thread
+    MK = -(-K // NJ)  # db2 columns per thread
+    W1R = D if w1_shared else 1
+    d = helpers(np.dtype(dtype), T, shuffle)
+    _d_sigmoid, _d_block_sum = d._d_sigmoid, d._d_block_sum
+    o_b1 = D * H
+    o_w2 = o_b1 + H
+    o_b2 = o_w2 + H * K
+
+    @jit()
+    def kernel(X, y, W1, b1, W2, b2, inv_n, part, loss_part):
+        Xs = cuda.shared.array((R, D1), dtype=nbt)
+        As = cuda.shared.array((R, H1), dtype=nbt)  # A, then dZ1
+        Zs = cuda.shared.array((R, K1), dtype=nbt)  # Z2, then dZ2
+        W2s = cuda.shared.array((H, K1), dtype=nbt)
+        W1s = cuda.shared.array((W1R, H1), dtype=nbt)
+        b1s = cuda.shared.array(H, dtype=nbt)
+        b2s = cuda.shared.array(K, dtype=nbt)
+        buf = cuda.shared.array(T, dtype=nbt)
+        red = cuda.shared.array(T, dtype=types.float64)
+        acc1 = cuda.local.array(MI * MJ, dtype=nbt)  # dW1[ti + NI ii, tj + NJ jj]
+        accb1 = cuda.local.array(MJ, dtype=nbt)
+        acc2 = cuda.local.array(Q2, dtype=nbt)  # dW2 entries tid + T q
+        accb2 = cuda.local.array(MK, dtype=nbt)
+        zt = cuda.local.array(MR * MJ, dtype=nbt)
+        xv = cuda.local.array(MI, dtype=nbt)
+        gv = cuda.local.array(MJ, dtype=nbt)
+        tid = cuda.threadIdx.x
+        ti = tid // NJ
+        tj = tid - ti * NJ
+        N = X.shape[0]
+
+        for q in range(MI * MJ):
+            acc1[q] = zero
+        for q in range(MJ):
+            accb1[q] = zero
+        for q in range(Q2):
+            acc2[q] = zero
+        for q in range(MK):
+            accb2[q] = zero
+        e = tid
+        while e < H * K:
+            jj = e // K
+            W2s[jj, e - jj * K] = W2[jj, e - jj * K]
+            e += T
+        e = tid
+        while e < H:
+            b1s[e] = b1[e]
+            e += T
+        e = tid
+        while e < K:
+            b2s[e] = b2[e]
+            e += T
+        if w1_shared:
+            e = tid
+            while e < D * H:
+                ii = e // H
+                W1s[ii, e - ii * H] = W1[ii, e - ii * H]
+                e += T
+        loss = 0.0
+
+        n_tiles = (N + R - 1) // R
+        t = cuda.blockIdx.x
+        while t < n_tiles:
+            r0 = t * R
+            rows = min(R, N - r0)
+            # X tile, coalesced
+            e = tid
+            while e < rows * D:
+                rr = e // D
+                Xs[rr, e - rr * D] = X[r0 + rr, e - rr * D]
+                e += T
+            cuda.syncthreads()
+            # A = sigmoid(X W1 + b1): micro-tile of MR rows x MJ units
+            for q in range(MR * MJ):
+                zt[q] = zero
+            for k in range(D):
+                for jj in range(MJ):
+                    j = tj + NJ * jj
+                    if j < H:
+                        gv[jj] = W1s[k, j] if w1_shared else W1[k, j]
+                    else:
+                        gv[jj] = zero
+                for rr in range(MR):
+                    xk = Xs[ti + NI * rr, k]
+                    for jj in range(MJ):
+                        zt[rr * MJ + jj] += xk * gv[jj]
+            for rr in range(MR):
+                r = ti + NI * rr
+                if r < rows:
+                    for jj in range(MJ):
+                        j = tj + NJ * jj
+                        if j < H:
+                            As[r, j] = _d_sigmoid(zt[rr * MJ + jj] + b1s[j])
+            cuda.syncthreads()
+            # Z2 = A W2 + b2
+            e = tid
+            while e < rows * K:
+                r = e // K
+                k = e - r * K
+                z = b2s[k]
+                for j in range(H):
+                    z += As[r, j] * W2s[j, k]
+                Zs[r, k] = z
+                e += T
+            cuda.syncthreads()
+            # softmax cross-entropy, one thread per row: dZ2 = (softmax - Y) / N
+            if tid < rows:
+                label = y[r0 + tid]
+                zy = Zs[tid, label]
+                m = Zs[tid, 0]
+                for k in range(1, K):
+                    m = max(m, Zs[tid, k])
+                a = K - 1
+                for k in range(K - 2, -1, -1):
+                    if Zs[tid, k] == m:
+                        a = k
+                s = zero
+                for k in range(K):
+                    ek = math.exp(Zs[tid, k] - m)
+                    Zs[tid, k] = ek
+                    if k != a:
+                        s += ek
+                loss += np.float64(math.log1p(s)) + np.float64(m - zy)
+                scale = inv_n / (one + s)
+                ey = Zs[tid, label]
+                for k in range(K):
+                    Zs[tid, k] *= scale
+                if label == a:
+                    Zs[tid, label] = -s * scale
+                else:
+                    Zs[tid, label] = ey * scale - inv_n
+            cuda.syncthreads()
+            # dW2 += A^T dZ2, db2 += sum dZ2
+            for q in range(Q2):
+                e = tid + T * q
+                if e < H * K:
+                    j = e // K
+                    k = e - j * K
+                    g = acc2[q]
+                    for r in range(rows):
+                        g += As[r, j] * Zs[r, k]
+                    acc2[q] = g
+            for kk in range(MK):
+                k = tj + NJ * kk
+                if k < K:
+                    g = accb2[kk]
+                    r = ti
+                    while r < rows:
+                        g += Zs[r, k]
+                        r += NI
+                    accb2[kk] = g
+            cuda.syncthreads()
+            # dZ1 = (dZ2 W2^T) * A (1 - A), in place of A; db1 += sum dZ1
+            for rr in range(MR):
+                r = ti + NI * rr
+                if r < rows:
+                    for jj in range(MJ):
+                        j = tj + NJ * jj
+                        if j < H:
+                            g = zero
+                            for k in range(K):
+                                g += Zs[r, k] * W2s[j, k]
+                            av = As[r, j]
+                            g = g * av * (one - av)
+                            As[r, j] = g
+                            accb1[jj] += g
+            cuda.syncthreads()
+            # dW1 += X^T dZ1: micro-tile of MI inputs x MJ units
+            for r in range(rows):
+                for ii in range(MI):
+                    i = ti + NI * ii
+                    xv[ii] = Xs[r, i] if i < D else zero
+                for jj in range(MJ):
+                    j = tj + NJ * jj
+                    gv[jj] = As[r, j] if j < H else zero
+                for ii in range(MI):
+                    for jj in range(MJ):
+                        acc1[ii * MJ + jj] += xv[ii] * gv[jj]
+            cuda.syncthreads()
+            t += cuda.gridDim.x
+
+        # this block's partial sums: [dW1 | db1 | dW2 | db2]
+        b = cuda.blockIdx.x
+        for ii in range(MI):
+            i = ti + NI * ii
+            if i < D:
+                for jj in range(MJ):
+                    j = tj + NJ * jj
+                    if j < H:
+                        part[b, i * H + j] = acc1[ii * MJ + jj]
+        for q in range(Q2):
+            e = tid + T * q
+            if e < H * K:
+                part[b, o_w2 + e] = acc2[q]
+        for jj in range(MJ):
+            buf[tid] = accb1[jj]
+            cuda.syncthreads()
+            j = tj + NJ * jj
+            if ti == 0 and j < H:
+                g = zero
+                for p in range(NI):
+                    g += buf[p * NJ + tj]
+                part[b, o_b1 + j] = g
+            cuda.syncthreads()
+        for kk in range(MK):
+            buf[tid] = accb2[kk]
+            cuda.syncthreads()
+            k = tj + NJ * kk
+            if ti == 0 and k < K:
+                g = zero
+                for p in range(NI):
+                    g += buf[p * NJ + tj]
+                part[b, o_b2 + k] = g
+            cuda.syncthreads()
+        total = _d_block_sum(red, loss)
+        if tid == 0:
+            loss_part[b] = total
+
+    return kernel
+
+
+def _fused(Xd, yd, W1, b1, W2, b2, flat, loss, plan):
+    N, D = Xd.shape
+    H, K = W2.shape
+    dtype = np.dtype(Xd.dtype)
+    kernel = _fused_kernel(dtype, D, H, K, plan["T"], plan["NI"], plan["NJ"], plan["MI"],
+                           plan["MJ"], plan["MR"], plan["R"], plan["w1_shared"], rt.use_shuffle())
+    blocks = rt.grid_size(-(-N // plan["R"]), opt.CUDA_FUSED_BLOCKS_PER_SM)
+    part = cuda.device_array((blocks, flat.shape[0]), dtype)
+    loss_part = cuda.device_array(blocks, np.float64)
+    inv_n = dtype.type(1.0) / dtype.type(N)
+    kernel[blocks, plan["T"]](Xd, yd, W1, b1, W2, b2, inv_n, part, loss_part)
+    rt.sum_partials(part, flat)
+    rt.sum_partials(loss_part.reshape(blocks, 1), loss, 1.0 / N)
+
+
+# ---------------------------------------------------------------------------
+# Wide layers: matrix products with the elementwise stages fused around them
+# ---------------------------------------------------------------------------
+
+
+def _layered(Xd, yd, W1, b1, W2, b2, dW1, db1, dW2, db2, loss, chunk_rows):
+    N, D = Xd.shape
+    H, K = W2.shape
+    dtype = np.dtype(Xd.dtype)
+    chunk = max(1, min(N, chunk_rows))
+    A_buf = cuda.device_array((chunk, H), dtype)
+    Z_buf = cuda.device_array((chunk, K), dtype)
+    for c, r0 in enumerate(range(0, N, chunk)):
+        r1 = min(N, r0 + chunk)
+        m = r1 - r0
+        acc = c > 0
+        Xc, yc, A, Z = Xd[r0:r1], yd[r0:r1], A_buf[:m], Z_buf[:m]
+        _gemm.matmul(Xc, W1, A, epi=_gemm.EPI_BIAS_SIGMOID, bias=b1)
+        _gemm.matmul(A, W2, Z, epi=_gemm.EPI_BIAS, bias=b2)
+        loss_part, col_part = softmax_ce_device(Z, yc, Z, colsum=True, n_total=N)
+        rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 1.0 / N, acc)
+        if col_part is not None:
+            rt.sum_partials(col_part, db2, 1.0, acc)
+        else:
+            column_sums(Z, db2, accumulate=acc)
+        _gemm.matmul(A, Z, dW2, ta=True, accumulate=acc)
+        _gemm.matmul(Z, W2, A, tb=True, epi=_gemm.EPI_DSIGMOID, aux=A, use_library=False)
+        column_sums(A, db1, accumulate=acc)
+        _gemm.matmul(Xc, A, dW1, ta=True, accumulate=acc)
+
+
+def mlp_loss_grad(X, y, W1, b1, W2, b2, *, check_finite=True, _path=None):
+    r"""Loss and gradients of the 2-layer MLP on the GPU, forward and backward fused.
+
+    Same semantics as :func:`fusedgrad.kernels.mlp_loss_grad`.
+
+    .. math::
+        \delta^2 = \frac{\hat Y - Y}{N}, \quad
+        \frac{\partial L}{\partial W^2} = a^T \delta^2, \quad
+        \delta^1 = \delta^2 W^{2T} \odot a(1-a), \quad
+        \frac{\partial L}{\partial W^1} = x^T \delta^1
+
+    Two paths:
+
+    * **fused** (thin layers, see :func:`plan_fused`): one kernel. A block walks
+      over tiles of rows; for each tile it computes the activations, logits,
+      softmax gradient and ``dZ1`` in shared memory (never in global memory)
+      and adds the tile's contribution to the weight gradients, which each
+      thread keeps in registers across all its tiles. At the end each block
+      writes its partial gradients, and a second pass adds them in block
+      order.
+    * **layered** (wide layers): per chunk of rows, the products
+      ``sigmoid(X W1 + b1)``, ``A W2 + b2``, ``A^T dZ2``, ``dZ2 W2^T``
+      (with ``* A (1 - A)`` fused in its store) and ``X^T dZ1`` as tiled
+      numba.cuda kernels or cuBLAS (``CUDA_GEMM``), the softmax-CE and the
+      bias gradients as row-wise kernels.
+
+    Parameters
+    ----------
+    X : device or host array, shape (n_samples, n_features), float32 or float64
+    y : device or host array of int, shape (n_samples,)
+        Class labels in ``[0, n_classes)``.
+    W1 : device or host array, shape (n_features, n_hidden)
+    b1 : device or host array, shape (n_hidden,)
+    W2 : device or host array, shape (n_hidden, n_classes)
+    b2 : device or host array, shape (n_classes,)
+    check_finite : bool, default True
+        Reject NaN/inf in the inputs (a reduction kernel per device array).
+
+    Returns
+    -------
+    loss : NumPy scalar of X's dtype
+    dW1, db1, dW2, db2 : arrays
+        Shaped like ``W1, b1, W2, b2``: device arrays, or NumPy arrays when all
+        inputs were host arrays.
+    """
+    inp = rt.prepare(
+        [
+            ("X", X, ("n_samples", "n_features")),
+            ("W1", W1, ("n_features", "n_hidden")),
+            ("b1", b1, ("n_hidden",)),
+            ("W2", W2, ("n_hidden", "n_classes")),
+            ("b2", b2, ("n_classes",)),
+        ],
+        check_finite,
+        labels=("y", y, "n_samples", "n_classes"),
+    )
+    Xd, W1d, b1d, W2d, b2d = inp.arrays
+    N, D = Xd.shape
+    H, K = W2d.shape
+    dtype = inp.dtype
+    flat = rt.empty(D * H + H + H * K + K, dtype)
+    dW1 = flat[: D * H].reshape(D, H)
+    db1 = flat[D * H: D * H + H]
+    dW2 = flat[D * H + H: D * H + H + H * K].reshape(H, K)
+    db2 = flat[D * H + H + H * K:]
+    loss = cuda.device_array(1, np.float64)
+    plan = plan_fused(D, H, K, dtype.itemsize)
+    path = _path or ("fused" if plan is not None else "layered")
+    if path == "fused":
+        if plan is None:
+            raise ValueError(f"the fused path does not fit layers of {D} x {H} x {K}")
+        _fused(Xd, inp.labels, W1d, b1d, W2d, b2d, flat, loss, plan)
+    elif path == "layered":
+        chunk_rows = max(1, opt.CUDA_CHUNK_BYTES // ((H + K) * dtype.itemsize))
+        _layered(Xd, inp.labels, W1d, b1d, W2d, b2d, dW1, db1, dW2, db2, loss, chunk_rows)
+    else:
+        raise ValueError(f"_path must be 'fused' or 'layered', got {_path!r}")
+    return (rt.loss_value(loss, dtype), inp.result(dW1), inp.result(db1), inp.result(dW2),
+            inp.result(db2))

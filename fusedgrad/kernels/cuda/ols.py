@@ -1,0 +1,244 @@
+"""OLS linear regression on the GPU: loss and gradient in one pass over X, and the Gram matrix."""
+
+import functools
+
+import numba
+import numpy as np
+from numba import types
+
+from fusedgrad.kernels import _options as opt
+from fusedgrad.kernels.cuda import _gemm
+from fusedgrad.kernels.cuda import _runtime as rt
+from fusedgrad.kernels.cuda._device import helpers
+from fusedgrad.kernels.cuda._runtime import cuda, jit
+
+__all__ = ["ols_loss_grad", "gram"]
+
+
+def _pow2_floor(n):
+    return 1 << (max(1, int(n)).bit_length() - 1)
+
+
+def _plan(d, itemsize, tpb):
+    """Rows per tile of the one-pass kernel, or 0 when a row does not fit."""
+    D1 = d | 1  # odd row stride: rows start in different shared-memory banks
+    fixed = itemsize * (d + 2 * tpb) + 8 * tpb
+    R = min(opt.CUDA_OLS_MAX_ROWS, tpb)
+    while R >= 1 and fixed + itemsize * R * (D1 + 1) > opt.CUDA_SHARED_BYTES:
+        R //= 2
+    return _pow2_floor(R) if R >= 1 else 0
+
+
+@functools.lru_cache(maxsize=None)
+def _ols_kernel(dtype, d, R, tpb, shuffle):
+    """One pass over X: a block stages a tile of R rows in shared memory
+    (coalesced loads), computes the R residuals with ``tpb / R`` threads per
+    row, then adds ``r_i x_i`` to the gradient sums its threads keep in
+    registers (column ``j``, row lane ``p``) across all its tiles."""
+    dt = np.dtype(dtype).type
+    nbt = numba.from_dtype(np.dtype(dtype))
+    zero = dt(0.0)
+    D1 = d | 1
+    G = tpb // R  # threads per row in the dot products
+    CW = min(d, tpb)  # gradient columns per pass
+    P = tpb // CW  # gradient row lanes
+    Q = -(-d // CW)  # columns per thread
+    _d_block_sum = helpers(np.dtype(dtype), tpb, shuffle)._d_block_sum
+
+    @jit()
+    def kernel(X, y, w, loss_part, grad_part):
+        Xs = cuda.shared.array((R, D1), dtype=nbt)
+        ws = cuda.shared.array(D1, dtype=nbt)
+        rs = cuda.shared.array(R, dtype=nbt)
+        buf = cuda.shared.array(tpb, dtype=nbt)
+        red = cuda.shared.array(tpb, dtype=types.float64)
+        gacc = cuda.local.array(Q, dtype=nbt)
+        tid = cuda.threadIdx.x
+        N = X.shape[0]
+        for q in range(Q):
+            gacc[q] = zero
+        j = tid
+        while j < d:
+            ws[j] = w[j]
+            j += tpb
+        row = tid // G
+        g = tid - row * G
+        lane = tid // CW
+        col = tid - lane * CW
+        loss = 0.0
+        n_tiles = (N + R - 1) // R
+        t = cuda.blockIdx.x
+        while t < n_tiles:
+            r0 = t * R
+            rows = min(R, N - r0)
+            e = tid
+            while e < rows * d:
+                rr = e // d
+                c = e - rr * d
+                Xs[rr, c] = X[r0 + rr, c]
+                e += tpb
+            cuda.syncthreads()
+            s = zero
+            if row < rows:
+                c = g
+                while c < d:
+                    s += Xs[row, c] * ws[c]
+                    c += G
+            buf[tid] = s
+            cuda.syncthreads()
+            if tid < rows:
+                s = zero
+                for q in range(G):
+                    s += buf[tid * G + q]
+                r = y[r0 + tid] - s
+                rs[tid] = r
+                loss += np.float64(r) * np.float64(r)
+            cuda.syncthreads()
+            if lane < P:
+                for q in range(Q):
+                    c = col + q * CW
+                    if c < d:
+                        acc = gacc[q]
+                        rr = lane
+                        while rr < rows:
+                            acc += rs[rr] * Xs[rr, c]
+                            rr += P
+                        gacc[q] = acc
+            cuda.syncthreads()
+            t += cuda.gridDim.x
+        total = _d_block_sum(red, loss)
+        if tid == 0:
+            loss_part[cuda.blockIdx.x] = total
+        for q in range(Q):
+            buf[tid] = gacc[q]
+            cuda.syncthreads()
+            c = col + q * CW
+            if lane == 0 and c < d:
+                s = buf[tid]
+                for p in range(1, P):
+                    s += buf[p * CW + tid]
+                grad_part[cuda.blockIdx.x, c] = s
+            cuda.syncthreads()
+
+    return kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _residual_kernel(dtype, tpb, shuffle):
+    """``rn = -(y - Xw) / N`` from ``Xw``, and per-block sums of the squared residuals."""
+    nbt = numba.from_dtype(np.dtype(dtype))
+    _d_block_sum = helpers(np.dtype(dtype), tpb, shuffle)._d_block_sum
+
+    @jit()
+    def kernel(Xw, y, rn, inv_n, loss_part):
+        red = cuda.shared.array(tpb, dtype=types.float64)
+        loss = 0.0
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < y.shape[0]:
+            r = y[i] - Xw[i, 0]
+            loss += np.float64(r) * np.float64(r)
+            rn[i, 0] = -r * inv_n
+            i += step
+        total = _d_block_sum(red, loss)
+        if cuda.threadIdx.x == 0:
+            loss_part[cuda.blockIdx.x] = total
+
+    return kernel
+
+
+def ols_loss_grad(X, y, w, *, check_finite=True):
+    r"""OLS loss and gradient in one pass over ``X``, on the GPU.
+
+    Same semantics as :func:`fusedgrad.kernels.ols_loss_grad`:
+
+    .. math::
+        L(w) = \frac{1}{2n} \lVert y - w X^T \rVert^2, \qquad
+        \nabla L(w) = -\frac1n \textstyle\sum_i r_i x_i, \quad r_i = y_i - x_i w
+
+    A block stages tiles of rows in shared memory; residuals and the
+    gradient sums are formed from the staged tile, so X is read once. The
+    per-block sums are added in a fixed order; the loss is summed in float64.
+    When one row does not fit in shared memory, two passes are made instead
+    (``Xw``, then ``X^T r``).
+
+    Parameters
+    ----------
+    X : device or host array, shape (n_samples, n_features), float32 or float64
+    y : device or host array, shape (n_samples,), X's dtype
+    w : device or host array, shape (n_features,), X's dtype
+    check_finite : bool, default True
+
+    Returns
+    -------
+    loss : NumPy scalar of X's dtype
+    grad : array, shape (n_features,)
+    """
+    inp = rt.prepare(
+        [("X", X, ("n_samples", "n_features")), ("y", y, ("n_samples",)),
+         ("w", w, ("n_features",))],
+        check_finite,
+    )
+    Xd, yd, wd = inp.arrays
+    N, d = Xd.shape
+    dtype = inp.dtype
+    tpb = opt.CUDA_TPB
+    shuffle = rt.use_shuffle()
+    grad = rt.empty(d, dtype)
+    loss = cuda.device_array(1, np.float64)
+    R = _plan(d, dtype.itemsize, tpb)
+    if R:
+        blocks = rt.grid_size(-(-N // R))
+        loss_part = cuda.device_array(blocks, np.float64)
+        grad_part = cuda.device_array((blocks, d), dtype)
+        _ols_kernel(dtype, d, R, tpb, shuffle)[blocks, tpb](Xd, yd, wd, loss_part, grad_part)
+        rt.sum_partials(grad_part, grad, -1.0 / N)
+    else:
+        Xw = cuda.device_array((N, 1), dtype)
+        _gemm.matmul(Xd, wd.reshape(d, 1), Xw)
+        rn = cuda.device_array((N, 1), dtype)
+        blocks = rt.grid_size(-(-N // tpb))
+        loss_part = cuda.device_array(blocks, np.float64)
+        inv_n = dtype.type(1.0) / dtype.type(N)
+        _residual_kernel(dtype, tpb, shuffle)[blocks, tpb](Xw, yd, rn, inv_n, loss_part)
+        _gemm.matmul(Xd, rn, grad.reshape(d, 1), ta=True)
+    rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 0.5 / N)
+    return rt.loss_value(loss, dtype), inp.result(grad)
+
+
+def gram(X, y, *, check_finite=True):
+    r"""The inputs of the analytic OLS solution, on the GPU.
+
+    .. math:: X^T X, \qquad y X
+
+    With the numba kernels, one pass over ``X``: the product
+    :math:`X^T [X \mid y]` with ``y`` read as one more column, summed over row
+    ranges whose partial tiles are added in a fixed order. With cuBLAS
+    (``CUDA_GEMM``), two products.
+
+    Parameters
+    ----------
+    X : device or host array, shape (n_samples, n_features), float32 or float64
+    y : device or host array, shape (n_samples,), X's dtype
+    check_finite : bool, default True
+
+    Returns
+    -------
+    XtX : array, shape (n_features, n_features)
+    Xty : array, shape (n_features,)
+    """
+    inp = rt.prepare(
+        [("X", X, ("n_samples", "n_features")), ("y", y, ("n_samples",))], check_finite
+    )
+    Xd, yd = inp.arrays
+    N, d = Xd.shape
+    XtX = rt.empty((d, d), inp.dtype)
+    Xty = rt.empty(d, inp.dtype)
+    if _gemm.backend() == "cupy":
+        _gemm.matmul(Xd, Xd, XtX, ta=True)
+        _gemm.matmul(Xd, yd.reshape(N, 1), Xty.reshape(d, 1), ta=True)
+    else:
+        C = cuda.device_array((d, d + 1), inp.dtype)
+        _gemm.matmul(Xd, Xd, C, ta=True, bvec=yd)
+        rt.split_columns(C, XtX, Xty)
+    return inp.result(XtX), inp.result(Xty)

@@ -1,0 +1,256 @@
+"""Softmax with mean categorical cross-entropy on the GPU, one pass per row."""
+
+import functools
+import math
+
+import numba
+import numpy as np
+from numba import types
+
+from fusedgrad.kernels import _options as opt
+from fusedgrad.kernels.cuda import _runtime as rt
+from fusedgrad.kernels.cuda._device import helpers
+from fusedgrad.kernels.cuda._runtime import cuda, jit
+
+__all__ = ["softmax_cross_entropy"]
+
+
+@functools.lru_cache(maxsize=None)
+def _staged_kernel(dtype, K, tpb, shuffle, colsum):
+    """A block stages ``tpb`` whole rows in shared memory, one thread per row.
+
+    Loads and stores of the tile are coalesced (consecutive threads touch
+    consecutive elements of the row-major tile); each thread then reads its
+    own row from shared memory. With ``colsum`` the kernel also writes the
+    column sums of dZ of its rows (the bias gradient of the layer below).
+    """
+    dt = np.dtype(dtype).type
+    nbt = numba.from_dtype(np.dtype(dtype))
+    one = dt(1.0)
+    zero = dt(0.0)
+    d = helpers(np.dtype(dtype), tpb, shuffle)
+    _d_block_sum = d._d_block_sum
+    R = tpb
+    phases = max(1, tpb // K)  # column-sum lanes per column
+    col_threads = phases * K if K <= tpb else 0
+
+    @jit()
+    def kernel(Zf, y, dZf, inv_n, loss_part, col_part):
+        tile = cuda.shared.array(R * K, dtype=nbt)
+        red = cuda.shared.array(tpb, dtype=types.float64)
+        ctile = cuda.shared.array(tpb, dtype=types.float64)
+        tid = cuda.threadIdx.x
+        N = y.shape[0]
+        n_tiles = (N + R - 1) // R
+        loss = 0.0
+        cacc = 0.0
+        c_col = tid % K
+        c_phase = tid // K
+        t = cuda.blockIdx.x
+        while t < n_tiles:
+            r0 = t * R
+            rows = min(R, N - r0)
+            base = r0 * K
+            e = tid
+            while e < rows * K:
+                tile[e] = Zf[base + e]
+                e += tpb
+            cuda.syncthreads()
+            if tid < rows:
+                o = tid * K
+                label = y[r0 + tid]
+                zy = tile[o + label]
+                m = tile[o]
+                for k in range(1, K):
+                    m = max(m, tile[o + k])
+                a = K - 1
+                for k in range(K - 2, -1, -1):
+                    if tile[o + k] == m:
+                        a = k
+                s = zero
+                for k in range(K):
+                    ek = math.exp(tile[o + k] - m)
+                    tile[o + k] = ek
+                    if k != a:
+                        s += ek
+                loss += np.float64(math.log1p(s)) + np.float64(m - zy)
+                scale = inv_n / (one + s)
+                ey = tile[o + label]
+                for k in range(K):
+                    tile[o + k] *= scale
+                if label == a:
+                    tile[o + label] = -s * scale
+                else:
+                    tile[o + label] = ey * scale - inv_n
+            cuda.syncthreads()
+            if colsum and tid < col_threads:
+                r = c_phase
+                while r < rows:
+                    cacc += tile[r * K + c_col]
+                    r += phases
+            e = tid
+            while e < rows * K:
+                dZf[base + e] = tile[e]
+                e += tpb
+            cuda.syncthreads()
+            t += cuda.gridDim.x
+        total = _d_block_sum(red, loss)
+        if tid == 0:
+            loss_part[cuda.blockIdx.x] = total
+        if colsum:
+            ctile[tid] = cacc
+            cuda.syncthreads()
+            if tid < K:
+                acc = 0.0
+                for p in range(phases):
+                    acc += ctile[p * K + tid]
+                col_part[cuda.blockIdx.x, tid] = acc
+
+    return kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _row_kernel(dtype, tpb, shuffle):
+    """A block per row (grid-stride over rows), its threads striding over the
+    row: coalesced for any number of classes. Three block reductions per row:
+    the maximum, its first index, and the sum of the other exponentials."""
+    dt = np.dtype(dtype).type
+    nbt = numba.from_dtype(np.dtype(dtype))
+    one = dt(1.0)
+    zero = dt(0.0)
+    d = helpers(np.dtype(dtype), tpb, shuffle)
+    _d_block_sum, _d_block_max, _d_block_min_int = d._d_block_sum, d._d_block_max, d._d_block_min_int
+
+    @jit()
+    def kernel(Z, y, dZ, inv_n, loss_part):
+        redf = cuda.shared.array(tpb, dtype=nbt)
+        redd = cuda.shared.array(tpb, dtype=types.float64)
+        redi = cuda.shared.array(tpb, dtype=types.int64)
+        tid = cuda.threadIdx.x
+        N, K = Z.shape
+        loss = 0.0
+        r = cuda.blockIdx.x
+        while r < N:
+            m = Z[r, 0]
+            k = tid
+            while k < K:
+                m = max(m, Z[r, k])
+                k += tpb
+            m = _d_block_max(redf, m)
+            a = np.int64(K)
+            k = tid
+            while k < K:
+                if Z[r, k] == m:
+                    a = min(a, np.int64(k))
+                k += tpb
+            a = _d_block_min_int(redi, a)
+            s = zero
+            k = tid
+            while k < K:
+                if k != a:
+                    s += math.exp(Z[r, k] - m)
+                k += tpb
+            s = _d_block_sum(redf, s)
+            label = y[r]
+            if tid == 0:
+                loss += np.float64(math.log1p(s)) + np.float64(m - Z[r, label])
+            scale = inv_n / (one + s)
+            cuda.syncthreads()  # dZ may be Z: every read of the row is done
+            k = tid
+            while k < K:
+                g = math.exp(Z[r, k] - m) * scale
+                if k == label:
+                    g = -s * scale if label == a else g - inv_n
+                dZ[r, k] = g
+                k += tpb
+            cuda.syncthreads()
+            r += cuda.gridDim.x
+        total = _d_block_sum(redd, loss)
+        if tid == 0:
+            loss_part[cuda.blockIdx.x] = total
+
+    return kernel
+
+
+def softmax_ce_device(Z, y, dZ, colsum=False, n_total=None):
+    """Launch the softmax-CE kernels on device arrays.
+
+    ``Z`` and ``dZ`` (n_samples, n_classes) may be the same array; ``y`` is on
+    the device with labels in range. The gradient is divided by ``n_total``
+    (default: the rows of ``Z``), so that row chunks of one batch can be
+    processed apart.
+
+    Returns
+    -------
+    loss_part : device array (n_blocks,), float64
+        Per-block sums of the row losses (not divided by N).
+    col_part : device array (n_blocks, n_classes) or None
+        Per-block column sums of ``dZ`` (only when ``colsum``); None when
+        ``colsum`` is False, or when the class count needs the per-row kernel
+        (then sum ``dZ``'s columns separately).
+    """
+    N, K = Z.shape
+    dtype = np.dtype(Z.dtype)
+    inv_n = dtype.type(1.0) / dtype.type(N if n_total is None else n_total)
+    shuffle = rt.use_shuffle()
+    if K <= opt.CUDA_SOFTMAX_STAGED_MAX_K and opt.CUDA_SOFTMAX_TPB * K * dtype.itemsize <= (
+        opt.CUDA_SHARED_BYTES - 2 * opt.CUDA_SOFTMAX_TPB * 8
+    ):
+        tpb = opt.CUDA_SOFTMAX_TPB
+        colsum = colsum and K <= tpb
+        kernel = _staged_kernel(dtype, K, tpb, shuffle, colsum)
+        blocks = rt.grid_size(-(-N // tpb))
+        loss_part = cuda.device_array(blocks, np.float64)
+        col_part = cuda.device_array((blocks, K) if colsum else (1, 1), np.float64)
+        kernel[blocks, tpb](Z.reshape(N * K), y, dZ.reshape(N * K), inv_n, loss_part, col_part)
+        return loss_part, (col_part if colsum else None)
+    tpb = opt.CUDA_SOFTMAX_TPB
+    kernel = _row_kernel(dtype, tpb, shuffle)
+    blocks = rt.grid_size(N)
+    loss_part = cuda.device_array(blocks, np.float64)
+    kernel[blocks, tpb](Z, y, dZ, inv_n, loss_part)
+    return loss_part, None
+
+
+def softmax_cross_entropy(Z, y, *, check_finite=True):
+    r"""Mean categorical cross-entropy of ``softmax(Z)`` and its gradient, on the GPU.
+
+    Same semantics as :func:`fusedgrad.kernels.softmax_cross_entropy`. Up to
+    ``CUDA_SOFTMAX_STAGED_MAX_K`` classes a block loads a tile of whole rows
+    into shared memory with coalesced reads and each thread handles one row
+    (maximum, shifted exponentials, log-sum-exp, gradient) before the tile is
+    written back with coalesced stores; for more classes a block handles one
+    row at a time. Row losses are summed per block in float64 and the
+    per-block sums are added in a fixed order.
+
+    .. math::
+        L = \frac1N \sum_i \Big(\log \sum_k e^{z_{ik}} - z_{i y_i}\Big), \qquad
+        \frac{\partial L}{\partial Z} = \frac{\operatorname{softmax}(Z) - Y}{N}
+
+    Parameters
+    ----------
+    Z : device or host array, shape (n_samples, n_classes), float32 or float64
+        Logits.
+    y : device or host array of int, shape (n_samples,)
+        Class labels in ``[0, n_classes)``.
+    check_finite : bool, default True
+        Reject NaN/inf in ``Z``.
+
+    Returns
+    -------
+    loss : NumPy scalar of Z's dtype
+    dZ : array, shape (n_samples, n_classes), Z's dtype
+        A device array, or a NumPy array when all inputs were host arrays.
+    """
+    inp = rt.prepare(
+        [("Z", Z, ("n_samples", "n_classes"))],
+        check_finite,
+        labels=("y", y, "n_samples", "n_classes"),
+    )
+    (Zd,) = inp.arrays
+    N, K = Zd.shape
+    dZ = rt.empty((N, K), inp.dtype)
+    loss_part, _ = softmax_ce_device(Zd, inp.labels, dZ)
+    loss = cuda.device_array(1, np.float64)
+    rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 1.0 / N)
+    return rt.loss_value(loss, inp.dtype), inp.result(dZ)
