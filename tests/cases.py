@@ -279,3 +279,137 @@ def compare(case, got, want, dtype):
             f"{case.name} {np.dtype(dtype)}: output {i} has relative error {err:.3g} > {tol:g}"
         )
     return errors
+
+
+# ---------------------------------------------------------------------------
+# Layers with any activation (fusedgrad.kernels.layers)
+# ---------------------------------------------------------------------------
+
+#: The activations of :func:`fusedgrad.kernels.layers.affine_activation`.
+LAYER_ACTIVATIONS = ("identity", "logistic", "tanh", "relu", "softmax")
+
+
+def activation_reference(Z, activation):
+    """``f(Z)`` in plain NumPy (float64): the textbook formulas."""
+    if activation == "identity":
+        return Z.copy()
+    if activation == "logistic":
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + np.exp(-Z))
+    if activation == "tanh":
+        return np.tanh(Z)
+    if activation == "relu":
+        return np.maximum(Z, 0.0)
+    if activation == "softmax":
+        E = np.exp(Z - Z.max(axis=1, keepdims=True))
+        return E / E.sum(axis=1, keepdims=True)
+    raise ValueError(activation)
+
+
+def activation_derivative_reference(A, dA, activation):
+    """``dZ = dA * f'(Z)``, from the output ``A = f(Z)`` (a row's Jacobian for softmax)."""
+    if activation == "identity":
+        return dA.copy()
+    if activation == "logistic":
+        return dA * A * (1.0 - A)
+    if activation == "tanh":
+        return dA * (1.0 - A**2)
+    if activation == "relu":
+        return dA * (A > 0)
+    if activation == "softmax":
+        # dZ_k = sum_j dA_j dA_j/dZ_k, with dA_j/dZ_k = A_j (delta_jk - A_k)
+        return A * (dA - np.sum(dA * A, axis=1, keepdims=True))
+    raise ValueError(activation)
+
+
+def affine_activation_reference(X, W, b, activation):
+    """``f(X W + b)``."""
+    return activation_reference(X @ W + b, activation)
+
+
+def affine_activation_backward_reference(X, A, dA, activation, W=None):
+    """``(dW, db, dX)`` of :func:`affine_activation_reference`; ``dX`` None without ``W``."""
+    dZ = activation_derivative_reference(A, dA, activation)
+    return X.T @ dZ, dZ.sum(axis=0), (None if W is None else dZ @ W.T)
+
+
+_LAYER_REFERENCES = {
+    "affine_activation": affine_activation_reference,
+    "affine_activation_backward": affine_activation_backward_reference,
+}
+
+
+def _layer_backward_args(shape, dtype, seed, activation, with_W):
+    X, W, b = affine_sigmoid_args(shape, dtype, seed)
+    A = affine_activation_reference(*as_float64((X, W, b)), activation).astype(dtype)
+    rng = np.random.default_rng(seed + 1)
+    dA = _normal(rng, A.shape, dtype)
+    return (X, A, dA, W) if with_W else (X, A, dA)
+
+
+@dataclass(frozen=True)
+class LayerCase(Case):
+    """A row of a layer kernel with its activation bound.
+
+    The kernels take the activation as an argument after the arrays
+    (``affine_activation(X, W, b, activation)``,
+    ``affine_activation_backward(X, A, dA, activation, W=None)``); the row's
+    ``kernel`` and ``reference`` take the arrays only, like every other row.
+    The reference is the NumPy code above, the kernel lives in
+    :mod:`fusedgrad.kernels.layers`.
+    """
+
+    activation: str = "identity"
+
+    def _bind(self, fn):
+        activation = self.activation
+
+        def bound(*args, **options):
+            # both functions take three arrays, then the activation, then the rest
+            return fn(*args[:3], activation, *args[3:], **options)
+
+        return bound
+
+    @property
+    def reference(self):
+        return self._bind(_LAYER_REFERENCES[self.function])
+
+    @property
+    def kernel(self):
+        layers = importlib.import_module("fusedgrad.kernels.layers")
+        return self._bind(getattr(layers, self.function))
+
+    @property
+    def cuda_kernel(self):
+        try:
+            cuda = importlib.import_module("fusedgrad.kernels.cuda")
+        except ImportError:
+            return None
+        fn = getattr(cuda, self.function, None)
+        return None if fn is None else self._bind(fn)
+
+
+def _layer_cases():
+    for act in LAYER_ACTIVATIONS:
+        yield LayerCase(f"affine_activation/{act}", "affine_activation", ("N", "d", "h"),
+                        affine_sigmoid_args, activation=act)
+        yield LayerCase(
+            f"affine_activation_backward/{act}", "affine_activation_backward", ("N", "d", "h"),
+            lambda shape, dtype, seed, act=act: _layer_backward_args(shape, dtype, seed, act, True),
+            activation=act,
+        )
+        yield LayerCase(
+            f"affine_activation_backward/{act}/no_W", "affine_activation_backward",
+            ("N", "d", "h"),
+            lambda shape, dtype, seed, act=act: _layer_backward_args(shape, dtype, seed, act, False),
+            activation=act,
+        )
+
+
+#: The rows of the layer kernels. They join :data:`CASES` (and so every test
+#: and benchmark that loops over the table) once :mod:`fusedgrad.kernels`
+#: exports their functions; ``tests/test_layers.py`` runs them either way.
+LAYER_CASES = {case.name: case for case in _layer_cases()}
+
+_exported = set(getattr(importlib.import_module("fusedgrad.kernels"), "__all__", ()))
+CASES.update({name: case for name, case in LAYER_CASES.items() if case.function in _exported})
