@@ -2,31 +2,107 @@
 
 The jitted loops do no bounds checks: a wrong shape or an out-of-range label
 would read or write outside an array. Everything a kernel relies on is
-therefore checked here first, and every error names the offending argument:
+therefore checked here first, before any compiled loop runs, and every error
+names the offending argument:
 
 * ``TypeError`` for a wrong kind of value (not an array, integer/bool/complex/
-  object dtype, float arrays of different precisions, non-integer labels);
+  object/float16 dtype, float arrays of different precisions, masked arrays,
+  non-integer labels, a ``check_finite`` that is not a bool);
 * ``ValueError`` for a wrong value (ndim, shape, empty, NaN/inf, labels out of
-  range, an output that overlaps an input).
+  range, a size the BLAS calls cannot take, an output that overlaps an input
+  or cannot be written, a ragged list);
+* ``MemoryError`` (naming the argument) when a view that must be copied does
+  not fit in memory.
 
-Valid arrays come back C-contiguous (non-contiguous, Fortran-ordered or
-negative-stride input is copied) and in the common floating dtype.
+Shapes and dtypes of all arguments are checked before anything is copied or
+scanned, so a mismatched input costs no memory however large its views are.
+Valid arrays come back C-contiguous, aligned and in native byte order, in the
+common floating dtype: non-contiguous, Fortran-ordered, negative-stride,
+misaligned or byte-swapped input is copied. Read-only input is not copied:
+it is passed on as a view flagged writeable (the jitted loops never write
+their inputs), so read-only and writeable arrays share one compiled
+specialisation instead of compiling one per combination.
+
+Importing this module also makes a pip-installed TBB visible to Numba (see
+:func:`_make_tbb_visible`): every kernel imports it first, and its finiteness
+check is the first parallel loop a kernel call runs.
 """
 
+import ctypes
 import numbers
+import os
+import sys
 
 import numpy as np
 from numba import njit, prange
+
+from fusedgrad.kernels import _options as opt
 
 __all__ = ["float_arrays", "labels", "output", "all_finite"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+#: The BLAS calls of the kernels take their sizes as 32-bit integers: every
+#: axis but the samples axis (which the kernels cut into small chunks) must fit.
+MAX_BLAS_SIZE = 2**31 - 1
+
+#: The size name of the samples axis, the only one exempt from MAX_BLAS_SIZE.
+SAMPLES = "n_samples"
+
+
+# ---------------------------------------------------------------------------
+# Threading layer
+# ---------------------------------------------------------------------------
+
+_TBB_NAMES = {"linux": "libtbb.so.12", "darwin": "libtbb.12.dylib", "win32": "tbb12.dll"}
+
+
+def _make_tbb_visible():
+    """Load a pip-installed TBB so that Numba's default threading layer is ``tbb``.
+
+    Numba picks the first of ``tbb, omp, workqueue`` that loads, unless the
+    user chose a layer (``NUMBA_THREADING_LAYER``,
+    ``NUMBA_THREADING_LAYER_PRIORITY`` or ``numba.config``): that choice is
+    left alone, and only the library is loaded. Numba looks for TBB
+    by its bare library name, which does not find the copy ``pip install tbb``
+    puts in ``<prefix>/lib`` of a virtual environment; it then falls back to
+    GNU OpenMP, which is not fork-safe (a forked child that runs a parallel
+    kernel is terminated) and gives every calling thread its own team of
+    threads (oversubscription when kernels are called from a thread pool).
+    Loading that copy globally, by its full path, before Numba starts its
+    threads makes the bare name resolve. Returns whether TBB is loaded.
+    """
+    name = _TBB_NAMES.get(sys.platform)
+    if name is None:
+        return False
+    try:
+        ctypes.CDLL(name)
+        return True  # already visible
+    except OSError:
+        pass
+    subdir = "Library/bin" if sys.platform == "win32" else "lib"
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        path = os.path.join(prefix, subdir, name)
+        if os.path.exists(path):
+            try:
+                ctypes.CDLL(path, mode=getattr(ctypes, "RTLD_GLOBAL", 0))
+                return True
+            except OSError:
+                return False
+    return False
+
+
+_make_tbb_visible()
+
+
+# ---------------------------------------------------------------------------
+# Finiteness
+# ---------------------------------------------------------------------------
 
 _FINITE_BLOCK = 16384
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(**opt.PARALLEL)
 def _count_nonfinite_blocks(bits, exponent_mask):
     # A float is NaN or +-inf exactly when all its exponent bits are set.
     # Integer tests on the raw bits vectorise, and no fast-math flag can fold them.
@@ -51,19 +127,85 @@ def all_finite(a):
     """Whether every element of the float array ``a`` is finite (one parallel pass)."""
     flat = a.reshape(-1) if a.flags.c_contiguous else np.ravel(a)
     uint, mask = _EXPONENT_BITS[flat.dtype]
-    return _count_nonfinite_blocks(flat.view(uint), mask) == 0
+    return _count_nonfinite_blocks(_writeable(flat.view(uint)), mask) == 0
+
+
+# ---------------------------------------------------------------------------
+# Conversion
+# ---------------------------------------------------------------------------
 
 
 def _as_array(name, value):
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a masked array: fill or drop the masked entries first "
+            "(e.g. with .filled() or .compressed())"
+        )
     if isinstance(value, np.ndarray):
         return value
     if isinstance(value, (list, tuple, numbers.Number)) or hasattr(value, "__array__"):
-        return np.asarray(value)
+        try:
+            return np.asarray(value)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise ValueError(f"{name} cannot be converted to an array: {exc}") from exc
     raise TypeError(f"{name} must be an array, got {type(value).__name__}")
+
+
+class _WriteableAlias:
+    """The memory of a read-only array, offered to NumPy as writeable.
+
+    Only for inputs of the jitted loops, which never write their inputs; it
+    keeps the original array alive.
+    """
+
+    def __init__(self, a):
+        self._array = a
+        interface = dict(a.__array_interface__)
+        interface["data"] = (interface["data"][0], False)
+        self.__array_interface__ = interface
+
+
+def _writeable(a):
+    """``a``, or a view of its memory flagged writeable when ``a`` is read-only.
+
+    Numba compiles a separate specialisation for every combination of
+    read-only and writeable arguments; this keeps it to one per dtype.
+    """
+    if a.flags.writeable:
+        return a
+    return np.asarray(_WriteableAlias(a))
+
+
+def _prepared(name, a, dtype):
+    """C-contiguous, aligned, native-order ``a`` of ``dtype``; copied only if needed."""
+    if a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned:
+        return _writeable(a)
+    try:
+        return np.array(a, dtype=dtype, order="C", copy=True)
+    except MemoryError as exc:
+        size = a.size * np.dtype(dtype).itemsize / 2**30
+        raise MemoryError(
+            f"{name}: no memory for a C-contiguous copy of this {a.shape} array "
+            f"({size:.3g} GiB); pass a C-contiguous {np.dtype(dtype)} array"
+        ) from exc
+
+
+def _native_float(a):
+    """The native-order float32/float64 dtype of ``a``, or None."""
+    dtype = a.dtype
+    if dtype.kind != "f":
+        return None
+    native = dtype.newbyteorder("=")
+    return native if native in _FLOAT_DTYPES else None
 
 
 def _shape_text(shape):
     return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def _check_flag(check_finite):
+    if not isinstance(check_finite, (bool, np.bool_)):
+        raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
 
 
 def float_arrays(specs, check_finite=True):
@@ -74,26 +216,31 @@ def float_arrays(specs, check_finite=True):
     specs : list of (name, value, shape)
         ``shape`` is a tuple of ints (required sizes) and strings (named
         sizes, bound by their first occurrence and required equal after).
+        Every named size but ``"n_samples"`` must be at most
+        :data:`MAX_BLAS_SIZE`.
     check_finite : bool
         Reject arrays that hold NaN or inf.
 
     Returns
     -------
     arrays : list of ndarray
-        C-contiguous arrays of the common dtype, in the order of ``specs``.
+        C-contiguous, aligned arrays of the common dtype, in the order of
+        ``specs``.
     """
+    _check_flag(check_finite)
     arrays = []
     dtype = None
     first = None
     for name, value, _ in specs:
         a = _as_array(name, value)
-        if a.dtype not in _FLOAT_DTYPES:
+        native = _native_float(a)
+        if native is None:
             raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
         if dtype is None:
-            dtype, first = a.dtype, name
-        elif a.dtype != dtype:
+            dtype, first = native, name
+        elif native != dtype:
             raise TypeError(
-                f"{name} has dtype {a.dtype} but {first} has dtype {dtype}: "
+                f"{name} has dtype {native} but {first} has dtype {dtype}: "
                 "all float inputs must have the same dtype (cast them first)"
             )
         arrays.append(a)
@@ -112,6 +259,11 @@ def float_arrays(specs, check_finite=True):
                     sizes[want], origin[want] = got, (name, axis)
                     if got == 0:
                         raise ValueError(f"{name} is empty: its axis {axis} ({want}) has size 0")
+                    if want != SAMPLES and got > MAX_BLAS_SIZE:
+                        raise ValueError(
+                            f"{name} has {got} on its axis {axis} ({want}): at most "
+                            f"{MAX_BLAS_SIZE} is supported (the BLAS calls take 32-bit sizes)"
+                        )
                 elif sizes[want] != got:
                     other, other_axis = origin[want]
                     raise ValueError(
@@ -124,7 +276,7 @@ def float_arrays(specs, check_finite=True):
 
     out = []
     for a, (name, _, _) in zip(arrays, specs):
-        a = np.ascontiguousarray(a)
+        a = _prepared(name, a, dtype)
         if check_finite and not all_finite(a):
             raise ValueError(f"{name} contains NaN or infinity")
         out.append(a)
@@ -145,17 +297,19 @@ def labels(name, value, n_samples, n_classes):
         raise ValueError(f"{name} must be 1-D of length {n_samples}, got shape {y.shape}")
     if y.shape[0] != n_samples:
         raise ValueError(f"{name} has {y.shape[0]} labels but there are {n_samples} samples")
+    if y.size == 0:
+        raise ValueError(f"{name} is empty")
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= n_classes:
         bad = lo if lo < 0 else hi
         raise ValueError(f"{name} holds label {bad}, outside [0, {n_classes}) for {n_classes} classes")
-    return np.ascontiguousarray(y, dtype=np.intp)
+    return _prepared(name, y, np.dtype(np.intp))
 
 
 def output(name, value, shape, dtype, inputs=()):
     """Check a caller-supplied output array: exact shape and dtype, C-contiguous,
-    writeable, sharing no memory with any of ``inputs``."""
-    if not isinstance(value, np.ndarray):
+    aligned, writeable, sharing no memory with any of ``inputs``."""
+    if not isinstance(value, np.ndarray) or isinstance(value, np.ma.MaskedArray):
         raise TypeError(f"{name} must be a numpy array, got {type(value).__name__}")
     if value.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype}, got {value.dtype}")
@@ -163,6 +317,8 @@ def output(name, value, shape, dtype, inputs=()):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {value.shape}")
     if not value.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
+    if not value.flags.aligned:
+        raise ValueError(f"{name} must be aligned")
     if not value.flags.writeable:
         raise ValueError(f"{name} is read-only")
     for other_name, other in inputs:
