@@ -187,6 +187,11 @@ def _rows(X, rows, dtype):
     return np.ascontiguousarray(X[rows], dtype=dtype)
 
 
+def _index_dtype(n):
+    """Row indices in 4 bytes where they fit (the draws of a shuffle do not depend on it)."""
+    return np.int32 if n < 2**31 else np.int64
+
+
 def _is_native(X, dtype):
     return X.dtype == dtype and X.flags.c_contiguous
 
@@ -236,11 +241,40 @@ def _check_labels(y, n_samples):
     return y
 
 
+#: Labels are encoded a block at a time: no temporary of the size of ``y``.
+_LABEL_BLOCK = 1 << 20
+
+
 def _unique_labels(name, y):
+    """The sorted distinct labels of ``y``."""
     try:
-        return np.unique(y)
+        if y.shape[0] <= _LABEL_BLOCK:
+            return np.unique(y)
+        parts = [np.unique(y[s:s + _LABEL_BLOCK]) for s in range(0, y.shape[0], _LABEL_BLOCK)]
+        return np.unique(np.concatenate(parts))
     except TypeError:
         raise TypeError(f"{name} holds labels of mixed types that cannot be sorted") from None
+
+
+def _label_codes(y, classes):
+    """The index of each label of ``y`` in the sorted ``classes``, in the smallest
+    unsigned integer type that holds them (the kernels take any integer labels)."""
+    n_classes = classes.shape[0]
+    codes = np.empty(y.shape[0], np.min_scalar_type(n_classes - 1))
+    for s in range(0, y.shape[0], _LABEL_BLOCK):
+        block = y[s:s + _LABEL_BLOCK]
+        try:
+            c = np.searchsorted(classes, block)
+            np.minimum(c, n_classes - 1, out=c)
+            known = classes[c] == block
+        except TypeError:
+            raise TypeError(f"y holds labels of another type than the classes {classes!r}") \
+                from None
+        if not np.all(known):
+            unknown = _unique_labels("y", block[~known])
+            raise ValueError(f"y has classes not in classes_ {classes!r}: {unknown!r}")
+        codes[s:s + _LABEL_BLOCK] = c
+    return codes
 
 
 # ---------------------------------------------------------------------------
@@ -805,17 +839,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                         "warm_start can only be used where y has the same classes as in "
                         f"the previous call to fit: previously {fit_classes!r}, y has {seen!r}"
                     )
-        try:
-            codes = np.searchsorted(fit_classes, y)
-            codes = np.minimum(codes, fit_classes.shape[0] - 1)
-            known = fit_classes[codes] == y
-        except TypeError:
-            raise TypeError(
-                f"y holds labels of another type than classes_ {fit_classes!r}") from None
-        if not np.all(known):
-            unknown = _unique_labels("y", np.asarray(y)[~known])
-            raise ValueError(f"y has classes not in classes_ {fit_classes!r}: {unknown!r}")
-        return np.ascontiguousarray(codes, dtype=np.intp), fit_classes
+        return _label_codes(y, fit_classes), fit_classes
 
     # --- fitting ----------------------------------------------------------------
 
@@ -920,7 +944,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                     f"The validation set is too small ({n_val} of {n_samples} samples): "
                     "increase validation_fraction or the number of samples"
                 )
-            permutation = rng.permutation(n_samples)
+            permutation = np.arange(n_samples, dtype=_index_dtype(n_samples))
+            rng.shuffle(permutation)  # rng.permutation(n_samples), in fewer bytes
             val_idx, train_idx = permutation[:n_val], permutation[n_val:]
             n_samples = train_idx.shape[0]
             if self.validation_scores_ is None:  # warm start after a fit without it
@@ -936,7 +961,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         else:
             batch_size = min(self.batch_size, n_samples)
         shuffle = self.shuffle and self.solver != "gd"
-        sample_idx = np.arange(n_samples)
+        sample_idx = np.arange(n_samples, dtype=_index_dtype(n_samples))
         progress = _Progress(self.verbose, 1 if incremental else self.max_iter, n_samples)
 
         try:
@@ -945,7 +970,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                 progress.start_epoch(self.n_iter_ + 1)
                 if shuffle:
                     # scikit-learn's sklearn.utils.shuffle: the same draws
-                    order = np.arange(n_samples)
+                    order = np.arange(n_samples, dtype=sample_idx.dtype)
                     rng.shuffle(order)
                     sample_idx = sample_idx[order]
                 accumulated_loss = 0.0
