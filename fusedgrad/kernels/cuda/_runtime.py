@@ -51,7 +51,14 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 cuda = None
 _IMPORT_ERROR = None
 
-if importlib.util.find_spec("numba_cuda") is None:
+def _numba_cuda_installed():
+    try:
+        return importlib.util.find_spec("numba_cuda") is not None
+    except (ImportError, ValueError):  # e.g. sys.modules["numba_cuda"] = None
+        return False
+
+
+if not _numba_cuda_installed():
     _IMPORT_ERROR = "numba-cuda is not installed (pip install 'fusedgrad[cuda]')"
 else:
     try:

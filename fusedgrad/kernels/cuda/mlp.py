@@ -53,10 +53,11 @@ def plan_fused(D, H, K, itemsize, tpb=None):
     while nj <= T:
         ni = T // nj
         mi, mj = -(-D // ni), -(-H // nj)
-        if mi * mj <= acc_max and mj <= acc_max:
-            waste = 1.0 - D * H / (ni * mi * nj * mj)
-            loads = (mi + mj) / (mi * mj)
-            score = loads + waste
+        if mi * mj <= acc_max and ni <= opt.CUDA_FUSED_MAX_ROWS:
+            # Issue slots per row and thread in the dW1 sums: MI * MJ FMAs or,
+            # when shared memory is the bottleneck (about one load per four
+            # FMAs per multiprocessor), MI + MJ loads.
+            score = max(mi * mj, 4 * (mi + mj))
             if best is None or score < best[0]:
                 best = (score, ni, nj, mi, mj)
         nj *= 2

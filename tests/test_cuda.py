@@ -1,0 +1,423 @@
+"""The CUDA kernels (:mod:`fusedgrad.kernels.cuda`) against the NumPy reference.
+
+In CI these run under numba's CUDA simulator (switched on by
+``tests/conftest.py``), with every block size shrunk (:func:`small_blocks`) so
+that inputs of a dozen rows still span several blocks, several grid-stride
+iterations, several row ranges of the split products and several row chunks
+of the layered MLP path. Every output buffer is filled with NaN before the
+kernels write it (``_runtime.POISON``), so an element a kernel forgets to
+write fails the comparison.
+
+Driven by the comparison table ``tests/cases.py``: each row's CUDA kernel is
+compared with the reference evaluated in float64, within the row's tolerance.
+
+Tests marked ``gpu`` need a real GPU (``FUSEDGRAD_TEST_GPU=1`` on a machine
+with one): the warp-shuffle reductions, which the simulator does not
+implement, and cuBLAS through CuPy.
+"""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fusedgrad.kernels.cuda as kc
+from cases import CASES, DTYPES, as_float64, compare, outputs
+from fusedgrad import reference as ref
+from fusedgrad.kernels import _options as opt
+from fusedgrad.kernels.cuda import _runtime as rt
+from fusedgrad.kernels.cuda.mlp import plan_fused
+
+SIM = rt.simulator()
+REAL_GPU = not SIM and kc.is_available()
+
+if not SIM and not REAL_GPU:  # pragma: no cover - a set-up error, not a skip
+    raise RuntimeError(
+        "neither numba's CUDA simulator nor a GPU is available: tests/conftest.py sets "
+        "NUMBA_ENABLE_CUDASIM=1 unless FUSEDGRAD_TEST_GPU=1; was numba imported before it?"
+    )
+
+gpu = pytest.mark.gpu
+needs_gpu = pytest.mark.skipif(not REAL_GPU, reason="needs a real CUDA GPU (FUSEDGRAD_TEST_GPU=1)")
+
+SMALL = dict(
+    CUDA_TPB=8,
+    CUDA_SOFTMAX_TPB=4,
+    CUDA_MAX_BLOCKS=3,
+    CUDA_GEMM_BM=4,
+    CUDA_GEMM_BN=4,
+    CUDA_GEMM_BK=2,
+    CUDA_GEMM_TM=2,
+    CUDA_GEMM_TN=2,
+    CUDA_MAX_SPLITS=3,
+    CUDA_FUSED_TPB=16,
+    CUDA_FUSED_MAX_ROWS=8,
+    CUDA_OLS_MAX_ROWS=4,
+    CUDA_CHUNK_BYTES=256,
+)
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Tiny blocks and grids (on the simulator), NaN-poisoned outputs (always)."""
+    if SIM:
+        for name, value in SMALL.items():
+            monkeypatch.setattr(opt, name, value)
+        monkeypatch.setattr(opt, "CUDA_WARP_SHUFFLE", False)
+    monkeypatch.setattr(rt, "POISON", True)
+
+
+def to_device(args):
+    """Float arrays and labels as numba device arrays."""
+    return tuple(rt.cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args)
+
+
+def host(result):
+    """Device outputs copied to NumPy (None and scalars as they are)."""
+    return tuple(
+        o.copy_to_host() if getattr(o, "__cuda_ndarray__", False) else o for o in outputs(result)
+    )
+
+
+# (N, d, h, K): one sample; one feature, one hidden unit and two classes; and
+# 13 rows, not a multiple of any block, over several blocks and row chunks.
+SHAPES = [
+    dict(N=1, d=1, h=1, K=2),
+    dict(N=2, d=3, h=2, K=2),
+    dict(N=13, d=5, h=6, K=3),
+]
+
+
+def _params():
+    for case in CASES.values():
+        seen = set()
+        for shape in SHAPES:
+            key = case.project(shape)
+            if key in seen:
+                continue
+            seen.add(key)
+            for dtype in DTYPES:
+                yield pytest.param(
+                    case, shape, dtype,
+                    id=f"{case.name}-{case.shape_id(shape)}-{np.dtype(dtype).name}",
+                )
+
+
+def test_table_covers_every_cuda_kernel():
+    names = {case.function for case in CASES.values()}
+    assert names == set(kc.__all__) - {"is_available"}
+    assert all(case.cuda_kernel is not None for case in CASES.values())
+
+
+def test_available_here():
+    assert kc.is_available()
+    kc.softmax_cross_entropy(np.zeros((1, 2)), [0])  # no error
+
+
+@pytest.mark.parametrize("case, shape, dtype", list(_params()))
+def test_against_reference_host_inputs(case, shape, dtype):
+    args = case.make_args(shape, dtype, 0)
+    got = case.cuda_kernel(*args)
+    want = case.reference(*as_float64(args))
+    for g, w in zip(outputs(got), outputs(want)):
+        if w is not None:
+            assert isinstance(g, (np.ndarray, np.generic)), "host inputs give host outputs"
+            assert g.dtype == np.dtype(dtype)
+            assert np.shape(g) == np.shape(w)
+    compare(case, got, want, dtype)
+
+
+@pytest.mark.parametrize("name", ["mlp_loss_grad", "softmax_cross_entropy", "gram",
+                                  "ols_loss_grad", "affine_sigmoid_backward"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_device_inputs_give_device_outputs(name, dtype):
+    case = CASES[name]
+    args = case.make_args(dict(N=13, d=5, h=6, K=3), dtype, 1)
+    got = case.cuda_kernel(*to_device(args))
+    for o in outputs(got):
+        if isinstance(o, (np.generic, float)):
+            continue  # the loss comes back as a NumPy scalar
+        assert getattr(o, "__cuda_ndarray__", False), f"{type(o)} is not a device array"
+    compare(case, host(got), case.reference(*as_float64(args)), dtype)
+
+
+def test_mixed_host_and_device_inputs():
+    case = CASES["affine_sigmoid"]
+    X, W, b = case.make_args(dict(N=13, d=5, h=6), np.float64, 2)
+    A = kc.affine_sigmoid(rt.cuda.to_device(X), W, b)
+    assert getattr(A, "__cuda_ndarray__", False)
+    compare(case, A.copy_to_host(), ref.affine_sigmoid(X, W, b), np.float64)
+
+
+@pytest.mark.parametrize("path", ["fused", "layered"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mlp_paths(path, dtype):
+    case = CASES["mlp_loss_grad"]
+    shape = dict(N=13, d=5, h=6, K=3)
+    if path == "fused":
+        assert plan_fused(5, 6, 3, np.dtype(dtype).itemsize) is not None
+    args = case.make_args(shape, dtype, 3)
+    got = kc.mlp_loss_grad(*args, _path=path)
+    compare(case, got, case.reference(*as_float64(args)), dtype)
+
+
+def test_mlp_fused_path_spans_several_tiles_and_blocks():
+    plan = plan_fused(5, 6, 3, 8)
+    assert plan["T"] == SMALL["CUDA_FUSED_TPB"] or not SIM
+    n_tiles = -(-13 // plan["R"])
+    assert not SIM or n_tiles > 1, plan
+
+
+def test_mlp_wide_layer_takes_layered_path(monkeypatch):
+    monkeypatch.setattr(opt, "CUDA_FUSED_MAX_ACC", 1)
+    assert plan_fused(5, 6, 3, 8) is None
+    case = CASES["mlp_loss_grad"]
+    args = case.make_args(dict(N=7, d=5, h=6, K=3), np.float64, 4)
+    compare(case, kc.mlp_loss_grad(*args), case.reference(*as_float64(args)), np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_row_kernel(monkeypatch, dtype):
+    """More classes than the staged kernel takes: a block per row."""
+    monkeypatch.setattr(opt, "CUDA_SOFTMAX_STAGED_MAX_K", 2)
+    case = CASES["softmax_cross_entropy"]
+    args = case.make_args(dict(N=5, K=7), dtype, 5)
+    compare(case, kc.softmax_cross_entropy(*args), case.reference(*as_float64(args)), dtype)
+
+
+@pytest.mark.parametrize("staged_max_k", [32, 2])
+def test_softmax_confident_rows_keep_their_digits(monkeypatch, staged_max_k):
+    """A label with a logit margin of 30: loss and gradient ~1e-13 must not
+    cancel to zero in float32 (the loss is log1p of the other terms)."""
+    monkeypatch.setattr(opt, "CUDA_SOFTMAX_STAGED_MAX_K", staged_max_k)
+    Z = np.array([[30.0, 0.0, 0.0], [0.0, 0.0, 30.0]], np.float32)
+    y = np.array([0, 2])
+    loss, dZ = kc.softmax_cross_entropy(Z, y)
+    # Analytic values (the reference's log(sum) itself loses digits here):
+    # per row t = 2 e^-30, loss log1p(t), label gradient -t / (1 + t) / N.
+    t = 2.0 * np.exp(-30.0)
+    want_dZ = np.full((2, 3), np.exp(-30.0) / (1.0 + t) / 2)
+    want_dZ[0, 0] = want_dZ[1, 2] = -t / (1.0 + t) / 2
+    assert loss.dtype == np.float32
+    np.testing.assert_allclose(loss, np.log1p(t), rtol=1e-6)
+    np.testing.assert_allclose(dZ, want_dZ, rtol=1e-6)
+
+
+def test_softmax_huge_logits():
+    Z = np.array([[1e30, -1e30, 0.0], [-1e30, 3e38, 3e38]], np.float32)
+    loss, dZ = kc.softmax_cross_entropy(Z, [1, 1])
+    want_loss, want_dZ = ref.softmax_cross_entropy(Z.astype(np.float64), np.array([1, 1]))
+    assert np.isfinite(loss) and np.all(np.isfinite(dZ))
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    np.testing.assert_allclose(dZ, want_dZ, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ols_two_pass_path_for_wide_rows(monkeypatch, dtype):
+    """Rows too wide for shared memory: Xw, then X^T r."""
+    monkeypatch.setattr(opt, "CUDA_SHARED_BYTES", 64)
+    case = CASES["ols_loss_grad"]
+    args = case.make_args(dict(N=13, d=5), dtype, 6)
+    compare(case, kc.ols_loss_grad(*args), case.reference(*as_float64(args)), dtype)
+
+
+def test_results_are_reproducible():
+    case = CASES["mlp_loss_grad"]
+    args = case.make_args(dict(N=13, d=5, h=6, K=3), np.float32, 7)
+    first = kc.mlp_loss_grad(*args)
+    second = kc.mlp_loss_grad(*args)
+    for a, b in zip(first, second):
+        assert np.array_equal(a, b)
+
+
+def test_non_contiguous_device_input():
+    rng = np.random.default_rng(8)
+    Z = rng.standard_normal((6, 8))
+    y = rng.integers(0, 4, 6)
+    dZ_view = rt.cuda.to_device(Z)[:, ::2]
+    assert not dZ_view.is_c_contiguous()
+    loss, dZ = kc.softmax_cross_entropy(dZ_view, rt.cuda.to_device(y))
+    want_loss, want_dZ = ref.softmax_cross_entropy(Z[:, ::2], y)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+    np.testing.assert_allclose(dZ.copy_to_host(), want_dZ, rtol=1e-12, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------
+# out=
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_affine_sigmoid_out(on_device):
+    X, W, b = CASES["affine_sigmoid"].make_args(dict(N=5, d=3, h=2), np.float64, 9)
+    out = np.full((5, 2), np.nan)
+    target = rt.cuda.to_device(out) if on_device else out
+    res = kc.affine_sigmoid(X, W, b, out=target)
+    assert res is target
+    got = target.copy_to_host() if on_device else target
+    np.testing.assert_allclose(got, ref.affine_sigmoid(X, W, b), rtol=1e-12)
+
+
+def test_affine_sigmoid_out_checks():
+    X, W, b = CASES["affine_sigmoid"].make_args(dict(N=4, d=2, h=2), np.float64, 10)
+    with pytest.raises(ValueError, match="out must have shape"):
+        kc.affine_sigmoid(X, W, b, out=np.empty((4, 3)))
+    with pytest.raises(TypeError, match="out must have dtype"):
+        kc.affine_sigmoid(X, W, b, out=rt.cuda.device_array((4, 2), np.float32))
+    Xd = rt.cuda.to_device(X)
+    with pytest.raises(ValueError, match="out overlaps input X"):
+        kc.affine_sigmoid(Xd, W, b, out=Xd)
+
+
+# ---------------------------------------------------------------------------
+# Bad input: the CPU kernels' errors, host and device alike
+# ---------------------------------------------------------------------------
+
+
+def _mlp_args(dtype=np.float64):
+    return list(CASES["mlp_loss_grad"].make_args(dict(N=4, d=3, h=2, K=3), dtype, 11))
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_errors_name_the_argument(on_device):
+    put = rt.cuda.to_device if on_device else (lambda a: a)
+    X, y, W1, b1, W2, b2 = _mlp_args()
+    with pytest.raises(TypeError, match="W2 has dtype float32 but X has dtype float64"):
+        kc.mlp_loss_grad(put(X), y, W1, b1, put(W2.astype(np.float32)), b2)
+    with pytest.raises(TypeError, match="X must be a float32 or float64 array, got dtype int64"):
+        kc.mlp_loss_grad(put(X.astype(np.int64)), y, W1, b1, W2, b2)
+    with pytest.raises(ValueError, match="W1 has shape .* axis 0 \\(n_features\\) is 2"):
+        kc.mlp_loss_grad(put(X), y, put(W1[:2].copy()), b1, W2, b2)
+    with pytest.raises(ValueError, match="b2 must be 1-D"):
+        kc.mlp_loss_grad(X, y, W1, b1, W2, put(b2.reshape(1, 3).copy()))
+    with pytest.raises(ValueError, match="y has 3 labels but there are 4 samples"):
+        kc.mlp_loss_grad(put(X), put(y[:3].copy()), W1, b1, W2, b2)
+    with pytest.raises(TypeError, match="y must hold integer class labels"):
+        kc.mlp_loss_grad(put(X), put(y.astype(np.float64)), W1, b1, W2, b2)
+    with pytest.raises(ValueError, match=r"y holds label 3, outside \[0, 3\)"):
+        kc.mlp_loss_grad(X, put(np.array([0, 1, 3, 2])), W1, b1, W2, b2)
+    with pytest.raises(ValueError, match=r"y holds label -1, outside \[0, 3\)"):
+        kc.mlp_loss_grad(X, put(np.array([0, -1, 1, 2], np.int32)), W1, b1, W2, b2)
+    with pytest.raises(ValueError, match="X is empty"):
+        kc.ols_loss_grad(put(np.empty((0, 3))), put(np.empty(0)), np.zeros(3))
+    with pytest.raises(TypeError, match="X must be an array, got str"):
+        kc.gram("abc", np.zeros(3))
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_nonfinite_input(on_device):
+    put = rt.cuda.to_device if on_device else (lambda a: a)
+    X, y, W1, b1, W2, b2 = _mlp_args()
+    W2 = W2.copy()
+    W2[1, 2] = np.inf
+    with pytest.raises(ValueError, match="W2 contains NaN or infinity"):
+        kc.mlp_loss_grad(put(X), y, W1, b1, put(W2), b2)
+    Z = np.array([[0.0, np.nan]])
+    with pytest.raises(ValueError, match="Z contains NaN or infinity"):
+        kc.softmax_cross_entropy(put(Z), [0])
+    # check_finite=False: no check, NaN flows through as in the CPU kernel
+    loss, dZ = kc.softmax_cross_entropy(put(Z), [0], check_finite=False)
+    assert np.isnan(loss)
+
+
+def test_label_check_runs_even_without_finite_check():
+    Z = np.zeros((3, 2))
+    with pytest.raises(ValueError, match="y holds label 2"):
+        kc.softmax_cross_entropy(rt.cuda.to_device(Z), rt.cuda.to_device(np.array([0, 2, 1])),
+                                 check_finite=False)
+
+
+# ---------------------------------------------------------------------------
+# Without CUDA
+# ---------------------------------------------------------------------------
+
+
+def test_clear_error_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(rt, "_unavailable_reason", lambda: "no CUDA GPU or driver was found")
+    assert not kc.is_available()
+    X, y, W1, b1, W2, b2 = _mlp_args()
+    calls = [
+        lambda: kc.mlp_loss_grad(X, y, W1, b1, W2, b2),
+        lambda: kc.softmax_cross_entropy(np.zeros((2, 2)), [0, 1]),
+        lambda: kc.affine_sigmoid(X, W1, b1),
+        lambda: kc.affine_sigmoid_backward(X, X, X),
+        lambda: kc.ols_loss_grad(X, np.zeros(4), np.zeros(3)),
+        lambda: kc.gram(X, np.zeros(4)),
+    ]
+    for call in calls:
+        with pytest.raises(RuntimeError, match="no CUDA GPU or driver was found.*CPU kernels"):
+            call()
+
+
+def test_imports_without_numba_cuda():
+    """With numba-cuda missing the package still imports; kernels say what is missing."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["numba_cuda"] = None
+        import numpy as np
+        import fusedgrad.kernels.cuda as kc
+        assert not kc.is_available()
+        try:
+            kc.softmax_cross_entropy(np.zeros((2, 2)), [0, 1])
+        except RuntimeError as exc:
+            assert "numba-cuda is not installed" in str(exc), exc
+            print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+# ---------------------------------------------------------------------------
+# Real GPU only
+# ---------------------------------------------------------------------------
+
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("name", ["softmax_cross_entropy", "mlp_loss_grad", "ols_loss_grad"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_warp_shuffle_and_shared_memory_paths_agree(monkeypatch, name, dtype):
+    case = CASES[name]
+    args = case.make_args(dict(N=5000, d=7, h=9, K=5), dtype, 12)
+    want = case.reference(*as_float64(args))
+    for shuffle in (True, False):
+        monkeypatch.setattr(opt, "CUDA_WARP_SHUFFLE", shuffle)
+        compare(case, case.cuda_kernel(*args), want, dtype)
+    monkeypatch.setattr(opt, "CUDA_SOFTMAX_STAGED_MAX_K", 2)
+    monkeypatch.setattr(opt, "CUDA_WARP_SHUFFLE", True)
+    compare(case, case.cuda_kernel(*args), want, dtype)
+
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("backend", ["numba", "cupy"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_backends(monkeypatch, backend, dtype):
+    if backend == "cupy":
+        pytest.importorskip("cupy")
+    monkeypatch.setattr(opt, "CUDA_GEMM", backend)
+    for name in ["affine_sigmoid", "affine_sigmoid_backward", "gram"]:
+        case = CASES[name]
+        args = case.make_args(dict(N=3000, d=70, h=90, K=10), dtype, 13)
+        compare(case, case.cuda_kernel(*args), case.reference(*as_float64(args)), dtype)
+    case = CASES["mlp_loss_grad"]
+    args = case.make_args(dict(N=3000, d=300, h=200, K=10), dtype, 14)
+    compare(case, kc.mlp_loss_grad(*args, _path="layered"), case.reference(*as_float64(args)),
+            dtype)
+
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_path_at_benchmark_widths(dtype):
+    for d, h, K in [(64, 128, 10), (16, 32, 4)]:
+        case = CASES["mlp_loss_grad"]
+        args = case.make_args(dict(N=20000, d=d, h=h, K=K), dtype, 15)
+        assert plan_fused(d, h, K, np.dtype(dtype).itemsize) is not None
+        compare(case, kc.mlp_loss_grad(*args, _path="fused"), case.reference(*as_float64(args)),
+                dtype)
