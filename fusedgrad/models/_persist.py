@@ -147,15 +147,24 @@ def _read_archive(path):
     if not head.startswith(_ZIP_MAGIC):
         raise _bad(path, "not a fusedgrad model file (not an .npz/zip archive)")
     try:
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except Exception as exc:  # any failure to parse the zip directory is damage
+        raise _bad(path, f"corrupted or truncated model file ({type(exc).__name__}: {exc})") \
+            from None
+    if not any(m.filename == _META + ".npy" for m in members):
+        raise _bad(path, f"an .npz/zip archive without fusedgrad metadata ({_META!r}): "
+                   "not a fusedgrad model file")
+    for m in members:
+        # fusedgrad writes stored (uncompressed) members only; refusing the others
+        # also refuses decompression bombs
+        if m.compress_type != zipfile.ZIP_STORED:
+            raise _bad(path, f"the member {m.filename!r} is compressed: not written by "
+                       "fusedgrad, or corrupted")
+    arrays = {}
+    try:
         with np.load(path, allow_pickle=False) as archive:
-            if _META not in archive.files:
-                raise _bad(path, "an .npz/zip archive without fusedgrad metadata "
-                           f"({_META!r}): not a fusedgrad model file")
-            raw = archive[_META]
-            arrays = {}
             for name in archive.files:
-                if name == _META:
-                    continue
                 try:
                     arrays[name] = archive[name]
                 except ValueError as exc:
@@ -167,9 +176,13 @@ def _read_archive(path):
         if str(exc).startswith(f"{path}:"):
             raise
         raise _bad(path, f"corrupted or truncated model file ({exc})") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
+    except Exception as exc:  # zip, npy-header, size and memory errors alike: damage
         raise _bad(path, f"corrupted or truncated model file ({type(exc).__name__}: {exc})") \
             from None
+    if _META not in arrays:
+        raise _bad(path, f"an .npz/zip archive without fusedgrad metadata ({_META!r}): "
+                   "not a fusedgrad model file")
+    raw = arrays.pop(_META)
     if raw.dtype != np.uint8 or raw.ndim != 1:
         raise _bad(path, f"the metadata entry {_META!r} is not a 1-D uint8 array")
     try:
