@@ -49,6 +49,9 @@ MAX_BLAS_SIZE = 2**31 - 1
 #: The size name of the samples axis, the only one exempt from MAX_BLAS_SIZE.
 SAMPLES = "n_samples"
 
+#: The size name of the number of classes (the range of the labels).
+CLASSES = "n_classes"
+
 
 # ---------------------------------------------------------------------------
 # Threading layer
@@ -141,8 +144,10 @@ def _as_array(name, value):
             f"{name} is a masked array: fill or drop the masked entries first "
             "(e.g. with .filled() or .compressed())"
         )
-    if isinstance(value, np.ndarray):
+    if type(value) is np.ndarray:
         return value
+    if isinstance(value, np.ndarray):
+        return value.view(np.ndarray)  # np.matrix, np.memmap, ...: their data, plain
     if isinstance(value, (list, tuple, numbers.Number)) or hasattr(value, "__array__"):
         try:
             return np.asarray(value)
@@ -208,7 +213,7 @@ def _check_flag(check_finite):
         raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
 
 
-def float_arrays(specs, check_finite=True):
+def float_arrays(specs, check_finite=True, labels=None):
     """Check and prepare floating-point arrays that must share one dtype.
 
     Parameters
@@ -220,12 +225,16 @@ def float_arrays(specs, check_finite=True):
         :data:`MAX_BLAS_SIZE`.
     check_finite : bool
         Reject arrays that hold NaN or inf.
+    labels : (name, value), optional
+        Class labels of shape ``("n_samples",)`` with values in
+        ``[0, "n_classes")`` (see :func:`labels`); their kind and length are
+        checked with the shapes, before any array is copied.
 
     Returns
     -------
     arrays : list of ndarray
         C-contiguous, aligned arrays of the common dtype, in the order of
-        ``specs``.
+        ``specs``, followed by the labels (``intp``) when given.
     """
     _check_flag(check_finite)
     arrays = []
@@ -274,20 +283,23 @@ def float_arrays(specs, check_finite=True):
             elif want != got:
                 raise ValueError(f"{name} must have size {want} on axis {axis}, got shape {a.shape}")
 
+    if labels is not None:
+        y_name, y = labels
+        y = _label_array(y_name, y, sizes.get(SAMPLES), sizes.get(CLASSES))
+
     out = []
     for a, (name, _, _) in zip(arrays, specs):
         a = _prepared(name, a, dtype)
         if check_finite and not all_finite(a):
             raise ValueError(f"{name} contains NaN or infinity")
         out.append(a)
+    if labels is not None:
+        out.append(_label_range(y_name, y, sizes[CLASSES]))
     return out
 
 
-def labels(name, value, n_samples, n_classes):
-    """Check integer class labels: shape ``(n_samples,)``, values in ``[0, n_classes)``.
-
-    Returns an ``intp`` C-contiguous copy or view.
-    """
+def _label_array(name, value, n_samples, n_classes):
+    """Labels as an array of integers of length ``n_samples`` (values unchecked)."""
     y = _as_array(name, value)
     if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
         raise TypeError(
@@ -299,11 +311,24 @@ def labels(name, value, n_samples, n_classes):
         raise ValueError(f"{name} has {y.shape[0]} labels but there are {n_samples} samples")
     if y.size == 0:
         raise ValueError(f"{name} is empty")
+    return y
+
+
+def _label_range(name, y, n_classes):
+    """``y`` checked to lie in ``[0, n_classes)``, as C-contiguous ``intp``."""
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= n_classes:
         bad = lo if lo < 0 else hi
         raise ValueError(f"{name} holds label {bad}, outside [0, {n_classes}) for {n_classes} classes")
     return _prepared(name, y, np.dtype(np.intp))
+
+
+def labels(name, value, n_samples, n_classes):
+    """Check integer class labels: shape ``(n_samples,)``, values in ``[0, n_classes)``.
+
+    Returns an ``intp`` C-contiguous copy or view.
+    """
+    return _label_range(name, _label_array(name, value, n_samples, n_classes), n_classes)
 
 
 def output(name, value, shape, dtype, inputs=()):
