@@ -207,7 +207,9 @@ def _check_finite(X, dtype):
         return
     for start in range(0, X.shape[0], _BLOCK_ROWS):
         block = X[start:start + _BLOCK_ROWS]
-        if not all_finite(np.ascontiguousarray(block, dtype=dtype)):
+        with np.errstate(over="ignore"):  # overflow to inf is what is looked for
+            converted = np.ascontiguousarray(block, dtype=dtype)
+        if not all_finite(converted):
             if not all_finite(np.ascontiguousarray(block)):
                 raise ValueError("X contains NaN or infinity")
             raise ValueError(f"X holds values too large for dtype={dtype.name!r}")
@@ -911,7 +913,9 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             self.intercepts_ = [b.astype(dtype) for b in self.intercepts_]
             if hasattr(self, "_optimizer"):
                 del self._optimizer
-        with kernels.session():
+        # Overflow in the optimizer's NumPy steps means divergence, which the loss
+        # check reports with its cause; no RuntimeWarning on the way.
+        with kernels.session(), np.errstate(over="ignore", invalid="ignore"):
             self._fit_stochastic(kernels, X, codes, dtype, rng, incremental)
         return self
 
