@@ -1,0 +1,231 @@
+"""The kernels under concurrency: Python threads, thread pools, nested parallelism.
+
+* Four Python threads calling every kernel at once get bit for bit the
+  results of serial calls (the kernels release the GIL and share no state
+  between calls).
+* The Numba threading layer in use is safe for concurrent callers: ``tbb``
+  when the ``tbb`` package is installed (fusedgrad makes pip's TBB visible to
+  Numba), else ``omp``; never ``workqueue``, which aborts the process on
+  concurrent use. A layer chosen by the user is respected.
+* Nested use does not oversubscribe: while four threads each run a kernel
+  whose ``prange`` wants every Numba thread, the process has no more kernel
+  threads than ``max(cores, NUMBA_NUM_THREADS)`` (TBB shares one pool between
+  callers; GNU OpenMP gives each calling thread a team of its own, hence
+  ``tbb``), and BLAS runs single-threaded inside the kernels, its thread
+  count restored afterwards.
+* Kernels inside joblib's threading backend and a ThreadPoolExecutor finish
+  (no deadlock) with the serial results.
+
+Process-level checks (fork, spawn) are in ``test_hardening_processes.py``.
+"""
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cases import CASES
+
+TESTS = Path(__file__).resolve().parent
+
+#: Several chunks and groups per call, still quick.
+SHAPE = dict(N=3000, d=9, h=7, K=5)
+
+
+def _tbb_installed():
+    try:
+        importlib.metadata.distribution("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+requires_tbb = pytest.mark.skipif(
+    not _tbb_installed(),
+    reason="the tbb package is not installed: Numba uses GNU OpenMP, which gives every "
+    "calling thread its own team and is not fork-safe",
+)
+
+
+def _all_args(dtype=np.float32):
+    return {name: case.make_args(SHAPE, dtype, 7) for name, case in CASES.items()}
+
+
+def _results(args):
+    return {name: CASES[name].kernel(*a) for name, a in args.items()}
+
+
+def _assert_same(got, want, where):
+    for name in want:
+        g, w = got[name], want[name]
+        g, w = (g if isinstance(g, tuple) else (g,)), (w if isinstance(w, tuple) else (w,))
+        for i, (a, b) in enumerate(zip(g, w)):
+            assert (a is None and b is None) or np.array_equal(a, b), \
+                f"{where}: {name} output {i} differs from the serial result"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_four_threads_match_serial(dtype):
+    args = _all_args(dtype)
+    serial = _results(args)
+    barrier = threading.Barrier(4)
+    results = [None] * 4
+    errors = []
+
+    def work(i):
+        try:
+            barrier.wait()
+            rounds = []
+            order = list(args)
+            for r in range(3):
+                order = order[i + r:] + order[: i + r]  # different kernels at the same time
+                rounds.append({name: CASES[name].kernel(*args[name]) for name in order})
+            results[i] = rounds
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a thread did not finish"
+    assert not errors, errors
+    for i, rounds in enumerate(results):
+        for r, got in enumerate(rounds):
+            _assert_same(got, serial, f"thread {i} round {r}")
+
+
+def test_thread_pool_executor_matches_serial():
+    args = _all_args()
+    serial = _results(args)
+    jobs = [name for name in args for _ in range(3)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda name: (name, CASES[name].kernel(*args[name])), jobs))
+    for name, result in got:
+        _assert_same({name: result}, {name: serial[name]}, "ThreadPoolExecutor")
+
+
+def test_joblib_threading_backend_matches_serial():
+    joblib = pytest.importorskip("joblib")
+    args = _all_args()
+    serial = _results(args)
+    jobs = [name for name in args for _ in range(3)]
+    got = joblib.Parallel(n_jobs=4, backend="threading")(
+        joblib.delayed(lambda name: (name, CASES[name].kernel(*args[name])))(name)
+        for name in jobs)
+    for name, result in got:
+        _assert_same({name: result}, {name: serial[name]}, "joblib threading")
+
+
+def test_blas_threads_restored_after_concurrent_calls():
+    """Each call limits BLAS to one thread and restores it, also when calls overlap."""
+    from threadpoolctl import threadpool_info
+
+    def blas():
+        return sorted((i["filepath"], i["num_threads"]) for i in threadpool_info()
+                      if i["user_api"] == "blas")
+
+    before = blas()
+    test_four_threads_match_serial(np.float32)
+    assert blas() == before
+
+
+# ---------------------------------------------------------------------------
+# In fresh processes: the threading layer, and the thread count under nesting
+# ---------------------------------------------------------------------------
+
+PROBE = textwrap.dedent(
+    """
+    import json, os, sys, threading, time
+    import numpy as np
+    import numba
+    sys.path.insert(0, sys.argv[1])
+    from cases import CASES
+
+    def native_threads():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+
+    shape = dict(N=20000, d=16, h=16, K=5)
+    args = {n: c.make_args(shape, np.float32, 1) for n, c in CASES.items()}
+    serial = {n: CASES[n].kernel(*a) for n, a in args.items()}  # starts the threads
+    base = native_threads()
+    peak, stop = [base], threading.Event()
+
+    def monitor():
+        while not stop.is_set():
+            peak[0] = max(peak[0], native_threads())
+            time.sleep(0.0005)
+
+    barrier = threading.Barrier(4)
+    same = [True]
+
+    def work():
+        barrier.wait()
+        for _ in range(5):
+            for n, a in args.items():
+                out = CASES[n].kernel(*a)
+                out, ref = (out, serial[n]) if isinstance(out, tuple) else ((out,), (serial[n],))
+                same[0] &= all((x is None and y is None) or np.array_equal(x, y)
+                               for x, y in zip(out, ref))
+
+    m = threading.Thread(target=monitor)
+    m.start()
+    workers = [threading.Thread(target=work) for _ in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    stop.set()
+    m.join()
+    print(json.dumps(dict(layer=numba.threading_layer(), numba_threads=numba.get_num_threads(),
+                          cpus=len(os.sched_getaffinity(0)), base=base, peak=peak[0],
+                          same=same[0])))
+    """
+)
+
+
+def _probe(**env):
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(TESTS)],
+                          env=dict(os.environ, **env), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_threading_layer_is_safe_for_concurrent_callers():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_THREADING_LAYER")}
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(TESTS)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["same"]
+    assert info["layer"] in ("tbb", "omp"), info
+    if _tbb_installed():
+        assert info["layer"] == "tbb", info
+
+
+def test_user_choice_of_threading_layer_respected():
+    info = _probe(NUMBA_THREADING_LAYER="omp")
+    assert info["layer"] == "omp" and info["same"]
+
+
+@requires_tbb
+def test_nested_calls_do_not_oversubscribe():
+    """Four threads x a prange over 4 Numba threads: at most 3 more threads in all."""
+    info = _probe(NUMBA_NUM_THREADS="4")
+    assert info["layer"] == "tbb" and info["same"], info
+    extra = info["peak"] - info["base"] - 4 - 1  # the four callers and the monitor
+    limit = max(info["numba_threads"], info["cpus"]) - 1
+    assert extra <= limit, f"{extra} kernel threads started, more than {limit}: {info}"
