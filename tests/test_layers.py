@@ -244,3 +244,54 @@ def test_out():
     with pytest.raises(ValueError, match=r"\bout\b.*overlaps"):
         Xo = np.zeros((8, 4))
         affine_activation(Xo, np.eye(4), np.zeros(4), "relu", Xo)
+
+
+# ---------------------------------------------------------------------------
+# mlp_loss_grad(rows=): minibatches gathered inside the fused kernel
+# ---------------------------------------------------------------------------
+
+
+def _mlp_args(dtype, N=3000):
+    from cases import CASES
+
+    return CASES["mlp_loss_grad"].make_args(dict(N=N, d=6, h=5, K=4), dtype, 11)
+
+
+@pytest.mark.parametrize("chunk", [None, 64, 1])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mlp_rows_equals_the_gathered_batch(dtype, chunk):
+    from fusedgrad.kernels import mlp_loss_grad
+
+    X, y, *params = _mlp_args(dtype)
+    rng = np.random.default_rng(12)
+    for rows in (rng.permutation(3000)[:1000], rng.integers(0, 3000, 700).astype(np.int32),
+                 np.array([2999]), np.arange(3000)[::-1]):
+        got = mlp_loss_grad(X, y[rows], *params, rows=rows, _max_chunk_rows=chunk)
+        want = mlp_loss_grad(X[rows], y[rows], *params, _max_chunk_rows=chunk)
+        for g, w in zip(got, want):
+            assert g.dtype == dtype
+            np.testing.assert_array_equal(g, w)
+    from cases import CASES
+    from fusedgrad import reference
+
+    compare(CASES["mlp_loss_grad"], got,
+            reference.mlp_loss_grad(*as_float64((X[rows], y[rows], *params))), dtype)
+
+
+def test_mlp_rows_checked():
+    from fusedgrad.kernels import mlp_loss_grad
+
+    X, y, *params = _mlp_args(np.float64, N=50)
+    rows = np.arange(10)
+    with pytest.raises(TypeError, match=r"\brows\b"):
+        mlp_loss_grad(X, y[rows], *params, rows=rows.astype(float))
+    with pytest.raises(ValueError, match=r"\brows\b.*50"):
+        mlp_loss_grad(X, y[:11], *params, rows=np.append(rows, 50))
+    with pytest.raises(ValueError, match=r"\brows\b.*-1"):
+        mlp_loss_grad(X, y[:11], *params, rows=np.append(rows, -1))
+    with pytest.raises(ValueError, match=r"\brows\b"):
+        mlp_loss_grad(X, y[:10], *params, rows=rows.reshape(2, 5))
+    with pytest.raises(ValueError, match=r"\brows\b.*empty"):
+        mlp_loss_grad(X, y[:0], *params, rows=rows[:0])
+    with pytest.raises(ValueError, match=r"\by\b.*10 samples"):
+        mlp_loss_grad(X, y, *params, rows=rows)

@@ -499,22 +499,28 @@ def test_memmap_peak_memory_bounded(tmp_path, monkeypatch, x_dtype, solver):
     assert len(model.loss_curve_) == 2 and np.isfinite(model.loss_)
 
 
-def test_batches_are_views_when_rows_are_consecutive(monkeypatch):
+def test_batches_are_views_or_gathered_in_the_kernel(monkeypatch):
+    """The fused kernel gets a view of consecutive rows, or X itself and the row
+    indices of a shuffled batch: no copy of X or of a batch of it is made."""
+    import fusedgrad.kernels
+
     X, y = blobs(1000, d=4, k=3, seed=21, dtype=np.float32)
-    seen = []
-    real = mlp_module._rows
+    calls = []
+    real = fusedgrad.kernels.mlp_loss_grad
 
-    def spy(X_, rows, dtype):
-        out = real(X_, rows, dtype)
-        seen.append(np.shares_memory(out, X))
-        return out
+    def spy(X_, y_, *params, rows=None, **options):
+        calls.append((np.shares_memory(X_, X), X_.shape[0], None if rows is None else len(rows)))
+        return real(X_, y_, *params, rows=rows, **options)
 
-    monkeypatch.setattr(mlp_module, "_rows", spy)
+    monkeypatch.setattr(fusedgrad.kernels, "mlp_loss_grad", spy)
     fit_quietly(MLPClassifier((5,), solver="sgd", batch_size=100, shuffle=False, max_iter=1), X, y)
-    assert len(seen) == 10 and all(seen)
-    seen.clear()
-    fit_quietly(MLPClassifier((5,), solver="sgd", batch_size=100, shuffle=True, max_iter=1), X, y)
-    assert len(seen) == 10 and not any(seen)
+    assert calls == [(True, 100, None)] * 10
+    calls.clear()
+    fit_quietly(MLPClassifier((5,), solver="sgd", batch_size=300, shuffle=True, max_iter=1), X, y)
+    assert calls == [(True, 1000, 300)] * 3 + [(True, 1000, 100)]
+    calls.clear()
+    fit_quietly(MLPClassifier((5,), solver="gd", shuffle=True, max_iter=1), X, y)
+    assert calls == [(True, 1000, None)]
 
 
 # ---------------------------------------------------------------------------

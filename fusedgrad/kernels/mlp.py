@@ -14,11 +14,13 @@ __all__ = ["mlp_loss_grad"]
 
 
 @njit(**opt.PARALLEL)
-def _mlp_loss_grad(X, y, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk, groups):
+def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk, groups):
     """Jitted core: writes the gradients into ``dW1, db1, dW2, db2``, returns the loss.
 
     Assumes valid, C-contiguous input of one float dtype, labels in range and
-    single-threaded BLAS (see :func:`mlp_loss_grad`).
+    single-threaded BLAS (see :func:`mlp_loss_grad`). The samples are the rows
+    of ``X`` or, when ``gather``, the rows ``X[rows]``, copied a chunk at a
+    time into a per-group buffer.
 
     Each group walks its chunks of rows; for a chunk of ``m`` rows it keeps
     ``A`` (m, h), ``Z2`` (m, K) and ``dZ1`` (m, h) in cache:
@@ -29,7 +31,8 @@ def _mlp_loss_grad(X, y, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk, groups):
     4. ``dW2 += A^T dZ2``, ``db2 += sum dZ2``
     5. ``dZ1 = (dZ2 W2^T) * A (1 - A)``, ``db1 += sum dZ1``, ``dW1 += X_c^T dZ1``
     """
-    N = X.shape[0]
+    N = rows.shape[0] if gather else X.shape[0]
+    d = X.shape[1]
     h = W1.shape[1]
     K = W2.shape[1]
     dt = X.dtype.type
@@ -45,12 +48,21 @@ def _mlp_loss_grad(X, y, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk, groups):
         A = np.empty((chunk, h), X.dtype)
         Z2 = np.empty((chunk, K), X.dtype)
         dZ1 = np.empty((chunk, h), X.dtype)
+        Xg = np.empty((chunk if gather else 0, d), X.dtype)
         first, stop = chunk_range(g, groups, n_chunks)
         for c in range(first, stop):
             r0 = c * chunk
             r1 = min(N, r0 + chunk)
             m = r1 - r0
-            Xc, Ac, Z2c, dZ1c = X[r0:r1], A[:m], Z2[:m], dZ1[:m]
+            if gather:
+                for i in range(m):
+                    r = rows[r0 + i]
+                    for j in range(d):
+                        Xg[i, j] = X[r, j]
+                Xc = Xg[:m]
+            else:
+                Xc = X[r0:r1]
+            Ac, Z2c, dZ1c = A[:m], Z2[:m], dZ1[:m]
             mm_nn(Xc, W1, Ac, 0.0)
             for i in range(m):
                 for j in range(h):
@@ -79,7 +91,26 @@ def _mlp_loss_grad(X, y, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk, groups):
     return dt(total / N)
 
 
-def mlp_loss_grad(X, y, W1, b1, W2, b2, *, check_finite=True, _max_chunk_rows=None):
+_NO_ROWS = np.zeros(0, np.intp)
+
+
+def _check_rows(rows, n_rows):
+    """``rows``: a 1-D array of integer row indices into ``n_rows`` rows; an intp copy or view."""
+    r = _validate._as_array("rows", rows)
+    if r.dtype == np.bool_ or not np.issubdtype(r.dtype, np.integer):
+        raise TypeError(f"rows must hold integer row indices, got dtype {r.dtype}")
+    if r.ndim != 1:
+        raise ValueError(f"rows must be 1-D, got shape {r.shape}")
+    if r.shape[0] == 0:
+        raise ValueError("rows is empty: it selects no samples")
+    lo, hi = int(r.min()), int(r.max())
+    if lo < 0 or hi >= n_rows:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"rows holds index {bad}, outside [0, {n_rows}) for X of {n_rows} rows")
+    return np.ascontiguousarray(r, dtype=np.intp)
+
+
+def mlp_loss_grad(X, y, W1, b1, W2, b2, *, rows=None, check_finite=True, _max_chunk_rows=None):
     r"""Loss and gradients of the 2-layer MLP, forward and backward pass fused.
 
     The network of the lecture, :math:`\hat y = \operatorname{softmax}(\sigma(x W^1 + b^1) W^2 + b^2)`
@@ -99,14 +130,21 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, check_finite=True, _max_chunk_rows=No
     Parameters
     ----------
     X : array_like, shape (n_samples, n_features), float32 or float64
-    y : array_like of int, shape (n_samples,)
-        Class labels in ``[0, n_classes)``.
+    y : array_like of int, shape (n_samples,) or (n_rows,)
+        Class labels in ``[0, n_classes)``: of the rows of ``X``, or of the
+        rows ``X[rows]`` when ``rows`` is given.
     W1 : array_like, shape (n_features, n_hidden)
     b1 : array_like, shape (n_hidden,)
     W2 : array_like, shape (n_hidden, n_classes)
     b2 : array_like, shape (n_classes,)
+    rows : array_like of int, shape (n_rows,), optional
+        Compute the loss and gradients of the samples ``X[rows]`` (a
+        minibatch of a larger ``X``, in any order, repeats allowed) without
+        forming ``X[rows]``: each chunk's rows are gathered into a buffer that
+        stays in cache. The result equals that of ``X[rows]``, bit for bit.
     check_finite : bool, default True
-        Reject NaN/inf in the inputs (one extra pass over ``X``).
+        Reject NaN/inf in the inputs (one extra pass over all of ``X``, also
+        when ``rows`` selects only some of it).
 
     Returns
     -------
@@ -126,12 +164,21 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, check_finite=True, _max_chunk_rows=No
     )
     N, d = X.shape
     h, K = W2.shape
+    gather = rows is not None
+    if gather:
+        rows = _check_rows(rows, N)
+        N = rows.shape[0]
+    else:
+        rows = _NO_ROWS
     y = _validate.labels("y", y, N, K)
     item = X.itemsize
+    # the same chunks with and without rows (so the same bits); a gathered
+    # chunk adds one (chunk, d) buffer to the working set
     chunk, groups = plan(N, (d + 2 * h + K) * item, (d * h + h * K + h + K) * item,
                          _max_chunk_rows)
     dW1, db1 = np.empty_like(W1), np.empty_like(b1)
     dW2, db2 = np.empty_like(W2), np.empty_like(b2)
     with single_threaded_blas():
-        loss = _mlp_loss_grad(X, y, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk, groups)
+        loss = _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2,
+                              chunk, groups)
     return X.dtype.type(loss), dW1, db1, dW2, db2

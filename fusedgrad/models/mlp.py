@@ -727,13 +727,14 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             self.validation_scores_ = None
             self.best_validation_score_ = None
 
-    def _block_loss_grad(self, kernels, Xb, yb):
-        """Mean cross-entropy of the rows ``Xb`` (C-contiguous, model dtype) and its
-        gradients ``coef_grads + intercept_grads``, without the L2 term."""
+    def _block_loss_grad(self, kernels, Xb, yb, rows=None):
+        """Mean cross-entropy of the rows ``Xb`` (C-contiguous, model dtype), or of
+        ``Xb[rows]`` (the fused kernel only), and its gradients
+        ``coef_grads + intercept_grads``, without the L2 term."""
         W, b = self.coefs_, self.intercepts_
         if self._fused():
             loss, dW1, db1, dW2, db2 = kernels.mlp_loss_grad(Xb, yb, W[0], b[0], W[1], b[1],
-                                                            check_finite=False)
+                                                            rows=rows, check_finite=False)
             return float(loss), [dW1, dW2, db1, db2]
         L = len(W)
         acts = [Xb]
@@ -754,17 +755,23 @@ class MLPClassifier(ClassifierMixin, BaseModel):
     def _loss_grad(self, kernels, X, codes, rows, n_rows, dtype):
         """Loss and gradients (L2 term included) of the minibatch ``X[rows]``.
 
-        ``rows`` is a slice or an index array. The lecture's network takes a
-        view of consecutive rows in one fused call, however many; otherwise
-        the batch goes through the kernels in blocks of at most
-        :data:`_BLOCK_ROWS` rows, whose means are combined with weights
-        ``n_block / n_rows``.
+        ``rows`` is a slice or an index array. The lecture's network takes the
+        whole batch in one fused call, however many rows: a view of
+        consecutive rows, or ``X`` itself with the batch's row indices, which
+        the kernel gathers a cache-sized chunk at a time. Otherwise (other
+        networks, or ``X`` to be converted) the batch goes through the
+        kernels in blocks of at most :data:`_BLOCK_ROWS` rows, whose means
+        are combined with weights ``n_block / n_rows``.
         """
+        if self._fused() and _is_native(X, dtype):
+            if isinstance(rows, slice):
+                loss, grads = self._block_loss_grad(kernels, np.asarray(X[rows]), codes[rows])
+            else:
+                loss, grads = self._block_loss_grad(kernels, np.asarray(X), codes[rows], rows)
+            return self._add_l2(loss, grads, n_rows)
         if isinstance(rows, slice):
             blocks = [slice(s, min(s + _BLOCK_ROWS, rows.stop))
                       for s in range(rows.start, rows.stop, _BLOCK_ROWS)]
-            if self._fused() and _is_native(X, dtype):
-                blocks = [rows]
         else:
             blocks = [rows[s:s + _BLOCK_ROWS] for s in range(0, n_rows, _BLOCK_ROWS)]
         loss, grads = 0.0, None
@@ -782,8 +789,11 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                 for g, gb in zip(grads, block_grads):
                     gb *= dtype.type(weight)
                     g += gb
+        return self._add_l2(loss, grads, n_rows)
+
+    def _add_l2(self, loss, grads, n_rows):
+        """scikit-learn's L2 term: ``alpha / (2 n) sum ||W||^2``, gradient ``alpha W / n``."""
         if self.alpha:
-            # scikit-learn's L2 term: alpha / (2 n) sum ||W||^2, gradient alpha W / n
             squares = 0.0
             for W in self.coefs_:
                 w = W.reshape(-1)
