@@ -3,9 +3,8 @@
 The rows are cut into the fixed chunks and groups of the other kernels
 (:mod:`fusedgrad.kernels._partition`). Each group keeps the ``R`` factor of
 the rows it has seen; for every chunk it stacks that ``R`` on the chunk's
-rows, in a float64 scratch block, and refactors (LAPACK ``dgelqf`` on the
-row-major block, which LAPACK sees as its transpose: an LQ factorisation of
-``A^T`` is a QR factorisation of ``A``). The groups' ``R`` factors are then
+rows, in a column-major float64 scratch block, and refactors (LAPACK
+``dgeqrf``, single-threaded). The groups' ``R`` factors are then
 stacked in group order and reduced by one more QR. Neither ``Q`` nor a copy
 of ``X`` is ever formed; LAPACK runs single-threaded inside each group.
 
@@ -44,18 +43,18 @@ def _capsule_address(name):
     return get_pointer(capsule, get_name(capsule))
 
 
-_DGELQF = "fusedgrad_cython_lapack_dgelqf"
-llvm_binding.add_symbol(_DGELQF, _capsule_address("dgelqf"))
+_DGEQRF = "fusedgrad_cython_lapack_dgeqrf"
+llvm_binding.add_symbol(_DGEQRF, _capsule_address("dgeqrf"))
 
 
 @intrinsic
-def _dgelqf(typingctx, m, n, a, lda, tau, work, lwork):
-    """Column-major LQ factorisation ``a = L Q`` of the ``m x n`` matrix ``a`` (Fortran dgelqf).
+def _dgeqrf(typingctx, m, n, a, lda, tau, work, lwork):
+    """Column-major QR factorisation ``a = Q R`` of the ``m x n`` matrix ``a`` (Fortran dgeqrf).
 
     Returns LAPACK's ``info``.
     """
     if a.dtype != types.float64 or tau.dtype != types.float64 or work.dtype != types.float64:
-        raise TypeError("_dgelqf takes float64 arrays")
+        raise TypeError("_dgeqrf takes float64 arrays")
     sig = types.int32(m, n, a, lda, tau, work, lwork)
 
     def codegen(context, builder, signature, args):
@@ -74,7 +73,7 @@ def _dgelqf(typingctx, m, n, a, lda, tau, work, lwork):
         fnty = ir.FunctionType(ir.VoidType(), [i32.as_pointer(), i32.as_pointer(), f64p,
                                                i32.as_pointer(), f64p, f64p, i32.as_pointer(),
                                                i32.as_pointer()])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, _DGELQF)
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _DGEQRF)
         builder.call(fn, [ints[0], ints[1], data(a, a_), ints[2], data(tau, tau_),
                           data(work, work_), ints[3], info])
         return builder.load(info)
@@ -82,8 +81,12 @@ def _dgelqf(typingctx, m, n, a, lda, tau, work, lwork):
     return sig, codegen
 
 
-#: Workspace of dgelqf, in multiples of the number of columns (LAPACK's block size).
+#: Workspace of dgeqrf, in multiples of the number of columns (LAPACK's block size).
 _WORK_PER_COLUMN = 64
+
+#: Chunks hold at least this many rows per column of R, so that stacking R
+#: on each chunk adds little work.
+_ROWS_PER_COLUMN = 4
 
 
 @njit(**opt.PARALLEL)
@@ -97,10 +100,13 @@ def _tsqr(X, y, shift, intercept, chunk, groups, Rs):
     P = d + 1 + off
     n_chunks = (N + chunk - 1) // chunk
     infos = np.zeros(groups, np.int32)
+    cap = P + chunk
     for g in prange(groups):
         first, stop = chunk_range(g, groups, n_chunks)
-        # Row-major (P + chunk, P) block: the running R on top, the chunk below.
-        W = np.zeros((P + chunk, P), np.float64)
+        # Column-major (P + chunk, P) block A, stored as the row-major (P, P + chunk)
+        # array T = A^T: the running R in A's top P rows, the chunk's rows below.
+        # Householder vectors then run along T's contiguous rows.
+        T = np.zeros((P, cap), np.float64)
         tau = np.empty(P, np.float64)
         work = np.empty(P * _WORK_PER_COLUMN, np.float64)
         top = 0
@@ -108,29 +114,35 @@ def _tsqr(X, y, shift, intercept, chunk, groups, Rs):
             r0 = c * chunk
             r1 = min(N, r0 + chunk)
             m = r1 - r0
+            if intercept:
+                for i in range(m):
+                    T[0, top + i] = 1.0
+            for j in range(d):
+                s = shift[j]
+                col = T[off + j]
+                for i in range(m):
+                    col[top + i] = X[r0 + i, j] - s
+            col = T[off + d]
+            s = shift[d]
             for i in range(m):
-                row = W[top + i]
-                if intercept:
-                    row[0] = 1.0
-                for j in range(d):
-                    row[off + j] = X[r0 + i, j] - shift[j]
-                row[off + d] = y[r0 + i] - shift[d]
+                col[top + i] = y[r0 + i] - s
             rows = top + m
-            # LAPACK sees the row-major (rows, P) block as a column-major (P, rows)
-            # matrix B = A^T; B = L Q  <=>  A = Q^T L^T, and L^T (the upper triangle
-            # of the top rows of the row-major block) is A's R.
-            info = _dgelqf(P, rows, W, P, tau, work, work.shape[0])
+            info = _dgeqrf(rows, P, T, cap, tau, work, work.shape[0])
             if info != 0 and infos[g] == 0:
                 infos[g] = info
+            # Keep R (A's upper triangle, rows < min(rows, P)); clear the reflectors
+            # stored below it in the top P rows, and rows of R that do not exist yet.
             k = min(rows, P)
-            for i in range(P):
-                if i < k:
-                    for j in range(i):
-                        W[i, j] = 0.0
-                else:
-                    W[i, :] = 0.0
+            for j in range(P):
+                for i in range(j + 1, P):
+                    T[j, i] = 0.0
+                if j >= k:
+                    for i in range(k, P):
+                        T[j, i] = 0.0
             top = P
-        Rs[g] = W[:P]
+        for i in range(P):
+            for j in range(P):
+                Rs[g, i, j] = T[j, i]
     for g in range(groups):
         if infos[g] != 0:
             return infos[g]
@@ -187,13 +199,13 @@ def tsqr(X, y, shift=None, *, intercept=True, check_finite=True):
     # A chunk of at least a few times P rows, so the stacked R (P rows) is a
     # small part of each factorisation; at most what keeps the block in L2.
     chunk, groups = plan(N, P * 8, P * P * 8)
-    chunk = max(chunk, 4 * P)
+    chunk = max(chunk, _ROWS_PER_COLUMN * P)
     groups = max(1, min(groups, -(-N // chunk)))
     Rs = np.empty((groups, P, P))
     with single_threaded_blas():
         info = _tsqr(X, y, shift, bool(intercept), chunk, groups, Rs)
     if info != 0:
-        raise RuntimeError(f"LAPACK dgelqf failed with info={info}")
+        raise RuntimeError(f"LAPACK dgeqrf failed with info={info}")
     if groups == 1:
         return Rs[0]
     R = scipy.linalg.qr(Rs.reshape(groups * P, P), mode="r", overwrite_a=True,
