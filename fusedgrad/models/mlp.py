@@ -19,9 +19,16 @@ Only the optimizer's elementwise updates (a few NumPy operations on the
 parameters) run outside the kernels.
 
 Large data: ``X`` is never copied or converted as a whole. A minibatch of
-consecutive rows is a view; a shuffled minibatch gathers only its own rows;
-rows in another dtype are converted a block at a time. ``X`` may therefore be
-an ``np.memmap`` larger than memory.
+consecutive rows is a view; a shuffled minibatch of the lecture's network is
+gathered by the fused kernel a cache-sized chunk at a time
+(``mlp_loss_grad(..., rows=)``), other networks gather only the batch; rows
+in another dtype are converted a block of :data:`_BLOCK_ROWS` rows at a time.
+``X`` may therefore be an ``np.memmap`` larger than memory: besides one block,
+a fit keeps about 9 bytes per sample in memory (the shuffled row order, 2 x 4
+bytes, and the class index of each label, 1 byte for up to 256 classes).
+
+Every fit enters the kernels' single-threaded-BLAS limit once, around the
+whole loop, so that the per-call entries of the kernels cost nothing.
 """
 
 import math

@@ -1,0 +1,197 @@
+#!/usr/bin/env python
+"""Time per epoch of MLPClassifier.fit: fusedgrad against scikit-learn and a PyTorch loop.
+
+The same network (``d``-``h``-``K``, logistic hidden layer, softmax output,
+mean cross-entropy), data and batch size for all three, float32:
+
+* ``fusedgrad``: ``fusedgrad.models.MLPClassifier(solver='sgd')``;
+* ``sklearn``: ``sklearn.neural_network.MLPClassifier(solver='sgd')`` with
+  the same settings (both: momentum 0.9 with Nesterov's, alpha 1e-4,
+  shuffled minibatches; scikit-learn computes in float32 when given float32);
+* ``torch``: a plain training loop, ``torch.set_num_threads(2)``,
+  ``nn.Linear -> sigmoid -> nn.Linear``, ``F.cross_entropy``,
+  ``torch.optim.SGD`` without momentum, minibatches gathered through a
+  ``torch.randperm`` of the rows each epoch.
+
+Each measurement is one ``fit`` of ``--epochs`` epochs (``tol=0``, so all of
+them run) on a fresh model, divided by the number of epochs; fusedgrad's
+kernels are compiled (or loaded from numba's cache) before timing. The
+implementations are timed round-robin, ``--repeat`` times, and the median is
+reported.
+
+Run from a checkout::
+
+    python benchmarks/mlp_fit.py            # N=200,000, d=64, h=128, K=10
+    python benchmarks/mlp_fit.py --quick    # small shapes, a few seconds
+"""
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from fusedgrad.bench import format_machine, machine_info, markdown_table
+
+IMPLEMENTATIONS = ("fusedgrad", "sklearn", "torch")
+
+
+def make_data(n_samples, n_features, n_classes, seed=0):
+    """Seeded float32 features and labels of a random teacher network (learnable)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_samples, n_features)).astype(np.float32)
+    teacher = rng.standard_normal((n_features, n_classes))
+    y = np.argmax(X @ teacher + 0.5 * rng.standard_normal((n_samples, n_classes)), axis=1)
+    return X, y.astype(np.int64)
+
+
+def _settings(hidden, batch_size, epochs, learning_rate):
+    return dict(hidden_layer_sizes=(hidden,), activation="logistic", solver="sgd",
+                batch_size=batch_size, learning_rate_init=learning_rate, max_iter=epochs,
+                tol=0.0, n_iter_no_change=10**9, random_state=0)
+
+
+def fusedgrad_fit(X, y, hidden, batch_size, epochs, learning_rate):
+    from fusedgrad.models.mlp import MLPClassifier
+
+    model = MLPClassifier(dtype="float32", **_settings(hidden, batch_size, epochs, learning_rate))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter
+        model.fit(X, y)
+    return model.loss_curve_[-1]
+
+
+def sklearn_fit(X, y, hidden, batch_size, epochs, learning_rate):
+    from sklearn.neural_network import MLPClassifier
+
+    model = MLPClassifier(**_settings(hidden, batch_size, epochs, learning_rate))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(X, y)
+    return model.loss_curve_[-1]
+
+
+def torch_fit(X, y, hidden, batch_size, epochs, learning_rate):
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    n, d = X.shape
+    K = int(y.max()) + 1
+    model = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.Sigmoid(),
+                                torch.nn.Linear(hidden, K))
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    loss_sum = 0.0
+    for _ in range(epochs):
+        order = torch.randperm(n) if batch_size < n else None
+        loss_sum = 0.0
+        for start in range(0, n, batch_size):
+            if order is None:
+                xb, yb = Xt, yt
+            else:
+                rows = order[start:start + batch_size]
+                xb, yb = Xt[rows], yt[rows]
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * xb.shape[0]
+    return loss_sum / n
+
+
+FITS = {"fusedgrad": fusedgrad_fit, "sklearn": sklearn_fit, "torch": torch_fit}
+
+
+def available(names):
+    """The implementations whose packages import, and the reasons of the others."""
+    ok, skipped = [], {}
+    for name in names:
+        module = {"sklearn": "sklearn", "torch": "torch"}.get(name)
+        if module is not None:
+            try:
+                __import__(module)
+            except ImportError as exc:
+                skipped[name] = str(exc)
+                continue
+        ok.append(name)
+    return ok, skipped
+
+
+def bench(X, y, hidden, batch_size, epochs, repeat, learning_rate, names):
+    """Median ms per epoch of each implementation, timed round-robin."""
+    # compile fusedgrad's kernels (or load them from the cache) on a small copy
+    fusedgrad_fit(X[:256], y[:256], hidden, min(batch_size, 128), 1, learning_rate)
+    if "torch" in names:
+        torch_fit(X[:256], y[:256], hidden, min(batch_size, 128), 1, learning_rate)
+    times = {name: [] for name in names}
+    losses = {}
+    for _ in range(repeat):
+        for name in names:
+            start = time.perf_counter()
+            losses[name] = FITS[name](X, y, hidden, batch_size, epochs, learning_rate)
+            times[name].append(1e3 * (time.perf_counter() - start) / epochs)
+    return {name: statistics.median(t) for name, t in times.items()}, losses
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="small shapes (N=20,000, d=16, h=32, K=4), 2 epochs, 1 repeat")
+    p.add_argument("--n-samples", type=int, default=200_000)
+    p.add_argument("--n-features", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[4096, 0],
+                   help="minibatch sizes; 0 is the full batch (default: 4096 0)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per timed fit")
+    p.add_argument("--repeat", type=int, default=3, help="timed fits per implementation")
+    p.add_argument("--learning-rate", type=float, default=0.1)
+    p.add_argument("--only", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_samples, args.n_features, args.hidden, args.classes = 20_000, 16, 32, 4
+        args.epochs, args.repeat = 2, 1
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    print(format_machine(machine_info()) + "\n", flush=True)
+    names, skipped = available(args.only)
+    X, y = make_data(args.n_samples, args.n_features, args.classes)
+    N, d, h, K = args.n_samples, args.n_features, args.hidden, args.classes
+    print(f"MLPClassifier.fit, solver='sgd', activation='logistic', float32, "
+          f"N={N:,}, d={d}, h={h}, K={K}: median ms per epoch ({args.epochs} epochs per fit, "
+          f"{args.repeat} fits)\n", flush=True)
+    rows = []
+    for batch in args.batch_sizes:
+        batch_size = N if batch <= 0 else batch
+        ms, losses = bench(X, y, h, batch_size, args.epochs, args.repeat, args.learning_rate,
+                           names)
+        label = f"full batch ({N:,})" if batch_size >= N else f"{batch_size:,}"
+
+        def cell(name):
+            return f"{ms[name]:.1f}" if name in ms else None
+
+        def ratio(name):
+            return f"{ms[name] / ms['fusedgrad']:.2f}" if name in ms and "fusedgrad" in ms \
+                else None
+
+        rows.append([label, cell("fusedgrad"), cell("sklearn"), cell("torch"),
+                     ratio("sklearn"), ratio("torch")])
+        print(f"  batch {label}: " + ", ".join(f"{n} {ms[n]:.1f} ms (last loss "
+                                                f"{losses[n]:.4f})" for n in names), flush=True)
+    print()
+    print(markdown_table(["batch size", "fusedgrad", "sklearn", "torch", "sklearn/fusedgrad",
+                          "torch/fusedgrad"], rows))
+    for name, reason in skipped.items():
+        print(f"- {name}: skipped ({reason})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
