@@ -1087,8 +1087,9 @@ class MLPClassifier(ClassifierMixin, BaseModel):
     # --- prediction ---------------------------------------------------------------
 
     def _prediction_input(self, X):
+        """``X`` checked against the fitted model; the fitted dtype and the kernels."""
         self._check_is_fitted()
-        _, dtype, kernels = self._check_params()
+        kernels = _device_kernels(self.device)
         dtype = self.coefs_[0].dtype
         X = _feature_matrix(X, dtype)
         if X.shape[1] != self.n_features_in_:
