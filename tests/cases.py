@@ -401,7 +401,8 @@ def _layer_cases():
         yield LayerCase(
             f"affine_activation_backward/{act}/no_W", "affine_activation_backward",
             ("N", "d", "h"),
-            lambda shape, dtype, seed, act=act: _layer_backward_args(shape, dtype, seed, act, False),
+            lambda shape, dtype, seed, act=act: _layer_backward_args(shape, dtype, seed, act,
+                                                                     False),
             activation=act,
         )
 

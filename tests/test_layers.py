@@ -69,7 +69,8 @@ def test_reference_backward_is_the_derivative_of_the_forward(activation):
 
 def test_reference_by_hand():
     Z = np.array([[0.0, np.log(3.0), -2.0]])
-    np.testing.assert_allclose(activation_reference(Z, "logistic"), [[0.5, 0.75, 1 / (1 + np.e**2)]])
+    np.testing.assert_allclose(activation_reference(Z, "logistic"),
+                               [[0.5, 0.75, 1 / (1 + np.e**2)]])
     np.testing.assert_allclose(activation_reference(Z, "tanh"),
                                [[0.0, 0.8, -(np.e**4 - 1) / (np.e**4 + 1)]])
     np.testing.assert_array_equal(activation_reference(Z, "relu"), [[0.0, np.log(3.0), 0.0]])
