@@ -115,10 +115,10 @@ def test_dtype_class_parameter_is_stored_by_name(tmp_path):
     assert np.array_equal(loaded.predict(X), model.predict(X))
 
 
-def test_save_unfitted():
+def test_save_unfitted(tmp_path):
     with pytest.raises(NotFittedError):
-        LinearRegression().save("never-written.npz")
-    assert not os.path.exists("never-written.npz")
+        LinearRegression().save(tmp_path / "never-written.npz")
+    assert os.listdir(tmp_path) == []
 
 
 def test_failed_save_keeps_existing_file(tmp_path, monkeypatch):

@@ -272,7 +272,8 @@ def centered_gram(X, y, *, check_finite=True):
     X, y = _ols_inputs(X, y, [], check_finite)
     N, d = X.shape
     p = d + 1
-    chunk, groups = plan(N, 2 * p * X.itemsize, p * p * 8)
+    # per group: the float64 scatter and the chunk's scatter in X's dtype
+    chunk, groups = plan(N, 2 * p * X.itemsize, p * p * (8 + X.itemsize))
     counts = np.zeros(groups)
     means = np.empty((groups, p))
     scatters = np.empty((groups, p, p))
