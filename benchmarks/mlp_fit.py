@@ -137,6 +137,62 @@ def bench(X, y, hidden, batch_size, epochs, repeat, learning_rate, names):
     return {name: statistics.median(t) for name, t in times.items()}, losses
 
 
+def _per_call_us(fn, calls):
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return 1e6 * best
+
+
+def overhead(X, y, hidden, batch_size):
+    """Per-call costs around the kernel: the BLAS thread limit, and one minibatch step."""
+    from fusedgrad.kernels import mlp_loss_grad
+    from fusedgrad.kernels._blas import single_threaded_blas
+
+    def enter():
+        with single_threaded_blas():
+            pass
+
+    outer = _per_call_us(enter, 200)
+    with single_threaded_blas():
+        nested = _per_call_us(enter, 200)
+    rng = np.random.default_rng(1)
+    d, K = X.shape[1], int(y.max()) + 1
+    params = [(rng.standard_normal(s) * 0.1).astype(np.float32)
+              for s in ((d, hidden), (hidden,), (hidden, K), (K,))]
+    rows = rng.permutation(X.shape[0])[:batch_size]
+    Xb, yb, ys = X[rows], y[rows], y[:batch_size]
+
+    def view():
+        mlp_loss_grad(X[:batch_size], ys, *params, check_finite=False)
+
+    def gathered():
+        mlp_loss_grad(X, yb, *params, rows=rows, check_finite=False)
+
+    def numpy_gather():
+        mlp_loss_grad(X[rows], yb, *params, check_finite=False)
+
+    view()
+    calls = 20
+    alone = _per_call_us(view, calls)
+    with single_threaded_blas():
+        in_session = _per_call_us(view, calls)
+        in_kernel = _per_call_us(gathered, calls)
+        by_numpy = _per_call_us(numpy_gather, calls)
+    del Xb
+    return [
+        f"- single_threaded_blas(): {outer:.1f} us to enter and leave, {nested:.1f} us "
+        "nested inside another (a fit enters it once)",
+        f"- mlp_loss_grad on {batch_size:,} consecutive rows: {alone / 1e3:.3f} ms alone, "
+        f"{in_session / 1e3:.3f} ms inside a session",
+        f"- on {batch_size:,} shuffled rows: {in_kernel / 1e3:.3f} ms gathered in the kernel "
+        f"(rows=), {by_numpy / 1e3:.3f} ms with X[rows] gathered by NumPy first",
+    ]
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
@@ -185,6 +241,10 @@ def main(argv=None):
                      ratio("sklearn"), ratio("torch")])
         print(f"  batch {label}: " + ", ".join(f"{n} {ms[n]:.1f} ms (last loss "
                                                 f"{losses[n]:.4f})" for n in names), flush=True)
+    print()
+    batch = next((b for b in args.batch_sizes if 0 < b < N), min(4096, N))
+    for line in overhead(X, y, h, batch):
+        print(line)
     print()
     print(markdown_table(["batch size", "fusedgrad", "sklearn", "torch", "sklearn/fusedgrad",
                           "torch/fusedgrad"], rows))
