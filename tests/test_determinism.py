@@ -78,9 +78,12 @@ def _run(out, threads, **env):
 
 
 def _differences(a, b):
+    import fusedgrad.kernels
+
     keys = set(a.files) - {"threads"}
     assert keys == set(b.files) - {"threads"}
     assert any(k.startswith("mlp_loss_grad|_max_chunk_rows=64") for k in keys)
+    assert {k.split("|")[0].split("/")[0] for k in keys} == set(fusedgrad.kernels.__all__)
     for k in keys:
         assert a[k].dtype in (np.float32, np.float64)
     return [k for k in sorted(keys) if not np.array_equal(a[k], b[k])]
@@ -103,3 +106,31 @@ def test_bit_identical_compiled_and_from_cache(tmp_path):
     cached = _run(tmp_path / "cached.npz", 2, NUMBA_CACHE_DIR=cache)
     differ = _differences(compiled, cached)
     assert not differ, f"freshly compiled and cached code disagree: {differ}"
+
+
+def test_bit_identical_for_every_thread_count_in_one_process():
+    """numba.set_num_threads (per calling thread) from 1 to the maximum: same bits."""
+    import numba
+
+    from cases import CASES, DTYPES
+
+    shape = dict(N=3000, d=5, h=6, K=4)
+    most = numba.config.NUMBA_NUM_THREADS
+    if most < 2:
+        pytest.skip("Numba runs one thread here")
+    for case in CASES.values():
+        for dtype in DTYPES:
+            args = case.make_args(shape, dtype, 99)
+            results = []
+            for threads in range(1, most + 1):
+                numba.set_num_threads(threads)
+                try:
+                    out = case.kernel(*args)
+                finally:
+                    numba.set_num_threads(most)
+                results.append(out if isinstance(out, tuple) else (out,))
+            for threads, out in enumerate(results[1:], start=2):
+                for i, (a, b) in enumerate(zip(out, results[0])):
+                    assert (a is None and b is None) or np.array_equal(a, b), (
+                        f"{case.name} {np.dtype(dtype)}: output {i} differs between "
+                        f"1 and {threads} threads")
