@@ -1,0 +1,621 @@
+"""Check and time every CUDA kernel on a real GPU, in one run.
+
+How to run it on a lent H100/H200 (the device tool; its README describes the
+steps). numba-cuda 0.30.4 cannot compile a kernel under numpy 2.5, which the
+GPU image has, so a numpy 2.4.x wheel for Python 3.12 travels with the tree:
+
+1. Here, once, in the repository root::
+
+       echo /.whl/ >> .git/info/exclude
+       python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
+           --implementation cp --platform manylinux_2_28_x86_64 \\
+           --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \\
+           --platform manylinux2014_x86_64 -d .whl numpy==2.4.6
+
+2. One ``run`` with ``carry=[".whl"]`` and ``timeout_s=540`` (the script
+   budgets about 8 minutes, JIT included; ``--quick`` about half)::
+
+       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \\
+           --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit;
+       nvidia-smi -L; PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py \\
+           --commit <git rev-parse HEAD here> 2>&1 | tee $OUT/gpu_check.log
+
+   The image has numba 0.68, numba-cuda 0.30.4, CuPy, PyTorch and SciPy.
+   The JSON results go to ``$OUT/gpu_check.json`` (``$OUT`` set by the tool)
+   or ``--out PATH``. Then copy the table into benchmarks/NOTES.md with the
+   card, the date and the commit. Optionally, in the same run after the
+   script: ``FUSEDGRAD_TEST_GPU=1 python3 -m pytest -q -m gpu tests/test_cuda.py``.
+
+What it does:
+
+* **checks**: every kernel and every path (fused and layered MLP, staged and
+  per-row softmax, one-pass and two-pass OLS, numba and cuBLAS products,
+  warp-shuffle and shared-memory reductions) on fresh random data, float32
+  (and float64 for some) against the float64 NumPy reference on the host,
+  with every output buffer filled with NaN first (unwritten elements show);
+* **timings**: CUDA events around each call, warm-up first, median of the
+  repeats: ``mlp_loss_grad`` against a PyTorch float32 step (forward, loss,
+  backward of W1, b1, W2, b2; TF32 off) on the same GPU at the issue's four
+  shapes, and the row-wise/elementwise kernels' achieved GB/s against a
+  measured device-to-device copy.
+
+Other modes:
+
+* ``--smoke``: under numba's CUDA simulator (no GPU, no PyTorch), tiny
+  shapes, tiny blocks: exercises the checks and the timing code.
+* ``--ptx``: no GPU needed, but NVVM and NVRTC (``pip install
+  nvidia-nvvm nvidia-cuda-nvrtc`` into a target dir on LD_LIBRARY_PATH):
+  compiles every kernel the wrappers launch, with the default options, to
+  PTX for sm_90 and reports float64 instructions in the float32 kernels (and
+  registers and spills when ``ptxas`` is on PATH).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SMOKE = "--smoke" in sys.argv
+if SMOKE:
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+import numpy as np  # noqa: E402
+
+# ---------------------------------------------------------------------------
+# Shapes
+# ---------------------------------------------------------------------------
+
+#: (N, d, h, K) of the timed MLP steps (the issue's shapes).
+MLP_SHAPES = [
+    (65536, 784, 256, 10),
+    (262144, 64, 128, 10),
+    (1048576, 16, 32, 4),
+    (4194304, 784, 1024, 10),
+]
+
+#: PyTorch float32 step times measured on an H200 (issue 5), ms.
+TORCH_H200_MS = {
+    (65536, 784, 256, 10): 1.60,
+    (262144, 64, 128, 10): 1.37,
+    (1048576, 16, 32, 4): 2.30,
+    (4194304, 784, 1024, 10): 352.0,
+}
+
+SMOKE_OPTIONS = dict(
+    CUDA_TPB=8, CUDA_SOFTMAX_TPB=4, CUDA_MAX_BLOCKS=3, CUDA_GEMM_BM=4, CUDA_GEMM_BN=4,
+    CUDA_GEMM_BK=2, CUDA_GEMM_TM=2, CUDA_GEMM_TN=2, CUDA_MAX_SPLITS=3, CUDA_FUSED_TPB=16,
+    CUDA_FUSED_MAX_ROWS=8, CUDA_OLS_MAX_ROWS=4, CUDA_CHUNK_BYTES=256, CUDA_WARP_SHUFFLE=False,
+)
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Correctness checks
+# ---------------------------------------------------------------------------
+
+
+def check_configs(smoke):
+    """(label, case name, shape, dtype, kernel kwargs, option overrides)."""
+    f32, f64 = np.float32, np.float64
+    if smoke:
+        s = dict(N=13, d=5, h=6, K=3)
+        return [
+            ("mlp fused", "mlp_loss_grad", s, f32, {"_path": "fused"}, {}),
+            ("mlp layered", "mlp_loss_grad", s, f64, {"_path": "layered"}, {}),
+            ("softmax staged", "softmax_cross_entropy", s, f32, {}, {}),
+            ("softmax per-row", "softmax_cross_entropy", s, f32, {},
+             {"CUDA_SOFTMAX_STAGED_MAX_K": 2}),
+            ("affine_sigmoid", "affine_sigmoid", s, f32, {}, {}),
+            ("affine_sigmoid_backward", "affine_sigmoid_backward", s, f32, {}, {}),
+            ("affine_sigmoid_backward no W", "affine_sigmoid_backward/no_W", s, f64, {}, {}),
+            ("ols one-pass", "ols_loss_grad", s, f32, {}, {}),
+            ("ols two-pass", "ols_loss_grad", s, f32, {}, {"CUDA_SHARED_BYTES": 64}),
+            ("gram", "gram", s, f64, {}, {}),
+        ]
+    thin1 = dict(N=30000, d=64, h=128, K=10)
+    thin2 = dict(N=70000, d=16, h=32, K=4)
+    fat = dict(N=6000, d=784, h=256, K=10)
+    odd = dict(N=9999, d=33, h=47, K=7)
+    configs = []
+    for shuffle in (True, False):
+        sh = {"CUDA_WARP_SHUFFLE": shuffle}
+        tag = "shfl" if shuffle else "smem"
+        for dt in (f32, f64):
+            dn = np.dtype(dt).name
+            configs += [
+                (f"mlp fused {thin1['d']}x{thin1['h']} {tag} {dn}", "mlp_loss_grad", thin1, dt,
+                 {"_path": "fused"}, sh),
+                (f"mlp fused {thin2['d']}x{thin2['h']} {tag} {dn}", "mlp_loss_grad", thin2, dt,
+                 {"_path": "fused"}, sh),
+                (f"softmax staged {tag} {dn}", "softmax_cross_entropy", odd, dt, {}, sh),
+                (f"softmax per-row {tag} {dn}", "softmax_cross_entropy",
+                 dict(N=3000, K=1000), dt, {}, sh),
+                (f"ols one-pass {tag} {dn}", "ols_loss_grad", odd, dt, {}, sh),
+            ]
+    for gemm in ("numba", "cupy"):
+        g = {"CUDA_GEMM": gemm}
+        for dt in (f32, f64):
+            dn = np.dtype(dt).name
+            configs += [
+                (f"mlp layered {gemm} {dn}", "mlp_loss_grad", fat, dt, {"_path": "layered"}, g),
+                (f"mlp layered odd {gemm} {dn}", "mlp_loss_grad", odd, dt, {"_path": "layered"},
+                 dict(g, CUDA_CHUNK_BYTES=1 << 20)),
+                (f"affine_sigmoid {gemm} {dn}", "affine_sigmoid", fat, dt, {}, g),
+                (f"affine_sigmoid_backward {gemm} {dn}", "affine_sigmoid_backward", odd, dt, {}, g),
+                (f"affine_sigmoid_backward no W {gemm} {dn}", "affine_sigmoid_backward/no_W",
+                 fat, dt, {}, g),
+                (f"gram {gemm} {dn}", "gram", dict(N=50000, d=130), dt, {}, g),
+                (f"gram thin {gemm} {dn}", "gram", dict(N=200000, d=16), dt, {}, g),
+            ]
+    configs += [
+        ("ols two-pass float32", "ols_loss_grad", dict(N=3000, d=20000), f32, {}, {}),
+    ]
+    return configs
+
+
+class Options:
+    """Temporarily set attributes of the options module."""
+
+    def __init__(self, opt, overrides):
+        self.opt, self.overrides, self.saved = opt, overrides, {}
+
+    def __enter__(self):
+        for k, v in self.overrides.items():
+            self.saved[k] = getattr(self.opt, k)
+            setattr(self.opt, k, v)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            setattr(self.opt, k, v)
+
+
+def run_checks(smoke):
+    sys.path.insert(0, str(REPO / "tests"))
+    from cases import CASES, as_float64, outputs, rel_error
+
+    from fusedgrad.kernels import _options as opt
+    from fusedgrad.kernels.cuda import _gemm
+    from fusedgrad.kernels.cuda import _runtime as rt
+
+    rt.POISON = True
+    rows = []
+    for label, name, shape, dtype, kwargs, overrides in check_configs(smoke):
+        if overrides.get("CUDA_GEMM") == "cupy" and _gemm._cupy() is None:
+            rows.append(dict(check=label, status="skipped (no CuPy)"))
+            continue
+        case = CASES[name]
+        full = dict(N=1, d=1, h=1, K=2)
+        full.update(shape)
+        args = case.make_args(full, dtype, hash(label) % 1000)
+        t0 = time.perf_counter()
+        try:
+            with Options(opt, overrides):
+                got = case.cuda_kernel(*args, **kwargs)
+            want = case.reference(*as_float64(args))
+            errs = []
+            for g, w in zip(outputs(got), outputs(want)):
+                if w is None:
+                    errs.append(0.0 if g is None else np.inf)
+                    continue
+                g = np.asarray(g, dtype=np.float64)
+                errs.append(np.inf if not np.all(np.isfinite(g)) else rel_error(g, w))
+            tol = case.tolerance[np.dtype(dtype)]
+            worst = max(errs)
+            status = "ok" if worst <= tol else "FAIL"
+            rows.append(dict(check=label, status=status, max_rel_error=worst, tolerance=tol,
+                             seconds=round(time.perf_counter() - t0, 2)))
+        except Exception as exc:  # report and go on
+            rows.append(dict(check=label, status=f"ERROR {type(exc).__name__}: {exc}"[:300]))
+        r = rows[-1]
+        log(f"  {r['check']:<44} {r['status']:<6} {r.get('max_rel_error', float('nan')):9.2e}"
+            f"  {r.get('seconds', 0):6.2f} s")
+    rt.POISON = False
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# Timings
+# ---------------------------------------------------------------------------
+
+
+def time_events(fn, reps, warmup):
+    """Median milliseconds of ``fn()`` between CUDA events (after ``warmup`` calls)."""
+    from numba import cuda
+
+    for _ in range(warmup):
+        fn()
+    cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, stop = cuda.event(), cuda.event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cuda.event_elapsed_time(start, stop) if hasattr(cuda, "event_elapsed_time")
+                     else start.elapsed_time(stop))
+    return statistics.median(times)
+
+
+def copy_bandwidth(nbytes, reps):
+    """Device-to-device copy, GB/s counting bytes read and written."""
+    from numba import cuda
+
+    n = nbytes // 4
+    src = cuda.device_array(n, np.float32)
+    dst = cuda.device_array(n, np.float32)
+    ms = time_events(lambda: dst.copy_to_device(src), reps, 2)
+    return 2 * n * 4 / (ms * 1e-3) / 1e9, ms
+
+
+def torch_step(X, y, W1, b1, W2, b2):
+    import torch
+
+    W1 = W1.detach().requires_grad_(True)
+    b1 = b1.detach().requires_grad_(True)
+    W2 = W2.detach().requires_grad_(True)
+    b2 = b2.detach().requires_grad_(True)
+
+    def step():
+        A = torch.sigmoid(X @ W1 + b1)
+        loss = torch.nn.functional.cross_entropy(A @ W2 + b2, y)
+        grads = torch.autograd.grad(loss, (W1, b1, W2, b2))
+        return loss, grads
+
+    return step
+
+
+def run_timings(smoke, quick):
+    from numba import cuda
+
+    import fusedgrad.kernels.cuda as kc
+    from fusedgrad.kernels.cuda import _gemm
+    from fusedgrad.kernels.cuda import _runtime as rt
+    from fusedgrad.kernels.cuda.mlp import plan_fused
+
+    results = {"mlp": [], "rowwise": [], "copy": None}
+    reps = 1 if smoke else (5 if quick else 10)
+    torch = None
+    if not smoke:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        dev = torch.device("cuda")
+        gbps, ms = copy_bandwidth(1 << 31, reps)
+        results["copy"] = dict(bytes=1 << 31, ms=ms, GBps=gbps)
+        log(f"device-to-device copy of 2 GiB: {ms:.3f} ms, {gbps:.0f} GB/s (read + write)")
+
+    def data(N, d, h, K, seed=0):
+        if smoke:
+            rng = np.random.default_rng(seed)
+            f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+            return (cuda.to_device(f(N, d)), cuda.to_device(rng.integers(0, K, N)),
+                    cuda.to_device(f(d, h) / d ** 0.5), cuda.to_device(f(h)),
+                    cuda.to_device(f(h, K) / h ** 0.5), cuda.to_device(f(K)))
+        g = torch.Generator(device=dev).manual_seed(seed)
+        f = lambda *s: torch.randn(*s, generator=g, device=dev, dtype=torch.float32)  # noqa: E731
+        return (f(N, d), torch.randint(0, K, (N,), generator=g, device=dev),
+                f(d, h) / d ** 0.5, f(h), f(h, K) / h ** 0.5, f(K))
+
+    shapes = [(13, 5, 6, 3), (40, 3, 4, 2)] if smoke else MLP_SHAPES
+    for N, d, h, K in shapes:
+        t0 = time.perf_counter()
+        X, y, W1, b1, W2, b2 = data(N, d, h, K)
+        row = dict(shape=[N, d, h, K], path="fused" if plan_fused(d, h, K, 4) else "layered")
+        big = N * d >= (1 << 31)
+        r = max(2, reps // 3) if big else reps
+        ours = lambda: kc.mlp_loss_grad(X, y, W1, b1, W2, b2, check_finite=False)  # noqa: E731
+        row["fused_ms"] = time_events(ours, r, 1 if big else 3)
+        row["gemm"] = _gemm.backend() if row["path"] == "layered" else "-"
+        if row["path"] == "layered" and not smoke and _gemm._cupy() is not None:
+            from fusedgrad.kernels import _options as opt
+
+            with Options(opt, {"CUDA_GEMM": "numba"}):
+                row["fused_numba_gemm_ms"] = time_events(ours, r, 1)
+        if not smoke:
+            row["fused_checked_ms"] = time_events(
+                lambda: kc.mlp_loss_grad(X, y, W1, b1, W2, b2), r, 1)
+            try:
+                row["torch_ms"] = time_events(torch_step(X, y, W1, b1, W2, b2), r, 3)
+                row["torch_over_fused"] = row["torch_ms"] / row["fused_ms"]
+            except torch.cuda.OutOfMemoryError:
+                row["torch_ms"] = "out of memory"
+            torch.cuda.empty_cache()
+        row["torch_h200_issue_ms"] = TORCH_H200_MS.get((N, d, h, K))
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        results["mlp"].append(row)
+        log(f"  mlp {row}")
+        del X, y, W1, b1, W2, b2
+        if torch is not None:
+            torch.cuda.empty_cache()
+
+    # Row-wise and elementwise kernels: achieved GB/s on (inputs + outputs).
+    def rowwise(label, fn, nbytes, r):
+        ms = time_events(fn, r, 2)
+        row = dict(kernel=label, ms=ms, bytes=nbytes, GBps=nbytes / (ms * 1e-3) / 1e9)
+        if results["copy"]:
+            row["fraction_of_copy"] = row["GBps"] / results["copy"]["GBps"]
+        results["rowwise"].append(row)
+        log(f"  {row}")
+
+    N = 40 if smoke else 4194304
+    rng = np.random.default_rng(1)
+
+    def dev32(*shape):
+        if smoke:
+            return cuda.to_device(rng.standard_normal(shape).astype(np.float32))
+        return torch.randn(*shape, device=dev, dtype=torch.float32)
+
+    for K in (10, 4):
+        Z = dev32(N, K)
+        y = (cuda.to_device(rng.integers(0, K, N)) if smoke
+             else torch.randint(0, K, (N,), device=dev))
+        nbytes = 2 * N * K * 4 + N * 8
+        rowwise(f"softmax_cross_entropy N={N} K={K}",
+                lambda: kc.softmax_cross_entropy(Z, y, check_finite=False), nbytes, reps)
+        rowwise(f"softmax_cross_entropy N={N} K={K} check_finite",
+                lambda: kc.softmax_cross_entropy(Z, y), nbytes, reps)
+    for d in ((6,) if smoke else (16, 128)):
+        n = N if d == 16 else N // 8
+        X, yv, w = dev32(n, d), dev32(n), dev32(d)
+        rowwise(f"ols_loss_grad N={n} d={d}",
+                lambda: kc.ols_loss_grad(X, yv, w, check_finite=False), (n * d + n) * 4, reps)
+        rowwise(f"gram N={n} d={d}",
+                lambda: kc.gram(X, yv, check_finite=False), (n * d + n) * 4, reps)
+    n_in, n_out = (3, 4) if smoke else (16, 32)
+    X, W, b = dev32(N, n_in), dev32(n_in, n_out), dev32(n_out)
+    rowwise(f"affine_sigmoid N={N} {n_in}->{n_out}",
+            lambda: kc.affine_sigmoid(X, W, b, check_finite=False), N * (n_in + n_out) * 4, reps)
+    A, dA = dev32(N, n_out), dev32(N, n_out)
+    rowwise(f"affine_sigmoid_backward N={N} {n_in}->{n_out} with dX",
+            lambda: kc.affine_sigmoid_backward(X, A, dA, W, check_finite=False),
+            N * (2 * n_in + 2 * n_out) * 4, reps)
+    del X, A, dA
+    return results
+
+
+# ---------------------------------------------------------------------------
+# PTX compile check (no GPU)
+# ---------------------------------------------------------------------------
+
+
+def run_ptx_check(cc=(9, 0)):
+    """Compile, with the real numba-cuda and the default options, every kernel
+    the wrappers launch on a set of inputs that takes every path."""
+    import re
+    import shutil
+    import tempfile
+
+    import numba
+    from numba import cuda, types
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from cases import CASES
+
+    from fusedgrad.kernels import _options as opt
+    from fusedgrad.kernels.cuda import _runtime as rt
+
+    if rt.simulator():
+        raise SystemExit("--ptx needs the real numba.cuda: unset NUMBA_ENABLE_CUDASIM")
+
+    class Dev(np.ndarray):
+        __cuda_ndarray__ = True
+
+        def copy_to_host(self, ary=None, stream=0):
+            if ary is None:
+                return np.array(self)
+            ary[...] = self
+            return ary
+
+        def copy_to_device(self, ary, stream=0):
+            self[...] = ary
+
+        def is_c_contiguous(self):
+            return self.flags.c_contiguous
+
+    compiled = {}
+
+    def argtype(a):
+        if isinstance(a, np.ndarray):
+            return types.Array(numba.from_dtype(a.dtype), a.ndim,
+                               "C" if a.flags.c_contiguous else "A")
+        return numba.typeof(a)
+
+    class Launch:
+        def __init__(self, fn, options):
+            self.fn, self.options = fn, options
+
+        def __getitem__(self, config):
+            def launch(*args):
+                sig = tuple(argtype(a) for a in args)
+                key = (self.fn, sig)
+                if key not in compiled:
+                    t0 = time.perf_counter()
+                    opts = {k: v for k, v in self.options.items() if k in ("fastmath",)}
+                    ptx, _ = cuda.compile_ptx(self.fn, sig, cc=cc, **opts)
+                    compiled[key] = (self.fn.__qualname__, sig, ptx, time.perf_counter() - t0)
+            return launch
+
+    real_jit = cuda.jit
+
+    def fake_jit(*a, **kw):
+        if kw.get("device"):
+            return real_jit(*a, **kw)
+        return lambda fn: Launch(fn, kw)
+
+    cuda.jit = fake_jit
+    cuda.device_array = lambda shape, dtype=np.float64, **kw: np.zeros(shape, dtype).view(Dev)
+    cuda.to_device = lambda a, **kw: np.array(a).view(Dev)
+    rt._unavailable_reason = lambda: None
+
+    runs = [
+        ("mlp_loss_grad", dict(N=300, d=64, h=128, K=10), {}),
+        ("mlp_loss_grad", dict(N=300, d=16, h=32, K=4), {}),
+        ("mlp_loss_grad", dict(N=300, d=784, h=256, K=10), {}),
+        ("mlp_loss_grad", dict(N=300, d=20, h=30, K=40), {"_path": "layered"}),
+        ("softmax_cross_entropy", dict(N=300, K=10), {}),
+        ("softmax_cross_entropy", dict(N=300, K=100), {}),
+        ("affine_sigmoid", dict(N=300, d=16, h=32), {}),
+        ("affine_sigmoid_backward", dict(N=300, d=16, h=32), {}),
+        ("affine_sigmoid_backward/no_W", dict(N=300, d=16, h=32), {}),
+        ("ols_loss_grad", dict(N=300, d=16), {}),
+        ("ols_loss_grad", dict(N=30, d=20000), {}),
+        ("gram", dict(N=300, d=16), {}),
+    ]
+    failures = []
+    for shuffle in (True, False):
+        opt.CUDA_WARP_SHUFFLE = shuffle
+        for name, shape, kwargs in runs:
+            case = CASES[name]
+            full = dict(N=1, d=1, h=1, K=2)
+            full.update(shape)
+            for dtype in (np.float32, np.float64):
+                args = case.make_args(full, dtype, 0)
+                dev_args = tuple(np.asarray(a).view(Dev) if isinstance(a, np.ndarray) else a
+                                 for a in args)
+                try:
+                    case.cuda_kernel(*dev_args, **kwargs)
+                except Exception as exc:
+                    failures.append((name, shape, np.dtype(dtype).name, shuffle, repr(exc)))
+                    log(f"FAILED {name} {shape} {np.dtype(dtype).name} shuffle={shuffle}: {exc!r}")
+    ptxas = shutil.which("ptxas")
+    f64_ops = re.compile(r"^\s*(?:@%p\d+\s+)?(fma|add|sub|mul|div|ex2|lg2|rcp|sqrt|cvt\.rn\.f32)\S*\.f64",
+                         re.M)
+    log(f"{'kernel':<24} {'signature':<70} {'f64 ops':>7} {'regs':>5} {'spill B':>8} {'smem B':>7} {'s':>5}")
+    rows = []
+    for qualname, sig, ptx, seconds in compiled.values():
+        is32 = any(getattr(t, "dtype", None) == types.float32 for t in sig)
+        n64 = len(f64_ops.findall(ptx)) if is32 else 0
+        regs = spill = smem = ""
+        if ptxas:
+            with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+                f.write(ptx)
+            out = subprocess.run([ptxas, f"-arch=sm_{cc[0]}{cc[1]}", "-v", f.name, "-o", os.devnull],
+                                 capture_output=True, text=True)
+            txt = out.stderr + out.stdout
+            m = re.search(r"Used (\d+) registers", txt)
+            regs = m.group(1) if m else "?"
+            m = re.search(r"(\d+) bytes spill stores", txt)
+            spill = m.group(1) if m else "?"
+            m = re.search(r"(\d+) bytes smem", txt)
+            smem = m.group(1) if m else "0"
+        sig_text = ",".join(str(t) for t in sig)[:70]
+        log(f"{qualname.split('.')[0]:<24} {sig_text:<70} {n64:>7} {regs:>5} {spill:>8} {smem:>7} {seconds:5.1f}")
+        rows.append(dict(kernel=qualname, signature=[str(t) for t in sig], f64_ops_in_f32=n64,
+                         registers=regs, spill_bytes=spill, shared_bytes=smem))
+    log(f"{len(compiled)} kernels compiled for sm_{cc[0]}{cc[1]}, {len(failures)} failures")
+    return dict(kernels=rows, failures=failures)
+
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+
+
+def environment():
+    from numba import cuda
+
+    info = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                python=platform.python_version(), numpy=np.__version__)
+    import numba
+
+    info["numba"] = numba.__version__
+    try:
+        from importlib.metadata import version
+
+        info["numba_cuda"] = version("numba-cuda")
+    except Exception:
+        info["numba_cuda"] = "?"
+    for mod in ("torch", "cupy"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:
+            info[mod] = None
+    if not SMOKE and cuda.is_available():
+        dev = cuda.get_current_device()
+        name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+        info["device"] = dict(name=name, multiprocessors=dev.MULTIPROCESSOR_COUNT,
+                              compute_capability=list(dev.compute_capability))
+    return info
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="simulator, tiny shapes, no torch")
+    parser.add_argument("--ptx", action="store_true", help="compile-only check (no GPU)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--no-checks", action="store_true")
+    parser.add_argument("--no-timings", action="store_true")
+    parser.add_argument("--commit", default=os.environ.get("FUSEDGRAD_COMMIT", "unknown"))
+    parser.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json)")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    result = dict(mode="ptx" if args.ptx else ("smoke" if args.smoke else "gpu"),
+                  commit=args.commit)
+    if args.ptx:
+        result["ptx"] = run_ptx_check()
+        ok = not result["ptx"]["failures"]
+    else:
+        from fusedgrad.kernels import _options as opt
+        from fusedgrad.kernels.cuda import _runtime as rt
+
+        rt.require()
+        if args.smoke:
+            for k, v in SMOKE_OPTIONS.items():
+                setattr(opt, k, v)
+        result["environment"] = environment()
+        log(f"environment: {result['environment']}")
+        ok = True
+        if not args.no_checks:
+            log("checks (max normwise relative error against the float64 reference):")
+            result["checks"] = run_checks(args.smoke)
+            ok = all(r["status"] in ("ok",) or r["status"].startswith("skipped")
+                     for r in result["checks"])
+        if not args.no_timings:
+            log("timings (CUDA events, medians):")
+            result["timings"] = run_timings(args.smoke, args.quick)
+            print_tables(result["timings"])
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    out = args.out or (os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT")
+                       else None)
+    if out:
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1, default=str)
+        log(f"wrote {out}")
+    log(f"{'all checks passed' if ok else 'SOME CHECKS FAILED'} ({result['seconds']} s)")
+    return 0 if ok else 1
+
+
+def print_tables(t):
+    log("\n| N, d, h, K | path | fused ms | checked ms | torch ms | torch/fused | torch H200 (issue) ms |")
+    log("|:---|:---|---:|---:|---:|---:|---:|")
+    for r in t["mlp"]:
+        torch_ms = r.get("torch_ms", "-")
+        ratio = r.get("torch_over_fused")
+        log(f"| {', '.join(map(str, r['shape']))} | {r['path']} {r.get('gemm', '')} | "
+            f"{r['fused_ms']:.3f} | {r.get('fused_checked_ms', float('nan')):.3f} | "
+            f"{torch_ms if isinstance(torch_ms, str) else f'{torch_ms:.3f}'} | "
+            f"{'-' if ratio is None else f'{ratio:.2f}'} | {r.get('torch_h200_issue_ms')} |")
+    log("\n| kernel | ms | GB/s | of copy |")
+    log("|:---|---:|---:|---:|")
+    for r in t["rowwise"]:
+        frac = r.get("fraction_of_copy")
+        log(f"| {r['kernel']} | {r['ms']:.3f} | {r['GBps']:.0f} | "
+            f"{'-' if frac is None else f'{frac:.0%}'} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
