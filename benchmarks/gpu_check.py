@@ -47,7 +47,10 @@ Other modes:
   nvidia-nvvm nvidia-cuda-nvrtc`` into a target dir on LD_LIBRARY_PATH):
   compiles every kernel the wrappers launch, with the default options, to
   PTX for sm_90 and reports float64 instructions in the float32 kernels (and
-  registers and spills when ``ptxas`` is on PATH).
+  registers, stack frame and spills when ``ptxas`` is on PATH: ``pip install
+  nvidia-cuda-nvcc`` into a target dir). No numbers come out of this mode, only
+  whether real numba-cuda accepts every kernel (the simulator runs plain Python
+  and cannot tell).
 """
 
 import argparse
@@ -457,6 +460,12 @@ def run_ptx_check(cc=(9, 0)):
         return lambda fn: Launch(fn, kw)
 
     cuda.jit = fake_jit
+    # Device functions are compiled for the current device's compute capability.
+    from types import SimpleNamespace
+
+    import numba.cuda.dispatcher as cuda_dispatcher
+
+    cuda_dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=cc)
     cuda.device_array = lambda shape, dtype=np.float64, **kw: np.zeros(shape, dtype).view(Dev)
     cuda.to_device = lambda a, **kw: np.array(a).view(Dev)
     rt._unavailable_reason = lambda: None
@@ -494,7 +503,7 @@ def run_ptx_check(cc=(9, 0)):
     ptxas = shutil.which("ptxas")
     f64_ops = re.compile(r"^\s*(?:@%p\d+\s+)?(fma|add|sub|mul|div|ex2|lg2|rcp|sqrt|cvt\.rn\.f32)\S*\.f64",
                          re.M)
-    log(f"{'kernel':<24} {'signature':<70} {'f64 ops':>7} {'regs':>5} {'spill B':>8} {'smem B':>7} {'s':>5}")
+    log(f"{'kernel':<24} {'signature':<70} {'f64 ops':>7} {'regs':>5} {'stack/spill':>11} {'smem B':>7} {'s':>5}")
     rows = []
     for qualname, sig, ptx, seconds in compiled.values():
         is32 = any(getattr(t, "dtype", None) == types.float32 for t in sig)
@@ -508,14 +517,14 @@ def run_ptx_check(cc=(9, 0)):
             txt = out.stderr + out.stdout
             m = re.search(r"Used (\d+) registers", txt)
             regs = m.group(1) if m else "?"
-            m = re.search(r"(\d+) bytes spill stores", txt)
-            spill = m.group(1) if m else "?"
+            m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", txt)
+            spill = f"{m.group(1)}/{m.group(2)}" if m else "?"
             m = re.search(r"(\d+) bytes smem", txt)
             smem = m.group(1) if m else "0"
         sig_text = ",".join(str(t) for t in sig)[:70]
-        log(f"{qualname.split('.')[0]:<24} {sig_text:<70} {n64:>7} {regs:>5} {spill:>8} {smem:>7} {seconds:5.1f}")
+        log(f"{qualname.split('.')[0]:<24} {sig_text:<70} {n64:>7} {regs:>5} {spill:>11} {smem:>7} {seconds:5.1f}")
         rows.append(dict(kernel=qualname, signature=[str(t) for t in sig], f64_ops_in_f32=n64,
-                         registers=regs, spill_bytes=spill, shared_bytes=smem))
+                         registers=regs, stack_and_spill_bytes=spill, shared_bytes=smem))
     log(f"{len(compiled)} kernels compiled for sm_{cc[0]}{cc[1]}, {len(failures)} failures")
     return dict(kernels=rows, failures=failures)
 

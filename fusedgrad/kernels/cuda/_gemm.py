@@ -69,15 +69,16 @@ def _gemm_kernel(dtype, ta, tb, epi, aug, partial, BM, BN, BK, TM, TN):
     NTM = BM // TM
     NTN = BN // TN
     T = NTM * NTN
+    BM1, BN1, TMN = BM + 1, BN + 1, TM * TN  # shapes must be compile-time constants
     _d_sigmoid = helpers(np.dtype(dtype), T, False)._d_sigmoid
 
     @jit()
     def kernel(A, B, bvec, C, bias, aux, M, Nc, Kd, k_chunk, accumulate):
         # C (M, Nc) or, with ``partial``, C (splits, M, Nc): the product over
         # the inner indices [split * k_chunk, (split + 1) * k_chunk).
-        As = cuda.shared.array((BK, BM + 1), dtype=nbt)
-        Bs = cuda.shared.array((BK, BN + 1), dtype=nbt)
-        acc = cuda.local.array(TM * TN, dtype=nbt)
+        As = cuda.shared.array((BK, BM1), dtype=nbt)
+        Bs = cuda.shared.array((BK, BN1), dtype=nbt)
+        acc = cuda.local.array(TMN, dtype=nbt)
         af = cuda.local.array(TM, dtype=nbt)
         bf = cuda.local.array(TN, dtype=nbt)
         tid = cuda.threadIdx.x

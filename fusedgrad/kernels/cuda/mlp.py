@@ -86,6 +86,7 @@ def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle):
     Q2 = -(-H * K // T)  # dW2 entries per thread
     MK = -(-K // NJ)  # db2 columns per thread
     W1R = D if w1_shared else 1
+    NACC1, NZT = MI * MJ, MR * MJ  # shapes must be compile-time constants
     d = helpers(np.dtype(dtype), T, shuffle)
     _d_sigmoid, _d_block_sum = d._d_sigmoid, d._d_block_sum
     o_b1 = D * H
@@ -103,11 +104,11 @@ def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle):
         b2s = cuda.shared.array(K, dtype=nbt)
         buf = cuda.shared.array(T, dtype=nbt)
         red = cuda.shared.array(T, dtype=types.float64)
-        acc1 = cuda.local.array(MI * MJ, dtype=nbt)  # dW1[ti + NI ii, tj + NJ jj]
+        acc1 = cuda.local.array(NACC1, dtype=nbt)  # dW1[ti + NI ii, tj + NJ jj]
         accb1 = cuda.local.array(MJ, dtype=nbt)
         acc2 = cuda.local.array(Q2, dtype=nbt)  # dW2 entries tid + T q
         accb2 = cuda.local.array(MK, dtype=nbt)
-        zt = cuda.local.array(MR * MJ, dtype=nbt)
+        zt = cuda.local.array(NZT, dtype=nbt)
         xv = cuda.local.array(MI, dtype=nbt)
         gv = cuda.local.array(MJ, dtype=nbt)
         tid = cuda.threadIdx.x

@@ -31,12 +31,13 @@ def _staged_kernel(dtype, K, tpb, shuffle, colsum):
     d = helpers(np.dtype(dtype), tpb, shuffle)
     _d_block_sum = d._d_block_sum
     R = tpb
+    TILE = R * K  # shapes must be compile-time constants
     phases = max(1, tpb // K)  # column-sum lanes per column
     col_threads = phases * K if K <= tpb else 0
 
     @jit()
     def kernel(Zf, y, dZf, inv_n, loss_part, col_part):
-        tile = cuda.shared.array(R * K, dtype=nbt)
+        tile = cuda.shared.array(TILE, dtype=nbt)
         red = cuda.shared.array(tpb, dtype=types.float64)
         ctile = cuda.shared.array(tpb, dtype=types.float64)
         tid = cuda.threadIdx.x
