@@ -8,7 +8,7 @@ mean cross-entropy), data and batch size for all three, float32:
 * ``sklearn``: ``sklearn.neural_network.MLPClassifier(solver='sgd')`` with
   the same settings (both: momentum 0.9 with Nesterov's, alpha 1e-4,
   shuffled minibatches; scikit-learn computes in float32 when given float32);
-* ``torch``: a plain training loop, ``torch.set_num_threads(2)``,
+* ``torch``: a plain training loop, ``torch.set_num_threads(2)`` (``--threads``),
   ``nn.Linear -> sigmoid -> nn.Linear``, ``F.cross_entropy``,
   ``torch.optim.SGD`` without momentum, minibatches gathered through a
   ``torch.randperm`` of the rows each epoch.
@@ -36,6 +36,9 @@ import numpy as np
 from fusedgrad.bench import format_machine, machine_info, markdown_table
 
 IMPLEMENTATIONS = ("fusedgrad", "sklearn", "torch")
+
+#: Threads of every implementation (numba's, BLAS's and PyTorch's): ``--threads``.
+THREADS = 2
 
 
 def make_data(n_samples, n_features, n_classes, seed=0):
@@ -77,7 +80,7 @@ def torch_fit(X, y, hidden, batch_size, epochs, learning_rate):
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     n, d = X.shape
     K = int(y.max()) + 1
@@ -207,6 +210,8 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=int, default=3, help="timed fits per implementation")
     p.add_argument("--learning-rate", type=float, default=0.1)
     p.add_argument("--only", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
+    p.add_argument("--threads", type=int, default=2,
+                   help="threads of numba, BLAS and PyTorch (default 2, the machine's cores)")
     args = p.parse_args(argv)
     if args.quick:
         args.n_samples, args.n_features, args.hidden, args.classes = 20_000, 16, 32, 4
@@ -214,15 +219,27 @@ def parse_args(argv=None):
     return args
 
 
+def set_threads(threads):
+    """Give numba's kernels, every BLAS (scikit-learn's matmuls) and PyTorch ``threads``."""
+    global THREADS
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    THREADS = threads
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    threadpool_limits(threads)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    set_threads(args.threads)
     print(format_machine(machine_info()) + "\n", flush=True)
     names, skipped = available(args.only)
     X, y = make_data(args.n_samples, args.n_features, args.classes)
     N, d, h, K = args.n_samples, args.n_features, args.hidden, args.classes
     print(f"MLPClassifier.fit, solver='sgd', activation='logistic', float32, "
-          f"N={N:,}, d={d}, h={h}, K={K}: median ms per epoch ({args.epochs} epochs per fit, "
-          f"{args.repeat} fits)\n", flush=True)
+          f"N={N:,}, d={d}, h={h}, K={K}, {args.threads} threads: median ms per epoch "
+          f"({args.epochs} epochs per fit, {args.repeat} fits)\n", flush=True)
     rows = []
     for batch in args.batch_sizes:
         batch_size = N if batch <= 0 else batch
