@@ -68,6 +68,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 SMOKE = "--smoke" in sys.argv
+# Small check launches would each warn about grid under-utilisation.
+os.environ.setdefault("NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS", "0")
 if SMOKE:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
@@ -247,8 +249,7 @@ def time_events(fn, reps, warmup):
         fn()
         stop.record()
         stop.synchronize()
-        times.append(cuda.event_elapsed_time(start, stop) if hasattr(cuda, "event_elapsed_time")
-                     else start.elapsed_time(stop))
+        times.append(start.elapsed_time(stop))
     return statistics.median(times)
 
 
@@ -500,6 +501,20 @@ def run_ptx_check(cc=(9, 0)):
                 except Exception as exc:
                     failures.append((name, shape, np.dtype(dtype).name, shuffle, repr(exc)))
                     log(f"FAILED {name} {shape} {np.dtype(dtype).name} shuffle={shuffle}: {exc!r}")
+    # Kernels the runs above do not launch: NaN fill, contiguous copies, the
+    # elementwise epilogues that follow cuBLAS products.
+    from fusedgrad.kernels.cuda import _gemm
+
+    rt.POISON = True
+    for dtype in (np.float32, np.float64):
+        rt.empty((3, 4), dtype)
+        rt.empty(5, np.int64)
+        rt._contiguous(np.zeros((4, 6), dtype).view(Dev)[:, ::2])
+        rt._contiguous(np.zeros(6, dtype).view(Dev)[::2])
+        C = np.zeros((4, 3), dtype).view(Dev)
+        for epi in (_gemm.EPI_BIAS, _gemm.EPI_BIAS_SIGMOID, _gemm.EPI_DSIGMOID):
+            _gemm.epilogue(C, epi, np.zeros(3, dtype).view(Dev), C)
+    rt.POISON = False
     ptxas = shutil.which("ptxas")
     f64_ops = re.compile(r"^\s*(?:@%p\d+\s+)?(fma|add|sub|mul|div|ex2|lg2|rcp|sqrt|cvt\.rn\.f32)\S*\.f64",
                          re.M)
