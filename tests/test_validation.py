@@ -24,7 +24,9 @@ not make Numba compile another specialisation.
 """
 
 import inspect
+import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -746,3 +748,248 @@ def test_affine_sigmoid_out_overlapping_input(overlap):
     name = overlap.split("-")[0]
     with pytest.raises(ValueError, match=rf"\bout\b.*\b{name}\b|\b{name}\b.*\bout\b"):
         fusedgrad.kernels.affine_sigmoid(X, W, b, out=out)
+
+
+# ---------------------------------------------------------------------------
+# The models: the same input classes through every public method
+# ---------------------------------------------------------------------------
+
+#: Samples and features of the models' valid input.
+MN, MD = 24, 3
+
+
+def _model_data():
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((MN, MD))
+    return X, X @ np.array([1.0, -2.0, 0.5]) + 0.1, np.arange(MN) % 3
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    import warnings
+
+    from fusedgrad.models import LinearRegression, MLPClassifier
+
+    X, target, labels = _model_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lin = LinearRegression().fit(X, target)
+        mlp = MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit(X, labels)
+    return {"LinearRegression": lin, "MLPClassifier": mlp}
+
+
+def _mlp(**kw):
+    from fusedgrad.models import MLPClassifier
+
+    return MLPClassifier(hidden_layer_sizes=(3,), max_iter=2, random_state=0, **kw)
+
+
+def _lin():
+    from fusedgrad.models import LinearRegression
+
+    return LinearRegression()
+
+
+#: method id -> (model, call(models, X, y), whether it takes y, regressor?)
+MODEL_METHODS = {
+    "LinearRegression.fit": (lambda m, X, y: _lin().fit(X, y), True, True),
+    "LinearRegression.predict": (lambda m, X, y: m["LinearRegression"].predict(X), False, True),
+    "LinearRegression.score": (lambda m, X, y: m["LinearRegression"].score(X, y), True, True),
+    "MLPClassifier.fit": (lambda m, X, y: _mlp().fit(X, y), True, False),
+    "MLPClassifier.partial_fit": (
+        lambda m, X, y: _mlp().partial_fit(X, y, classes=[0, 1, 2]), True, False),
+    "MLPClassifier.predict": (lambda m, X, y: m["MLPClassifier"].predict(X), False, False),
+    "MLPClassifier.predict_proba": (
+        lambda m, X, y: m["MLPClassifier"].predict_proba(X), False, False),
+    "MLPClassifier.predict_log_proba": (
+        lambda m, X, y: m["MLPClassifier"].predict_log_proba(X), False, False),
+    "MLPClassifier.score": (lambda m, X, y: m["MLPClassifier"].score(X, y), True, False),
+}
+
+#: The models accept masked arrays and ignore the mask (the kernels refuse them).
+MASK_IGNORED = pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
+                                 reason="models ignore the mask of a masked array")
+
+#: MLPClassifier converts y with a bare np.asarray: NumPy's message, not naming y.
+MLP_RAGGED_Y = pytest.mark.xfail(strict=True, raises=AssertionError,
+                                 reason="MLPClassifier: a ragged y gets NumPy's message")
+
+
+def _with_nonfinite(value):
+    def make(X):
+        X = X.copy()
+        X[MN // 2, 1] = value
+        return X
+    return make
+
+
+#: X classes: id -> (make(valid X) -> bad X, exception(s), applies to fit/predict, marks)
+BAD_X = {
+    "str": (lambda X: "abc", TypeError),
+    "None": (lambda X: None, TypeError),
+    "dict": (lambda X: {}, TypeError),
+    "object()": (lambda X: object(), TypeError),
+    "0d-array": (lambda X: np.asarray(X[0, 0]), ValueError),
+    "python-scalar": (lambda X: 1.5, ValueError),
+    "1d": (lambda X: X[0], ValueError),
+    "3d": (lambda X: X[None], ValueError),
+    "ragged-list": (lambda X: _ragged(X), ValueError),
+    "complex": (lambda X: X.astype(np.complex128), (TypeError, ValueError)),
+    "strings": (lambda X: X.astype(str), TypeError),
+    "object-strings": (lambda X: np.full(X.shape, "a", object), TypeError),
+    "datetime64": (lambda X: X.astype("datetime64[s]"), TypeError),
+    "nan": (_with_nonfinite(np.nan), ValueError),
+    "inf": (_with_nonfinite(np.inf), ValueError),
+    "-inf": (_with_nonfinite(-np.inf), ValueError),
+    "no-rows": (lambda X: X[:0], ValueError),
+    "no-features": (lambda X: X[:, :0], ValueError),
+    "masked": (lambda X: np.ma.masked_array(X, mask=X > 1), TypeError, MASK_IGNORED),
+}
+
+#: X classes that only a fitted model can refuse
+BAD_X_FITTED = {
+    "one-feature-too-few": (lambda X: X[:, :-1], ValueError),
+    "one-feature-too-many": (lambda X: np.column_stack([X, X[:, 0]]), ValueError),
+}
+
+#: y classes: id -> (make(valid y) -> bad y, exception(s), marks)
+BAD_Y = {
+    "None": (lambda y: None, (TypeError, ValueError)),
+    "0d": (lambda y: y[0], ValueError),
+    "2-columns": (lambda y: np.column_stack([y, y]), ValueError),
+    "one-too-few": (lambda y: y[:-1], ValueError),
+    "one-too-many": (lambda y: np.append(y, y[0]), ValueError),
+    "ragged-list": (lambda y: [y[0], [y[1], y[1]]] + list(y[2:]), ValueError),
+}
+
+#: y classes of fit only (score compares labels; NaN is then simply never equal)
+BAD_Y_FIT = {
+    "nan": (lambda y: np.where(np.arange(MN) == 5, np.nan, y), ValueError),
+    "inf": (lambda y: np.where(np.arange(MN) == 5, np.inf, y), ValueError),
+    "complex": (lambda y: y.astype(np.complex128), (TypeError, ValueError)),
+    "masked": (lambda y: np.ma.masked_array(y, mask=np.arange(MN) == 5), TypeError,
+               MASK_IGNORED),
+}
+
+
+def _model_cases():
+    cases = []
+    for method, (_, takes_y, _) in MODEL_METHODS.items():
+        is_fit = ".fit" in method or ".partial_fit" in method
+        rows = dict(BAD_X)
+        if not is_fit:
+            rows.update(BAD_X_FITTED)
+        for key, (make, exc, *marks) in rows.items():
+            cases.append(pytest.param(method, "X", make, exc, id=f"{method}-X-{key}",
+                                      marks=marks))
+        if not takes_y:
+            continue
+        rows = dict(BAD_Y, **(BAD_Y_FIT if is_fit else {}))
+        for key, (make, exc, *marks) in rows.items():
+            if key == "ragged-list" and method.startswith("MLPClassifier"):
+                marks = [MLP_RAGGED_Y]
+            cases.append(pytest.param(method, "y", make, exc, id=f"{method}-y-{key}",
+                                      marks=marks))
+    return cases
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("method, argument, make, exc", _model_cases())
+def test_model_bad_input_raises(fitted, method, argument, make, exc):
+    call, _, regressor = MODEL_METHODS[method]
+    X, target, labels = _model_data()
+    y = target if regressor else labels
+    call(fitted, X, y)  # the unmutated call is valid
+    if argument == "X":
+        X = make(X)
+    else:
+        y = make(y)
+    with pytest.raises(exc, match=_names(argument)):
+        call(fitted, X, y)
+    peak, error = _kernel_allocations(lambda: call(fitted, X, y))
+    assert isinstance(error, exc)
+    assert peak < REJECT_BYTES, f"{peak} bytes allocated before the error"
+
+
+def test_model_table_covers_every_public_method():
+    from fusedgrad.models import LinearRegression, MLPClassifier
+
+    for cls in (LinearRegression, MLPClassifier):
+        public = {n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))
+                  and n not in ("get_params", "set_params", "save")}
+        covered = {m.split(".")[1] for m in MODEL_METHODS if m.startswith(cls.__name__ + ".")}
+        assert public <= covered, f"{cls.__name__}: {sorted(public - covered)} not in the table"
+
+
+# Huge views through the models, in a subprocess under an address-space limit
+# (a model that copies before it checks then fails with MemoryError instead of
+# taking the machine's memory).
+
+COPIES_FIRST = pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="LinearRegression converts X / y to C-contiguous float before checking their shapes")
+
+HUGE_MODEL_ROWS = {
+    # id: (method, argument, X shape, y length, marks)
+    "LinearRegression.fit-X-huge-rows": ("LinearRegression.fit", "X", (HUGE + 1, MD), MN,
+                                         [COPIES_FIRST]),
+    "LinearRegression.fit-y-huge": ("LinearRegression.fit", "y", (MN, MD), HUGE + 1,
+                                    [COPIES_FIRST]),
+    "LinearRegression.predict-X-huge-features": ("LinearRegression.predict", "X",
+                                                 (MN, HUGE), MN, [COPIES_FIRST]),
+    "LinearRegression.score-y-huge": ("LinearRegression.score", "y", (MN, MD), HUGE + 1,
+                                      [COPIES_FIRST]),
+    "MLPClassifier.fit-X-huge-rows": ("MLPClassifier.fit", "X", (HUGE + 1, MD), MN, []),
+    "MLPClassifier.fit-y-huge": ("MLPClassifier.fit", "y", (MN, MD), HUGE + 1, []),
+    "MLPClassifier.predict-X-huge-features": ("MLPClassifier.predict", "X", (MN, HUGE), MN,
+                                              []),
+    "MLPClassifier.score-y-huge": ("MLPClassifier.score", "y", (MN, MD), HUGE + 1, []),
+}
+
+HUGE_MODEL_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys, warnings
+    import numpy as np
+    sys.path.insert(0, sys.argv[1])
+    import test_validation as t
+
+    warnings.simplefilter("ignore")
+    models = t.fitted.__wrapped__()
+    X, target, labels = t._model_data()
+    for method, (call, _, regressor) in t.MODEL_METHODS.items():
+        call(models, X, target if regressor else labels)  # compile or load everything
+    vm = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+    limit = vm + 2**30
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    out = {}
+    for row, (method, argument, x_shape, y_len, _) in t.HUGE_MODEL_ROWS.items():
+        call, _, regressor = t.MODEL_METHODS[method]
+        Xh = X if x_shape == X.shape else t._huge_view(np.float64, x_shape)
+        y = target if regressor else labels
+        yh = y if y_len == MN else np.broadcast_to(y[:1], (y_len,))
+        try:
+            call(models, Xh, yh)
+        except Exception as exc:
+            out[row] = [type(exc).__name__, str(exc)[:300]]
+        else:
+            out[row] = ["no error", ""]
+    print(json.dumps(out))
+    """
+).replace("MN", str(MN))
+
+
+@pytest.fixture(scope="module")
+def huge_model_results():
+    proc = subprocess.run([sys.executable, "-c", HUGE_MODEL_SCRIPT, str(TESTS)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=r, marks=m[-1])
+                                 for r, m in HUGE_MODEL_ROWS.items()])
+def test_model_huge_mismatched_views_rejected_without_copy(huge_model_results, row):
+    argument = HUGE_MODEL_ROWS[row][1]
+    kind, message = huge_model_results[row]
+    assert kind == "ValueError", (kind, message)
+    assert re.search(_names(argument, "X" if argument == "y" else "y"), message), message
