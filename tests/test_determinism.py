@@ -134,3 +134,58 @@ def test_bit_identical_for_every_thread_count_in_one_process():
                     assert (a is None and b is None) or np.array_equal(a, b), (
                         f"{case.name} {np.dtype(dtype)}: output {i} differs between "
                         f"1 and {threads} threads")
+
+
+MODEL_SCRIPT = textwrap.dedent(
+    """
+    import sys, warnings
+    import numba
+    import numpy as np
+    from fusedgrad.models import LinearRegression, MLPClassifier
+
+    warnings.simplefilter("ignore")
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((1500, 6)).astype(np.float32)
+    y_reg = X @ rng.standard_normal(6).astype(np.float32) + rng.standard_normal(1500).astype(np.float32)
+    y_cls = (X[:, 0] + X[:, 1] ** 2 > 0.5).astype(int) + (X[:, 2] > 1)
+    fits = {}
+    for solver in ("normal", "qr", "gd"):
+        m = LinearRegression(solver=solver, max_iter=50).fit(X, y_reg)
+        fits[f"linear-{solver}"] = [m.coef_, np.asarray(m.intercept_)]
+    for name, params in [
+        ("mlp-adam-fused", dict(hidden_layer_sizes=(16,), solver="adam")),
+        ("mlp-sgd-fused", dict(hidden_layer_sizes=(16,), solver="sgd", learning_rate_init=0.1)),
+        ("mlp-gd-fused", dict(hidden_layer_sizes=(16,), solver="gd", learning_rate_init=0.5)),
+        ("mlp-adam-layered", dict(hidden_layer_sizes=(8, 5), activation="tanh")),
+        ("mlp-early-stopping", dict(hidden_layer_sizes=(16,), early_stopping=True)),
+    ]:
+        runs = []
+        for _ in range(2):
+            m = MLPClassifier(max_iter=5, random_state=42, **params).fit(X, y_cls)
+            runs.append(m.coefs_ + m.intercepts_ + [np.asarray(m.loss_curve_)])
+        for a, b in zip(*runs):
+            assert np.array_equal(a, b), f"{name}: two fits with the same random_state differ"
+        fits[name] = runs[0]
+    flat = {f"{k}|{i}": v for k, arrays in fits.items() for i, v in enumerate(arrays)}
+    np.savez(sys.argv[1], threads=numba.get_num_threads(), **flat)
+    """
+)
+
+
+def test_models_bit_identical_for_one_and_two_threads(tmp_path):
+    """Fits with the same random_state: the same model in 1 and 2 threads, and twice in a row."""
+    results = {}
+    for threads in (1, 2):
+        out = tmp_path / f"models{threads}.npz"
+        env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
+        proc = subprocess.run([sys.executable, "-c", MODEL_SCRIPT, str(out)], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        results[threads] = np.load(out)
+    one, two = results[1], results[2]
+    assert int(one["threads"]) == 1 and int(two["threads"]) == 2
+    keys = set(one.files) - {"threads"}
+    assert keys == set(two.files) - {"threads"}
+    assert {k.split("|")[0] for k in keys} >= {"linear-qr", "mlp-adam-fused", "mlp-adam-layered"}
+    differ = [k for k in sorted(keys) if not np.array_equal(one[k], two[k])]
+    assert not differ, f"fitted models depend on the thread count: {differ}"
