@@ -182,3 +182,118 @@ def test_ols_loss_float32_large_residuals():
     loss, grad = K.ols_loss_grad(X, y, w)
     assert np.isfinite(loss) and abs(loss / np.float32(5e37) - 1) < 1e-5
     assert np.all(np.isfinite(grad))
+
+
+# ---------------------------------------------------------------------------
+# The models
+# ---------------------------------------------------------------------------
+
+
+def _model_warnings():
+    """The warnings the models document; every other warning is an error."""
+    from fusedgrad.models import ConvergenceWarning, IllConditionedWarning, RankDeficientWarning
+
+    return RankDeficientWarning, IllConditionedWarning, ConvergenceWarning
+
+
+def _rank_deficient_designs():
+    """Exactly rank deficient in float32 too: small integers, exact combinations."""
+    rng = np.random.default_rng(11)
+    base = rng.integers(-4, 5, (60, 3)).astype(np.float64)
+    return {
+        "duplicate-column": np.column_stack([base, base[:, 1]]),
+        "combination": np.column_stack([base, base[:, 0] - 2 * base[:, 2]]),
+        "zero-column": np.column_stack([base, np.zeros(60)]),
+        "constant-column": np.column_stack([base, np.full(60, 3.0)]),  # = the intercept
+        "more-features-than-samples": rng.integers(-4, 5, (4, 7)).astype(np.float64),
+    }
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+@pytest.mark.parametrize("solver", ["auto", "normal", "qr", "gd"])
+@pytest.mark.parametrize("design", sorted(_rank_deficient_designs()))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ols_rank_deficient_fit(design, solver, fit_intercept, dtype):
+    """Every solver on a rank-deficient X: finite coefficients (never NaN), the
+    least-squares fitted values, the documented RankDeficientWarning from the
+    direct solvers; and no other warning or floating-point error."""
+    from fusedgrad.models import LinearRegression
+
+    documented = _model_warnings()
+    X = _rank_deficient_designs()[design]
+    rng = np.random.default_rng(12)
+    y = X @ rng.standard_normal(X.shape[1]) + 0.1 * rng.standard_normal(X.shape[0]) + 1.0
+    X, y = X.astype(dtype), y.astype(dtype)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with np.errstate(all="raise", under="ignore"):
+            model = LinearRegression(solver=solver, fit_intercept=fit_intercept,
+                                     max_iter=5000).fit(X, y)
+            pred = model.predict(X)
+    others = [w for w in caught if not issubclass(w.category, documented)]
+    assert not others, [str(w.message) for w in others]
+    assert np.all(np.isfinite(model.coef_)) and np.isfinite(model.intercept_)
+    # the least-squares fitted values are unique even where the coefficients are not
+    A = np.column_stack([X.astype(np.float64), np.ones(len(X))]) if fit_intercept \
+        else X.astype(np.float64)
+    best = A @ np.linalg.lstsq(A, y.astype(np.float64), rcond=None)[0]
+    scale = np.max(np.abs(best))
+    tol = 1e-3 if solver == "gd" or dtype is np.float32 else 1e-8
+    assert np.max(np.abs(pred - best)) <= tol * scale, (model.solver_, model.rank_)
+    deficient = design != "constant-column" or fit_intercept  # else the column is a feature
+    if solver != "gd" and deficient:
+        assert model.rank_ < X.shape[1]
+        assert any(issubclass(w.category, documented[0]) for w in caught), \
+            "no RankDeficientWarning"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ols_rank_deficient_minimum_norm(dtype):
+    """solver='qr' without intercept returns the minimum-norm solution, as lstsq."""
+    from fusedgrad.models import LinearRegression, RankDeficientWarning
+
+    X = _rank_deficient_designs()["combination"]
+    y = X @ np.array([1.0, 2.0, -1.0, 0.5])
+    with pytest.warns(RankDeficientWarning):
+        model = LinearRegression(solver="qr", fit_intercept=False).fit(X.astype(dtype),
+                                                                      y.astype(dtype))
+    # minimum norm in units of the column norms (the documented scaling)
+    norms = np.linalg.norm(X, axis=0)
+    want = np.linalg.lstsq(X / norms, y, rcond=None)[0] / norms
+    tol = 1e-4 if dtype is np.float32 else 1e-10
+    np.testing.assert_allclose(model.coef_, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("solver, params", [
+    ("sgd", dict(hidden_layer_sizes=(8,))),
+    ("sgd", dict(hidden_layer_sizes=(8, 4), activation="relu")),
+    ("gd", dict(hidden_layer_sizes=(8,))),
+], ids=["sgd-fused", "sgd-layered-relu", "gd-fused"])
+def test_mlp_too_large_learning_rate_raises_documented_error(solver, params, dtype):
+    """A step size that makes training diverge stops with the documented
+    ValueError naming the learning rate; no floating-point warning on the way."""
+    from fusedgrad.models import MLPClassifier
+
+    rng = np.random.default_rng(13)
+    X = (10 * rng.standard_normal((200, 5))).astype(dtype)
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+    model = MLPClassifier(solver=solver, learning_rate_init=1e30, max_iter=50, random_state=0,
+                          dtype=np.dtype(dtype).name, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="raise"), pytest.raises(ValueError, match=r"diverged.*learning_rate"):
+            model.fit(X, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_gd_too_large_learning_rate_raises(dtype):
+    from fusedgrad.models import LinearRegression
+
+    rng = np.random.default_rng(14)
+    X = rng.standard_normal((100, 3)).astype(dtype)
+    y = (X @ np.ones(3)).astype(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="raise"), pytest.raises(ValueError, match="learning_rate"):
+            LinearRegression(solver="gd", learning_rate=1e6, max_iter=10_000).fit(X, y)
