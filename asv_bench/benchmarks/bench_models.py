@@ -15,6 +15,14 @@ import numpy as np
 
 from . import common
 
+try:
+    # Preloaded for asv's forkserver, as in common.py.
+    import fusedgrad.models  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import sklearn.neural_network  # noqa: F401
+except Exception:  # pragma: no cover - older commits, no scikit-learn
+    pass
+
 #: Sizes of the model benchmarks (same names as the kernels', smaller N: a
 #: fit is several passes over the data).
 SIZES = {
@@ -25,6 +33,11 @@ SIZES = {
 
 #: Epochs per MLP fit, per solver.
 EPOCHS = {"sgd": 3, "gd": 10}
+
+if common.PROFILE == "fast":
+    for _size, _n in (("small", 512), ("large-batch", 2048), ("thin", 4096)):
+        SIZES[_size]["N"] = _n
+    EPOCHS = {"sgd": 1, "gd": 2}
 
 #: Minibatch size of ``'sgd'`` (scikit-learn's ``'auto'``).
 BATCH_SIZE = 200
@@ -222,4 +235,5 @@ class FusedOverSklearn:
             _warm_up((estimator, impl, size, dtype), make[impl], self.X, self.y)
 
     def track_fit_time_ratio(self, estimator, size, dtype):
-        return common.ratio_of_times(self.fit["fused"], (), self.fit["sklearn"], (), rounds=3)
+        rounds = min(3, common.RATIO_ROUNDS)
+        return common.ratio_of_times(self.fit["fused"], (), self.fit["sklearn"], (), rounds=rounds)

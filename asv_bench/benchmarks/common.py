@@ -23,6 +23,7 @@ which asv reports as a skipped benchmark.
 
 import functools
 import importlib
+import os
 import timeit
 
 import numpy as np
@@ -33,10 +34,12 @@ try:
     # NumPy, Numba and the package again. Compiles nothing. A failure here is
     # ignored: setup() imports again and reports it.
     import fusedgrad.kernels  # noqa: F401
+    import fusedgrad.kernels.cuda  # noqa: F401
 except Exception:  # pragma: no cover - older commits, broken imports
     pass
 
 __all__ = [
+    "PROFILE",
     "DTYPES",
     "SIZES",
     "SIZE_NAMES",
@@ -47,6 +50,15 @@ __all__ = [
     "warm_up",
     "ratio_of_times",
 ]
+
+#: ``'regular'``, or ``'fast'`` (environment variable
+#: ``FUSEDGRAD_BENCH_PROFILE=fast``): a smoke run that checks that every
+#: benchmark works, as CI does: the same benchmarks and parameters on smaller
+#: inputs, with fewer repetitions. Its numbers are not comparable with a
+#: regular run's; never publish them.
+PROFILE = os.environ.get("FUSEDGRAD_BENCH_PROFILE", "regular")
+if PROFILE not in ("regular", "fast"):
+    raise ValueError(f"FUSEDGRAD_BENCH_PROFILE must be 'regular' or 'fast', got {PROFILE!r}")
 
 #: Floating-point types of every parameterised benchmark.
 DTYPES = ["float32", "float64"]
@@ -61,6 +73,12 @@ SIZES = {
     "large-batch": dict(N=65536, d=64, h=128, K=10),
     "thin": dict(N=262144, d=16, h=32, K=4),
 }
+if PROFILE == "fast":
+    SIZES["large-batch"]["N"] = 4096
+    SIZES["thin"]["N"] = 8192
+
+#: Rounds of :func:`ratio_of_times` in the ``track_`` benchmarks.
+RATIO_ROUNDS = 5 if PROFILE == "regular" else 1
 
 #: Size names in a fixed order, for ``params``.
 SIZE_NAMES = list(SIZES)
@@ -230,7 +248,7 @@ def _calls_per_sample(call, args, sample_time):
         number = max(number + 1, int(number * min(10.0, 1.2 * sample_time / max(t, 1e-9))))
 
 
-def ratio_of_times(call, args, base_call, base_args, rounds=5, sample_time=0.02):
+def ratio_of_times(call, args, base_call, base_args, rounds=RATIO_ROUNDS, sample_time=0.02):
     """Time of ``call`` over time of ``base_call``, measured interleaved in one process.
 
     Each round times one sample of each (a sample repeats the call until it
