@@ -103,3 +103,67 @@ def test_fork_after_parallel_use():
 def test_joblib_loky_processes():
     pytest.importorskip("joblib")
     _run("loky", warm=True)
+
+
+# ---------------------------------------------------------------------------
+# The models: pickled to workers and back
+# ---------------------------------------------------------------------------
+
+
+def model_worker(payload):
+    """In a worker: predict with the parent's pickled models, and fit the same
+    models afresh (same random_state) to send back pickled."""
+    import pickle
+
+    from test_hardening_threads import _fit_models, _model_outputs
+
+    lin, mlp, X, y_reg, y_cls = pickle.loads(payload)
+    predicted = _model_outputs(lin, mlp, X, y_reg, y_cls)
+    return predicted, pickle.dumps(_fit_models(X, y_reg, y_cls))
+
+
+def main_models(method):
+    import multiprocessing as mp
+    import pickle
+
+    import numba
+
+    from test_hardening_threads import _fit_models, _model_data, _model_outputs
+
+    X, y_reg, y_cls = _model_data()
+    lin, mlp = _fit_models(X, y_reg, y_cls)  # the parent's threads are running now
+    want = _model_outputs(lin, mlp, X, y_reg, y_cls)
+    payload = pickle.dumps((lin, mlp, X, y_reg, y_cls))
+    with mp.get_context(method).Pool(2) as pool:
+        results = pool.map(model_worker, [payload] * 2)
+    for predicted, fitted in results:
+        for key in want:
+            assert np.array_equal(predicted[key], want[key]), f"worker predicted {key} differently"
+        got = _model_outputs(*pickle.loads(fitted), X, y_reg, y_cls)
+        for key in want:
+            assert np.array_equal(got[key], want[key]), f"worker fitted {key} differently"
+    print("ok", numba.threading_layer())
+
+
+MODEL_SCRIPT = "import sys; sys.path.insert(0, sys.argv[1]); import test_hardening_processes " \
+               "as t; t.main_models(sys.argv[2])"
+
+
+def _run_models(method, timeout=240):
+    try:
+        proc = subprocess.run([sys.executable, "-c", MODEL_SCRIPT, str(TESTS), method],
+                              env=dict(os.environ, PYTHONFAULTHANDLER="1"),
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{method}: the pool hung")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.split()[1]
+
+
+def test_models_pickled_to_spawned_workers():
+    _run_models("spawn")
+
+
+@requires_tbb
+def test_models_pickled_to_forked_workers():
+    assert _run_models("fork") == "tbb"

@@ -229,3 +229,79 @@ def test_nested_calls_do_not_oversubscribe():
     extra = info["peak"] - info["base"] - 4 - 1  # the four callers and the monitor
     limit = max(info["numba_threads"], info["cpus"]) - 1
     assert extra <= limit, f"{extra} kernel threads started, more than {limit}: {info}"
+
+
+# ---------------------------------------------------------------------------
+# The models: one fitted model shared by threads; separate fits in threads
+# ---------------------------------------------------------------------------
+
+
+def _model_data():
+    rng = np.random.default_rng(21)
+    X = rng.standard_normal((1500, 6)).astype(np.float32)
+    y_reg = X @ np.arange(1.0, 7.0, dtype=np.float32)
+    y_cls = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5)
+    return X, y_reg, y_cls
+
+
+def _fit_models(X, y_reg, y_cls):
+    """Fits that stop by their tolerance (no ConvergenceWarning: warnings.catch_warnings
+    is not thread-safe, so the threads must not need it)."""
+    from fusedgrad.models import LinearRegression, MLPClassifier
+
+    lin = LinearRegression(solver="gd", tol=1e-3, max_iter=1000).fit(X, y_reg)
+    mlp = MLPClassifier(hidden_layer_sizes=(12,), max_iter=100, tol=1e9, n_iter_no_change=2,
+                        random_state=3).fit(X, y_cls)
+    assert lin.n_iter_ < 1000 and mlp.n_iter_ < 100
+    return lin, mlp
+
+
+def _model_outputs(lin, mlp, X, y_reg, y_cls):
+    return {"lin.coef_": lin.coef_, "lin.predict": lin.predict(X),
+            "lin.score": np.float64(lin.score(X, y_reg)),
+            "mlp.coefs_0": mlp.coefs_[0], "mlp.coefs_1": mlp.coefs_[1],
+            "mlp.predict_proba": mlp.predict_proba(X), "mlp.predict": mlp.predict(X),
+            "mlp.score": np.float64(mlp.score(X, y_cls))}
+
+
+def _run_threads(work, n=4):
+    barrier = threading.Barrier(n)
+    results, errors = [None] * n, []
+
+    def run(i):
+        try:
+            barrier.wait()
+            results[i] = work()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a thread did not finish"
+    assert not errors, errors
+    return results
+
+
+def _assert_outputs_equal(got, want, where):
+    for key in want:
+        assert np.array_equal(got[key], want[key]), f"{where}: {key} differs"
+
+
+def test_shared_fitted_models_predict_concurrently():
+    X, y_reg, y_cls = _model_data()
+    lin, mlp = _fit_models(X, y_reg, y_cls)
+    serial = _model_outputs(lin, mlp, X, y_reg, y_cls)
+    for i, got in enumerate(_run_threads(lambda: _model_outputs(lin, mlp, X, y_reg, y_cls))):
+        _assert_outputs_equal(got, serial, f"thread {i}")
+
+
+def test_separate_fits_in_threads_match_serial():
+    X, y_reg, y_cls = _model_data()
+    serial = _model_outputs(*_fit_models(X, y_reg, y_cls), X, y_reg, y_cls)
+    results = _run_threads(lambda: _model_outputs(*_fit_models(X, y_reg, y_cls),
+                                                  X, y_reg, y_cls))
+    for i, got in enumerate(results):
+        _assert_outputs_equal(got, serial, f"thread {i}")
