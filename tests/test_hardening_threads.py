@@ -305,3 +305,84 @@ def test_separate_fits_in_threads_match_serial():
                                                   X, y_reg, y_cls))
     for i, got in enumerate(results):
         _assert_outputs_equal(got, serial, f"thread {i}")
+
+
+# ---------------------------------------------------------------------------
+# Measurement: python tests/test_hardening_threads.py  (omp against tbb)
+# ---------------------------------------------------------------------------
+
+TIMING = textwrap.dedent(
+    """
+    import json, sys, threading, time
+    import numpy as np
+    import numba
+    sys.path.insert(0, sys.argv[1])
+    from cases import CASES
+
+    def best(f, repeat=7):
+        f()
+        times = []
+        for _ in range(repeat):
+            n, t0 = 0, time.perf_counter()
+            while True:
+                f()
+                n += 1
+                if time.perf_counter() - t0 > 0.2:
+                    break
+            times.append((time.perf_counter() - t0) / n)
+        return float(np.median(times))
+
+    out = {}
+    for label, shape in [("small", dict(N=256, d=16, h=32, K=4)),
+                         ("large", dict(N=65536, d=64, h=128, K=10))]:
+        for name in ("mlp_loss_grad", "softmax_cross_entropy", "affine_sigmoid", "gram",
+                     "ols_loss_grad"):
+            args = CASES[name].make_args(shape, np.float32, 0)
+            out[f"{name} {label}"] = best(lambda: CASES[name].kernel(*args))
+    args = CASES["mlp_loss_grad"].make_args(dict(N=16384, d=64, h=128, K=10), np.float32, 0)
+
+    def four_threads():
+        ts = [threading.Thread(target=lambda: [CASES["mlp_loss_grad"].kernel(*args)
+                                               for _ in range(5)]) for _ in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    out["mlp_loss_grad 4 threads x 5 calls"] = best(four_threads, repeat=3)
+
+    import warnings
+    from fusedgrad.models import MLPClassifier
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20000, 32)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+    model = MLPClassifier(hidden_layer_sizes=(64,), batch_size=200, max_iter=1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out["MLPClassifier.fit epoch, batch 200"] = best(lambda: model.fit(X, y), repeat=3)
+    print(json.dumps(dict(layer=numba.threading_layer(), times=out)))
+    """
+)
+
+
+def measure_layers():
+    """Median seconds per call of the kernels under each threading layer."""
+    results = {}
+    for layer in ("omp", "tbb"):
+        proc = subprocess.run([sys.executable, "-c", TIMING, str(TESTS)],
+                              env=dict(os.environ, NUMBA_THREADING_LAYER=layer),
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{layer}: not available ({proc.stderr.strip().splitlines()[-1]})")
+            continue
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[info["layer"]] = info["times"]
+    return results
+
+
+if __name__ == "__main__":
+    layers = measure_layers()
+    names = list(next(iter(layers.values())))
+    print(f"{'kernel, shape':40s}" + "".join(f"{layer:>12s}" for layer in layers))
+    for name in names:
+        print(f"{name:40s}" + "".join(f"{layers[l][name] * 1e3:10.3f}ms" for l in layers))
