@@ -84,8 +84,11 @@ def _make_tbb_visible():
     except OSError:
         pass
     subdir = "Library/bin" if sys.platform == "win32" else "lib"
-    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
-        path = os.path.join(prefix, subdir, name)
+    candidates = [os.path.join(prefix, subdir, name)
+                  for prefix in dict.fromkeys((sys.prefix, sys.base_prefix))]
+    if not any(os.path.exists(path) for path in candidates):
+        candidates = _tbb_files(name)  # elsewhere, e.g. pip install --user
+    for path in candidates:
         if os.path.exists(path):
             try:
                 ctypes.CDLL(path, mode=getattr(ctypes, "RTLD_GLOBAL", 0))
@@ -93,6 +96,17 @@ def _make_tbb_visible():
             except OSError:
                 return False
     return False
+
+
+def _tbb_files(name):
+    """Paths of ``name`` among the files of the installed ``tbb`` distribution."""
+    import importlib.metadata
+
+    try:
+        files = importlib.metadata.files("tbb") or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    return [str(f.locate()) for f in files if f.name == name]
 
 
 _make_tbb_visible()
