@@ -16,7 +16,7 @@
 #           HEAD~2..HEAD, in virtualenvs asv builds), so there is a history
 #           to draw; without it the results already in asv_bench/results
 #           are used.
-#   SCREENSHOT.png   default: asv_bench/dashboard.png
+#   SCREENSHOT.png   default: asv_bench/html/dashboard.png (ignored by git)
 # Environment: BENCH (default bench_kernels.MLPLossGrad.time_call), ASV
 # (default asv), CHROMIUM (default chromium), PORT (default: a free one).
 # Needs: asv, git, npm, and Chromium (Debian: apt-get install chromium).
@@ -28,13 +28,14 @@ asv="${ASV:-asv}"
 chromium="${CHROMIUM:-chromium}"
 run=0
 if [[ "${1:-}" == "--run" ]]; then run=1; shift; fi
-shot="$(realpath -m "${1:-$root/asv_bench/dashboard.png}")"
+shot="$(realpath -m "${1:-$root/asv_bench/html/dashboard.png}")"
 
 command -v "$chromium" >/dev/null || { echo "no $chromium: apt-get install chromium" >&2; exit 2; }
 cd "$root/asv_bench"
 "$asv" machine --yes >/dev/null
 if (( run )); then
-    "$asv" run --quick --show-stderr --bench "^${bench}\$" HEAD~2..HEAD
+    # A parameterised benchmark's name is matched as "name(param, ...)".
+    "$asv" run --quick --show-stderr --bench "^${bench}(\\(|\$)" HEAD~2..HEAD
 fi
 "$asv" publish
 

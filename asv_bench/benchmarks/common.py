@@ -171,6 +171,9 @@ def require_module(module):
         raise
 
 
+_on_device = {}
+
+
 def implementation(impl, function):
     """The kernel ``function`` of implementation ``impl``, ready to time.
 
@@ -202,9 +205,12 @@ def implementation(impl, function):
         raise NotImplementedError(f"{MODULES[impl]}.{function} does not exist")
     if impl != "cuda":
         return fn, lambda args: args
+    from numba import config, cuda
+
+    if config.ENABLE_CUDASIM:
+        raise NotImplementedError("the CUDA simulator is on (NUMBA_ENABLE_CUDASIM): no GPU to time")
     if not module.is_available():
         raise NotImplementedError("no usable CUDA GPU")
-    from numba import cuda
 
     def call(*args):
         out = fn(*args)
@@ -212,7 +218,13 @@ def implementation(impl, function):
         return out
 
     def prepare(args):
-        return tuple(cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args)
+        # Once per process: asv re-runs setup before every timed call.
+        key = tuple(id(a) for a in args)
+        if key not in _on_device:
+            _on_device[key] = tuple(
+                cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args
+            )
+        return _on_device[key]
 
     return call, prepare
 
