@@ -38,7 +38,7 @@ from numba import njit, prange
 
 from fusedgrad.kernels import _options as opt
 
-__all__ = ["float_arrays", "labels", "output", "all_finite"]
+__all__ = ["float_arrays", "labels", "indices", "output", "all_finite"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -343,6 +343,26 @@ def labels(name, value, n_samples, n_classes):
     Returns an ``intp`` C-contiguous copy or view.
     """
     return _label_range(name, _label_array(name, value, n_samples, n_classes), n_classes)
+
+
+def indices(name, value, n):
+    """Check row indices: a nonempty 1-D integer array with values in ``[0, n)``.
+
+    Returns an ``intp`` C-contiguous copy or view (read-only input is not
+    copied, as for the float arrays).
+    """
+    r = _as_array(name, value)
+    if r.dtype == np.bool_ or not np.issubdtype(r.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer row indices, got dtype {r.dtype}")
+    if r.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {r.shape}")
+    if r.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it selects no samples")
+    lo, hi = int(r.min()), int(r.max())
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{name} holds index {bad}, outside [0, {n}) for {n} rows")
+    return _prepared(name, r, np.dtype(np.intp))
 
 
 def output(name, value, shape, dtype, inputs=()):

@@ -993,3 +993,72 @@ def test_model_huge_mismatched_views_rejected_without_copy(huge_model_results, r
     kind, message = huge_model_results[row]
     assert kind == "ValueError", (kind, message)
     assert re.search(_names(argument, "X" if argument == "y" else "y"), message), message
+
+
+# ---------------------------------------------------------------------------
+# mlp_loss_grad(rows=): the minibatch indices are an input like the others
+# ---------------------------------------------------------------------------
+
+BAD_ROWS = {
+    "out-of-range": (lambda n: np.array([0, n]), ValueError),
+    "negative": (lambda n: np.array([-1, 0]), ValueError),
+    "huge": (lambda n: np.array([2**63 - 1], np.int64), ValueError),
+    "uint64-huge": (lambda n: np.array([2**64 - 1], np.uint64), ValueError),
+    "float": (lambda n: np.array([0.0, 1.0]), TypeError),
+    "bool": (lambda n: np.ones(n, bool), TypeError),
+    "2d": (lambda n: np.zeros((2, 1), np.int64), ValueError),
+    "0d": (lambda n: np.int64(0), ValueError),
+    "empty": (lambda n: np.zeros(0, np.int64), ValueError),
+    "str": (lambda n: "0", TypeError),
+    "ragged": (lambda n: [0, [1, 2]], ValueError),
+}
+
+
+@pytest.mark.parametrize("key", sorted(BAD_ROWS))
+def test_mlp_bad_rows(key):
+    spec = SPECS["mlp_loss_grad"]
+    args = valid_args(spec)
+    make, exc = BAD_ROWS[key]
+    rows = make(SIZES["N"])
+    n = np.size(rows) if key not in ("str", "ragged") else 2
+    args["y"] = np.zeros(max(n, 1), np.int64)
+    with pytest.raises(exc, match=_names("rows")):
+        call(spec, args, rows=rows)
+
+
+ROWS_READ_ONLY = pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="mlp_loss_grad converts rows with np.ascontiguousarray, not _validate.indices: "
+    "read-only rows compile another specialisation")
+
+
+@pytest.mark.parametrize("layout", ["list", pytest.param("read-only", marks=ROWS_READ_ONLY),
+                                    "negative-stride", "int8", "uint64"])
+def test_mlp_unusual_rows_same_result(layout):
+    spec = SPECS["mlp_loss_grad"]
+    args = valid_args(spec, np.float32, seed=6)
+    rows = np.array([3, 0, 6, 6, 2])
+    args["y"] = args["y"][: rows.size]
+    want = call(spec, args, rows=rows)
+    moved = {"list": rows.tolist(), "read-only": _read_only(rows),
+             "negative-stride": _reversed(rows), "int8": rows.astype(np.int8),
+             "uint64": rows.astype(np.uint64)}[layout]
+    compiled = _compiled()
+    _same(call(spec, args, rows=moved), want)
+    assert _compiled() == compiled
+
+
+def test_indices_validator():
+    from fusedgrad import _validate
+
+    r = np.array([2, 0, 2], np.int8)
+    r.flags.writeable = False
+    got = _validate.indices("rows", r, 3)
+    assert got.dtype == np.intp and got.flags.writeable and np.array_equal(got, r)
+    got = _validate.indices("rows", np.arange(4), 4)
+    assert got.flags.c_contiguous
+    for bad, exc in [([3], ValueError), ([-1], ValueError), (np.array([], int), ValueError),
+                     ([[0]], ValueError), ([0.0], TypeError), ([True], TypeError),
+                     ("0", TypeError)]:
+        with pytest.raises(exc, match=r"\brows\b"):
+            _validate.indices("rows", bad, 3)
