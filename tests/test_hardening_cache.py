@@ -196,13 +196,6 @@ def _check_read_only_install_works(info, site):
     assert _cache_files(site) == []
 
 
-NO_CACHE_FALLBACK = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="kernels use cache=True unconditionally: Numba raises 'no locator available' "
-    "at import when no cache directory is writable")
-
-
-@NO_CACHE_FALLBACK
 def test_read_only_install_without_writable_cache(tmp_path):
     prefix = _unprivileged()
     site, home = _read_only_install(tmp_path)
@@ -210,7 +203,6 @@ def test_read_only_install_without_writable_cache(tmp_path):
     _check_read_only_install_works(info, site)
 
 
-@NO_CACHE_FALLBACK
 def test_read_only_install_with_unwritable_numba_cache_dir(tmp_path):
     prefix = _unprivileged()
     site, home = _read_only_install(tmp_path)

@@ -170,8 +170,6 @@ def test_ols_rank_deficient_kernels(dtype):
     assert np.linalg.matrix_rank(XtX.astype(np.float64)) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="ols_loss_grad sums r**2 in the input dtype within "
-                   "a chunk: float32 overflows where the mean is representable")
 @pytest.mark.usefixtures("strict")
 def test_ols_loss_float32_large_residuals():
     """Residuals of 1e19: r**2 = 1e38 per row, the loss 5e37 fits float32."""

@@ -4,6 +4,44 @@ Kernels take their decorator arguments from here and nowhere else, so the
 flags can be audited (and changed) at a glance.
 """
 
+import os
+import warnings
+
+
+def _cache_usable():
+    """Whether Numba can write a cache for this package's functions.
+
+    Installed read-only, with no writable user cache directory and no
+    ``NUMBA_CACHE_DIR``, Numba refuses ``cache=True`` ("no locator
+    available") at decoration time. Then: one warning, and the kernels are
+    compiled in every process.
+    """
+    from numba.core.caching import FunctionCache
+
+    try:
+        FunctionCache(_cache_usable)
+    except RuntimeError as exc:
+        warnings.warn(
+            f"fusedgrad: no writable directory for Numba's cache ({exc}); the kernels are "
+            "compiled in every process. Set NUMBA_CACHE_DIR to a writable directory to "
+            "cache them.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+#: Whether compiled kernels are cached on disk (``cache=True``).
+CACHE = _cache_usable()
+
+#: ``FUSEDGRAD_SERIAL=1`` compiles the parallel kernels without ``parallel=True``
+#: (``prange`` runs as ``range``), so that ``NUMBA_BOUNDSCHECK=1`` reports an
+#: out-of-bounds index as an ``IndexError`` (Numba raises none inside parallel
+#: regions). For testing only; give such a run its own ``NUMBA_CACHE_DIR``,
+#: as Numba's cache does not tell the two builds apart.
+SERIAL = os.environ.get("FUSEDGRAD_SERIAL", "") == "1"
+
 # Fast-math flags: reassociation (lets LLVM vectorise reductions), contraction
 # to FMA, reciprocal approximations and signed-zero freedom. ``nnan`` and
 # ``ninf`` are deliberately left out: the overflow handling of the exponential,
@@ -12,10 +50,10 @@ flags can be audited (and changed) at a glance.
 FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 
 #: Options of a serial jitted helper or inner loop.
-JIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+JIT = dict(cache=CACHE, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
 #: Options of a top-level parallel kernel.
-PARALLEL = dict(JIT, parallel=True)
+PARALLEL = dict(JIT, parallel=not SERIAL)
 
 #: Options of a small device-free helper meant to be inlined into its caller.
 INLINE = dict(JIT, inline="always")

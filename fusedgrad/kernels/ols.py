@@ -27,13 +27,14 @@ def _ols_loss_grad(X, y, w, grad, chunk, groups):
         for c in range(first, stop):
             r0 = c * chunk
             r1 = min(N, r0 + chunk)
-            sq = X.dtype.type(0.0)
+            sq = 0.0  # squared residuals summed in float64: r^2 may overflow float32
             for i in range(r0, r1):
                 s = X.dtype.type(0.0)
                 for j in range(d):
                     s += X[i, j] * w[j]
                 r = y[i] - s
-                sq += r * r
+                rr = np.float64(r)
+                sq += rr * rr
                 for j in range(d):
                     acc[j] -= r * X[i, j]
             ploss[g] += sq
@@ -104,7 +105,8 @@ def ols_loss_grad(X, y, w, *, check_finite=True):
     chunk, groups = plan(N, (d + 1) * X.itemsize, d * X.itemsize)
     grad = np.empty(d, X.dtype)
     loss = _ols_loss_grad(X, y, w, grad, chunk, groups)
-    return X.dtype.type(loss), grad
+    with np.errstate(over="ignore"):  # a float64 sum beyond float32's range is inf in float32
+        return X.dtype.type(loss), grad
 
 
 def gram(X, y, *, check_finite=True):

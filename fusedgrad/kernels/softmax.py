@@ -194,9 +194,9 @@ def softmax_cross_entropy(Z, y, *, check_finite=True):
     loss : scalar of Z's dtype
     dZ : ndarray, shape (n_samples, n_classes), Z's dtype
     """
-    (Z,) = _validate.float_arrays([("Z", Z, ("n_samples", "n_classes"))], check_finite)
+    Z, y = _validate.float_arrays([("Z", Z, ("n_samples", "n_classes"))], check_finite,
+                                  labels=("y", y))
     N, K = Z.shape
-    y = _validate.labels("y", y, N, K)
     chunk, groups = plan(N, 2 * K * Z.itemsize, 8)
     dZ = np.empty_like(Z)
     loss = _softmax_cross_entropy(Z, y, dZ, chunk, groups)
