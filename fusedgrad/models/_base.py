@@ -62,6 +62,7 @@ __all__ = [
     "DataConversionWarning",
     "check_array",
     "check_target",
+    "sample_count",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -110,7 +111,16 @@ def _resolve_dtype(name, dtype):
     return dt
 
 
-def check_array(name, value, *, dtype=None, ndim=2, ensure_finite=True):
+def _refuse_masked(name, value):
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a masked array; fusedgrad would ignore its mask: pass "
+            f"{name}.filled(...) or drop the masked samples"
+        )
+
+
+def check_array(name, value, *, dtype=None, ndim=2, ensure_finite=True, n_samples=None,
+                n_features=None, owner=None, samples_of=None):
     """Coerce user data to a C-contiguous float array of ``ndim`` dimensions.
 
     Parameters
@@ -126,6 +136,12 @@ def check_array(name, value, *, dtype=None, ndim=2, ensure_finite=True):
         Required number of dimensions.
     ensure_finite : bool, default True
         Reject NaN and infinity.
+    n_samples, n_features : int, optional
+        Required sizes, checked before anything is converted or copied.
+    owner : str, optional
+        Name of the estimator, for the message of a wrong ``n_features``.
+    samples_of : str, optional
+        Name of the argument ``n_samples`` comes from, for the message.
 
     Returns
     -------
@@ -138,14 +154,33 @@ def check_array(name, value, *, dtype=None, ndim=2, ensure_finite=True):
         raise TypeError(f"{name} is a sparse matrix; fusedgrad needs a dense array")
     if value is None or isinstance(value, (str, bytes, dict, set)):
         raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__}")
+    _refuse_masked(name, value)
     try:
         a = np.asarray(value)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{name} cannot be converted to an array: {exc}") from None
-    return _check_converted(name, a, target, ndim, ensure_finite)
+    length_error = None
+    if n_samples is not None and a.ndim >= 1 and a.shape[0] != n_samples and samples_of:
+        length_error = (f"{samples_of} has {n_samples} values but {name} has {a.shape[0]} "
+                        "samples")
+    return _check_converted(name, a, target, ndim, ensure_finite, n_samples, n_features, owner,
+                            length_error)
 
 
-def _check_converted(name, a, target, ndim, ensure_finite):
+def sample_count(name, value):
+    """The number of samples of array-like ``value`` (no copy of an array), or None
+    when it is not array-like (its own check reports that later)."""
+    if value is None or isinstance(value, (str, bytes, dict, set)):
+        return None
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError):
+        return None
+    return a.shape[0] if a.ndim >= 1 else None
+
+
+def _check_converted(name, a, target, ndim, ensure_finite, n_samples=None, n_features=None,
+                     owner=None, length_error=None):
     kind = a.dtype.kind
     if kind in "USV":
         raise TypeError(f"{name} must hold numbers, got dtype {a.dtype} (strings or bytes)")
@@ -177,6 +212,13 @@ def _check_converted(name, a, target, ndim, ensure_finite):
             f"{name} has no features: found array with 0 feature(s) (shape={a.shape}) while "
             "a minimum of 1 is required."
         )
+    if n_samples is not None and a.shape[0] != n_samples:
+        raise ValueError(length_error or f"{name} has {a.shape[0]} samples, expected {n_samples}")
+    if n_features is not None and ndim == 2 and a.shape[1] != n_features:
+        raise ValueError(
+            f"{name} has {a.shape[1]} features, but {owner or 'the model'} is expecting "
+            f"{n_features} features as input"
+        )
     if target is None:
         target = a.dtype if a.dtype in _FLOATS else np.dtype(np.float64)
     a = np.ascontiguousarray(a, dtype=target)
@@ -199,6 +241,7 @@ def check_target(value, n_samples, dtype, name="y"):
         raise TypeError(f"{name} is a sparse matrix; fusedgrad needs a dense array")
     if isinstance(value, (str, bytes, dict, set)):
         raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__}")
+    _refuse_masked(name, value)
     try:
         a = np.asarray(value)
     except (ValueError, TypeError) as exc:
@@ -216,10 +259,9 @@ def check_target(value, n_samples, dtype, name="y"):
             f"{name} must be 1-D of length {n_samples}, got shape {a.shape} "
             "(multi-output targets are not supported)"
         )
-    y = _check_converted(name, a, _resolve_dtype("dtype", dtype), 1, True)
-    if y.shape[0] != n_samples:
-        raise ValueError(f"{name} has {y.shape[0]} values but X has {n_samples} samples")
-    return y
+    if a.ndim == 1 and a.shape[0] != n_samples:
+        raise ValueError(f"{name} has {a.shape[0]} values but X has {n_samples} samples")
+    return _check_converted(name, a, _resolve_dtype("dtype", dtype), 1, True)
 
 
 def _r2(y, y_pred, sample_weight):
@@ -349,14 +391,11 @@ class BaseModel:
 
     def _validate_X(self, X, reset, dtype=None, ensure_finite=True):
         """Check ``X`` (see :func:`check_array`); record or check ``n_features_in_``."""
-        X = check_array("X", X, dtype=dtype, ensure_finite=ensure_finite)
+        X = check_array("X", X, dtype=dtype, ensure_finite=ensure_finite,
+                        n_features=None if reset else self.n_features_in_,
+                        owner=type(self).__name__)
         if reset:
             self.n_features_in_ = X.shape[1]
-        elif X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input"
-            )
         return X
 
 

@@ -21,6 +21,7 @@ from fusedgrad.models._base import (
     _sk,
     check_array,
     check_target,
+    sample_count,
 )
 
 __all__ = ["LinearRegression", "RankDeficientWarning", "IllConditionedWarning"]
@@ -213,7 +214,8 @@ class LinearRegression(RegressorMixin, BaseModel):
         self
         """
         self._check_params()
-        X = check_array("X", X, dtype=self.dtype)
+        X = check_array("X", X, dtype=self.dtype, n_samples=sample_count("y", y),
+                        samples_of="y")
         y = check_target(y, X.shape[0], X.dtype)
         eps = float(np.finfo(X.dtype).eps)
         result = {"cond_": None}
