@@ -104,6 +104,28 @@ def test_string_labels():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("kind", ["int8", "uint64-huge", "sparse-int64", "bool", "float"])
+def test_labels_of_any_number_type(kind):
+    """Labels are classes, whatever their type and spread: the same model as on 0..k-1."""
+    X, y = blobs(90, d=3, k=3, seed=31)
+    labels = {
+        "int8": np.array([-128, 5, 127], np.int8)[y],
+        "uint64-huge": np.array([2**63 + 7, 2**63 + 9, 2**64 - 1], np.uint64)[y],
+        "sparse-int64": np.array([-(2**40), 3, 2**50])[y],
+        "bool": (y == 1),
+        "float": np.array([-1.0, 0.0, 2.5e9])[y],
+    }[kind]
+    kw = dict(hidden_layer_sizes=(4,), max_iter=3, random_state=0)
+    model = fit_quietly(MLPClassifier(**kw), X, labels)
+    np.testing.assert_array_equal(model.classes_, np.unique(labels))
+    assert model.classes_.dtype == labels.dtype
+    codes = np.searchsorted(np.unique(labels), labels)
+    reference = fit_quietly(MLPClassifier(**kw), X, codes)
+    for a, b in zip(params_of(model), params_of(reference)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(model.predict(X), model.classes_[reference.predict(X)])
+
+
 def test_binary_problem_uses_two_softmax_units():
     X, y = blobs(200, d=3, k=2, seed=4)
     labels = np.where(y == 1, 7, -3)

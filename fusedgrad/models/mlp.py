@@ -25,7 +25,7 @@ gathered by the fused kernel a cache-sized chunk at a time
 in another dtype are converted a block of :data:`_BLOCK_ROWS` rows at a time.
 ``X`` may therefore be an ``np.memmap`` larger than memory: besides one block,
 a fit keeps about 9 bytes per sample in memory (the shuffled row order, 2 x 4
-bytes, and the class index of each label, 1 byte for up to 256 classes).
+bytes, and the class index of each label, 1 byte for fewer than 256 classes).
 
 Every fit enters the kernels' single-threaded-BLAS limit once, around the
 whole loop, so that the per-call entries of the kernels cost nothing.
@@ -254,8 +254,37 @@ def _check_labels(y, n_samples):
 _LABEL_BLOCK = 1 << 20
 
 
+#: Integer labels spanning fewer values than this are counted and looked up in
+#: a table (linear time) instead of sorted and searched.
+_TABLE_SPAN = 1 << 20
+
+
+def _integer_span(y):
+    """``(lo, hi)`` of integer labels whose span suits a table, else None."""
+    if y.dtype.kind not in "iu" or y.shape[0] == 0:
+        return None
+    lo, hi = int(y.min()), int(y.max())
+    return (lo, hi) if hi - lo < _TABLE_SPAN else None
+
+
+def _offsets(labels, lo):
+    """``labels - lo`` for integer labels ``>= lo``, without overflow."""
+    if labels.dtype.kind == "u":
+        return np.subtract(labels, np.uint64(lo), dtype=np.uint64)
+    return np.subtract(labels, lo, dtype=np.int64)
+
+
 def _unique_labels(name, y):
     """The sorted distinct labels of ``y``."""
+    span = _integer_span(y)
+    if span is not None:
+        lo, hi = span
+        present = np.zeros(hi - lo + 1, bool)
+        for s in range(0, y.shape[0], _LABEL_BLOCK):
+            present[_offsets(y[s:s + _LABEL_BLOCK], lo)] = True
+        # lo + offset in y's dtype: exact, since every label lies between y's
+        # extremes (for int8 the offsets may wrap around, and the sum wraps back)
+        return np.flatnonzero(present).astype(y.dtype) + y.dtype.type(lo)
     try:
         if y.shape[0] <= _LABEL_BLOCK:
             return np.unique(y)
@@ -269,16 +298,27 @@ def _label_codes(y, classes):
     """The index of each label of ``y`` in the sorted ``classes``, in the smallest
     unsigned integer type that holds them (the kernels take any integer labels)."""
     n_classes = classes.shape[0]
-    codes = np.empty(y.shape[0], np.min_scalar_type(n_classes - 1))
+    codes = np.empty(y.shape[0], np.min_scalar_type(n_classes))
+    span = _integer_span(y) if classes.dtype.kind in "iu" else None
+    if span is not None:
+        # a table from label to index; n_classes marks a label that is no class
+        lo, hi = span
+        table = np.full(hi - lo + 1, n_classes, codes.dtype)
+        inside = (classes >= lo) & (classes <= hi)
+        table[_offsets(classes[inside], lo)] = np.flatnonzero(inside)
     for s in range(0, y.shape[0], _LABEL_BLOCK):
         block = y[s:s + _LABEL_BLOCK]
-        try:
-            c = np.searchsorted(classes, block)
-            np.minimum(c, n_classes - 1, out=c)
-            known = classes[c] == block
-        except TypeError:
-            raise TypeError(f"y holds labels of another type than the classes {classes!r}") \
-                from None
+        if span is not None:
+            c = table[_offsets(block, lo)]
+            known = c < n_classes
+        else:
+            try:
+                c = np.searchsorted(classes, block)
+                np.minimum(c, n_classes - 1, out=c)
+                known = classes[c] == block
+            except TypeError:
+                raise TypeError(
+                    f"y holds labels of another type than the classes {classes!r}") from None
         if not np.all(known):
             unknown = _unique_labels("y", block[~known])
             raise ValueError(f"y has classes not in classes_ {classes!r}: {unknown!r}")
