@@ -17,13 +17,16 @@
 #           to draw; without it the results already in asv_bench/results
 #           are used.
 #   SCREENSHOT.png   default: asv_bench/html/dashboard.png (ignored by git)
-# Environment: BENCH (default bench_kernels.MLPLossGrad.time_call), ASV
+# Environment: BENCH (default bench_kernels.MLPLossGrad.time_call), PARAMS
+# (the parameter values the graph shows, as in the dashboard's URLs, e.g.
+# "p-kernel='mlp_loss_grad'&p-implementation='fused'"; default: all), ASV
 # (default asv), CHROMIUM (default chromium), PORT (default: a free one).
 # Needs: asv, git, npm, and Chromium (Debian: apt-get install chromium).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bench="${BENCH:-bench_kernels.MLPLossGrad.time_call}"
+graph="#$bench${PARAMS:+?$PARAMS}"
 asv="${ASV:-asv}"
 chromium="${CHROMIUM:-chromium}"
 run=0
@@ -70,7 +73,7 @@ probe() {
 }
 
 probe "" >"$work/grid.json"
-probe "#$bench" >"$work/graph.json"
+probe "$graph" >"$work/graph.json"
 
 python - "$work/grid.json" "$work/graph.json" results/benchmarks.json "$bench" <<'EOF'
 import json
@@ -106,5 +109,5 @@ for f in failures:
 sys.exit(1 if failures else 0)
 EOF
 
-browse --screenshot="$shot" "http://127.0.0.1:$port/#$bench" >/dev/null
+browse --screenshot="$shot" "http://127.0.0.1:$port/$graph" >/dev/null
 echo "dashboard OK; screenshot: $shot"
