@@ -13,7 +13,7 @@ Implementations of a kernel (the ``implementation`` parameter):
     :mod:`fusedgrad.kernels`, the fused Numba kernels.
 ``'cuda'``
     :mod:`fusedgrad.kernels.cuda` on device arrays; skipped where the module
-    is missing or no CUDA GPU is usable.
+    is missing, no CUDA GPU is usable or Numba's CUDA simulator is on.
 
 The benchmarks import :mod:`fusedgrad` in ``setup``: the suite is also run
 against older commits, where a module or a name may not exist yet. A missing
