@@ -94,22 +94,6 @@ def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk
 _NO_ROWS = np.zeros(0, np.intp)
 
 
-def _check_rows(rows, n_rows):
-    """``rows``: a 1-D array of integer row indices into ``n_rows`` rows; an intp copy or view."""
-    r = _validate._as_array("rows", rows)
-    if r.dtype == np.bool_ or not np.issubdtype(r.dtype, np.integer):
-        raise TypeError(f"rows must hold integer row indices, got dtype {r.dtype}")
-    if r.ndim != 1:
-        raise ValueError(f"rows must be 1-D, got shape {r.shape}")
-    if r.shape[0] == 0:
-        raise ValueError("rows is empty: it selects no samples")
-    lo, hi = int(r.min()), int(r.max())
-    if lo < 0 or hi >= n_rows:
-        bad = lo if lo < 0 else hi
-        raise ValueError(f"rows holds index {bad}, outside [0, {n_rows}) for X of {n_rows} rows")
-    return np.ascontiguousarray(r, dtype=np.intp)
-
-
 def mlp_loss_grad(X, y, W1, b1, W2, b2, *, rows=None, check_finite=True, _max_chunk_rows=None):
     r"""Loss and gradients of the 2-layer MLP, forward and backward pass fused.
 
@@ -166,7 +150,7 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, rows=None, check_finite=True, _max_ch
     h, K = W2.shape
     gather = rows is not None
     if gather:
-        rows = _check_rows(rows, N)
+        rows = _validate.indices("rows", rows, N)
         N = rows.shape[0]
     else:
         rows = _NO_ROWS
