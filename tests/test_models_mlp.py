@@ -648,6 +648,9 @@ def _bad_inputs():
         ("y-one-class", X, np.zeros(30, int), ValueError, r"\by\b.*single class"),
         ("y-none", X, None, TypeError, r"\by\b"),
         ("y-mixed-types", X, np.array([1, "a"] * 15, dtype=object), TypeError, r"\by\b"),
+        ("y-ragged", X, [0, [1, 2]] + [0] * 28, ValueError, r"\by\b"),
+        ("X-masked", np.ma.masked_array(X, mask=X > 1), y, TypeError, r"\bX\b.*mask"),
+        ("y-masked", X, np.ma.masked_array(y, mask=y == 1), TypeError, r"\by\b.*mask"),
     ]
 
 
@@ -664,8 +667,8 @@ def test_bad_predict_input_named():
     bad = X.copy()
     bad[0, 0] = np.inf
     for method in (model.predict, model.predict_proba, model.predict_log_proba):
-        with pytest.raises(ValueError, match=r"X has 2 features, but MLPClassifier was fitted "
-                                             r"with 3"):
+        with pytest.raises(ValueError, match=r"X has 2 features, but MLPClassifier is "
+                                             r"expecting 3 features"):
             method(X[:, :2])
         with pytest.raises(ValueError, match=r"\bX\b.*NaN or infinity"):
             method(bad)

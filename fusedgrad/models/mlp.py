@@ -181,9 +181,14 @@ def _check_dtype(dtype):
 
 
 def _feature_matrix(X, dtype):
-    """``X`` as a 2-D real ndarray; an ndarray (or memmap) of numbers is kept as it is."""
-    if (isinstance(X, np.ndarray) and X.dtype.kind in "biuf" and X.ndim == 2
-            and X.shape[0] > 0 and X.shape[1] > 0):
+    """``X`` as a 2-D real ndarray; an ndarray (or memmap) of numbers is kept as it is.
+
+    Anything else goes through :func:`~fusedgrad.models._base.check_array`,
+    which converts it or refuses it (a masked array too: its mask would be
+    ignored) with an error naming ``X``.
+    """
+    if (isinstance(X, np.ndarray) and not isinstance(X, np.ma.MaskedArray)
+            and X.dtype.kind in "biuf" and X.ndim == 2 and X.shape[0] > 0 and X.shape[1] > 0):
         return X
     return check_array("X", X, dtype=dtype, ensure_finite=False)
 
@@ -227,7 +232,13 @@ def _check_labels(y, n_samples):
         raise TypeError("y must be an array of class labels, got None")
     if type(y).__module__.startswith("scipy.sparse"):
         raise TypeError("y is a sparse matrix; pass a 1-D array of class labels")
-    y = np.asarray(y)
+    if isinstance(y, np.ma.MaskedArray):
+        raise TypeError("y is a masked array; its mask would be ignored: pass y.filled(...) "
+                        "or drop the masked samples")
+    try:
+        y = np.asarray(y)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"y cannot be converted to an array of labels: {exc}") from None
     if y.ndim == 2 and y.shape[1] == 1:
         y = y.reshape(-1)
     if y.ndim != 1:
@@ -946,8 +957,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         y = _check_labels(y, n_samples)
         if not first_pass and n_features != self.n_features_in_:
             raise ValueError(
-                f"X has {n_features} features, but MLPClassifier was fitted with "
-                f"{self.n_features_in_} features"
+                f"X has {n_features} features, but MLPClassifier is expecting "
+                f"{self.n_features_in_} features as input"
             )
         codes, fit_classes = self._encode(y, first_pass, incremental, classes)
         layer_units = [n_features, *hidden, fit_classes.shape[0]]
@@ -1134,8 +1145,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         X = _feature_matrix(X, dtype)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"X has {X.shape[1]} features, but MLPClassifier was fitted with "
-                f"{self.n_features_in_} features"
+                f"X has {X.shape[1]} features, but MLPClassifier is expecting "
+                f"{self.n_features_in_} features as input"
             )
         _check_finite(X, dtype)
         return X, dtype, kernels
