@@ -322,12 +322,12 @@ def activation_derivative_reference(A, dA, activation):
     raise ValueError(activation)
 
 
-def affine_activation_reference(X, W, b, activation):
+def affine_activation_reference(X, W, b, *, activation):
     """``f(X W + b)``."""
     return activation_reference(X @ W + b, activation)
 
 
-def affine_activation_backward_reference(X, A, dA, activation, W=None):
+def affine_activation_backward_reference(X, A, dA, W=None, *, activation):
     """``(dW, db, dX)`` of :func:`affine_activation_reference`; ``dX`` None without ``W``."""
     dZ = activation_derivative_reference(A, dA, activation)
     return X.T @ dZ, dZ.sum(axis=0), (None if W is None else dZ @ W.T)
@@ -341,7 +341,7 @@ _LAYER_REFERENCES = {
 
 def _layer_backward_args(shape, dtype, seed, activation, with_W):
     X, W, b = affine_sigmoid_args(shape, dtype, seed)
-    A = affine_activation_reference(*as_float64((X, W, b)), activation).astype(dtype)
+    A = affine_activation_reference(*as_float64((X, W, b)), activation=activation).astype(dtype)
     rng = np.random.default_rng(seed + 1)
     dA = _normal(rng, A.shape, dtype)
     return (X, A, dA, W) if with_W else (X, A, dA)
@@ -351,10 +351,11 @@ def _layer_backward_args(shape, dtype, seed, activation, with_W):
 class LayerCase(Case):
     """A row of a layer kernel with its activation bound.
 
-    The kernels take the activation as an argument after the arrays
-    (``affine_activation(X, W, b, activation)``,
-    ``affine_activation_backward(X, A, dA, activation, W=None)``); the row's
-    ``kernel`` and ``reference`` take the arrays only, like every other row.
+    The kernels take the activation as a keyword
+    (``affine_activation(X, W, b, out=None, *, activation)``,
+    ``affine_activation_backward(X, A, dA, W=None, *, activation)``); the
+    row's ``kernel`` and ``reference`` take the arrays only, like every other
+    row.
     The reference is the NumPy code above, the kernel lives in
     :mod:`fusedgrad.kernels.layers`.
     """
@@ -365,8 +366,7 @@ class LayerCase(Case):
         activation = self.activation
 
         def bound(*args, **options):
-            # both functions take three arrays, then the activation, then the rest
-            return fn(*args[:3], activation, *args[3:], **options)
+            return fn(*args, activation=activation, **options)
 
         return bound
 

@@ -55,16 +55,16 @@ def _layer_inputs(seed, activation, N=5, d=4, h=3):
 def test_reference_backward_is_the_derivative_of_the_forward(activation):
     """<dA, f(X W + b)> differentiated numerically in X, W and b."""
     X, W, b, dA = _layer_inputs(0, activation)
-    A = affine_activation_reference(X, W, b, activation)
-    dW, db, dX = affine_activation_backward_reference(X, A, dA, activation, W)
+    A = affine_activation_reference(X, W, b, activation=activation)
+    dW, db, dX = affine_activation_backward_reference(X, A, dA, W, activation=activation)
 
     def loss(X_, W_, b_):
-        return np.sum(dA * affine_activation_reference(X_, W_, b_, activation))
+        return np.sum(dA * affine_activation_reference(X_, W_, b_, activation=activation))
 
     np.testing.assert_allclose(dW, numerical_grad(lambda w: loss(X, w, b), W), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(db, numerical_grad(lambda c: loss(X, W, c), b), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(dX, numerical_grad(lambda x: loss(x, W, b), X), rtol=1e-6, atol=1e-9)
-    assert affine_activation_backward_reference(X, A, dA, activation)[2] is None
+    assert affine_activation_backward_reference(X, A, dA, activation=activation)[2] is None
 
 
 def test_reference_by_hand():
@@ -79,7 +79,8 @@ def test_reference_by_hand():
                                [[1 / 6, 1 / 2, 1 / 3]])
     # softmax backward of dA = e_0 at A = (1/6, 1/2, 1/3): A_0 (delta_0k - A_k)
     dZ = affine_activation_backward_reference(np.eye(3), np.array([[1 / 6, 1 / 2, 1 / 3]] * 3),
-                                              np.array([[1.0, 0.0, 0.0]] * 3), "softmax")[1] / 3
+                                              np.array([[1.0, 0.0, 0.0]] * 3),
+                                              activation="softmax")[1] / 3
     np.testing.assert_allclose(dZ, [1 / 6 * 5 / 6, -1 / 6 * 1 / 2, -1 / 6 * 1 / 3])
 
 
@@ -134,10 +135,10 @@ def test_inputs_untouched_and_layouts_equal(name, dtype):
 def test_logistic_is_the_sigmoid_kernel(dtype):
     """Same chunking, same sigmoid: the general kernel gives the sigmoid kernel's bits."""
     X, W, b = LAYER_CASES["affine_activation/logistic"].make_args(dict(N=2500, d=9, h=7), dtype, 4)
-    A = affine_activation(X, W, b, "logistic")
+    A = affine_activation(X, W, b, activation="logistic")
     np.testing.assert_array_equal(A, affine_sigmoid(X, W, b))
     dA = np.random.default_rng(5).standard_normal(A.shape).astype(dtype)
-    for g, e in zip(affine_activation_backward(X, A, dA, "logistic", W),
+    for g, e in zip(affine_activation_backward(X, A, dA, W, activation="logistic"),
                     affine_sigmoid_backward(X, A, dA, W)):
         np.testing.assert_array_equal(g, e)
 
@@ -168,16 +169,16 @@ def test_saturation_is_exact(dtype):
     X = np.array([[1.0], [-1.0], [0.0]], dtype)
     W = np.array([[1e4, -1e4, 0.0]], dtype)
     b = np.zeros(3, dtype)
-    np.testing.assert_array_equal(affine_activation(X, W, b, "tanh"),
+    np.testing.assert_array_equal(affine_activation(X, W, b, activation="tanh"),
                                   [[1, -1, 0], [-1, 1, 0], [0, 0, 0]])
-    np.testing.assert_array_equal(affine_activation(X, W, b, "relu"),
+    np.testing.assert_array_equal(affine_activation(X, W, b, activation="relu"),
                                   [[1e4, 0, 0], [0, 1e4, 0], [0, 0, 0]])
-    P = affine_activation(X, W, b, "softmax")
+    P = affine_activation(X, W, b, activation="softmax")
     np.testing.assert_array_equal(P, np.array([[1, 0, 0], [0, 1, 0], [1 / 3, 1 / 3, 1 / 3]], dtype))
     assert P.dtype == dtype
     # huge logits of equal size: no overflow, each row sums to 1
     P = affine_activation(np.ones((2, 1), dtype), np.array([[3e4, 3e4, -3e4]], dtype),
-                          np.zeros(3, dtype), "softmax")
+                          np.zeros(3, dtype), activation="softmax")
     np.testing.assert_array_equal(P, [[0.5, 0.5, 0.0]] * 2)
 
 
@@ -185,7 +186,8 @@ def test_saturation_is_exact(dtype):
 def test_tanh_accuracy_over_its_range(dtype):
     """Absolute error of a few units of the last place of 1, over [-20, 20]."""
     z = np.linspace(-20, 20, 40001).astype(dtype)
-    got = affine_activation(z[:, None], np.ones((1, 1), dtype), np.zeros(1, dtype), "tanh")[:, 0]
+    got = affine_activation(z[:, None], np.ones((1, 1), dtype), np.zeros(1, dtype),
+                            activation="tanh")[:, 0]
     err = np.abs(got.astype(np.float64) - np.tanh(z.astype(np.float64)))
     assert err.max() <= 4 * np.finfo(dtype).eps
     assert np.all(np.abs(got) <= 1) and np.all(np.sign(got) == np.sign(z))
@@ -204,47 +206,52 @@ def _forward_args(dtype=np.float64):
 def test_bad_activation_named(activation):
     X, W, b = _forward_args()
     with pytest.raises(ValueError, match="activation"):
-        affine_activation(X, W, b, activation)
-    A = affine_activation(X, W, b, "tanh")
+        affine_activation(X, W, b, activation=activation)
+    A = affine_activation(X, W, b, activation="tanh")
     with pytest.raises(ValueError, match="activation"):
-        affine_activation_backward(X, A, A, activation, W)
+        affine_activation_backward(X, A, A, W, activation=activation)
 
 
 def test_bad_arrays_named():
     X, W, b = _forward_args()
     with pytest.raises(ValueError, match=r"\bW\b"):
-        affine_activation(X, W[:2], b, "relu")
+        affine_activation(X, W[:2], b, activation="relu")
     with pytest.raises(ValueError, match=r"\bb\b"):
-        affine_activation(X, W, b[:2], "relu")
+        affine_activation(X, W, b[:2], activation="relu")
     with pytest.raises(TypeError, match=r"\bW\b"):
-        affine_activation(X, W.astype(np.float32), b, "relu")
+        affine_activation(X, W.astype(np.float32), b, activation="relu")
     with pytest.raises(TypeError, match=r"\bX\b"):
-        affine_activation(X.astype(int), W, b, "relu")
+        affine_activation(X.astype(int), W, b, activation="relu")
     bad = X.copy()
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match=r"\bX\b.*NaN"):
-        affine_activation(bad, W, b, "relu")
-    A = affine_activation(X, W, b, "relu")
+        affine_activation(bad, W, b, activation="relu")
+    A = affine_activation(X, W, b, activation="relu")
     with pytest.raises(ValueError, match=r"\bdA\b"):
-        affine_activation_backward(X, A, A[:5], "relu", W)
+        affine_activation_backward(X, A, A[:5], W, activation="relu")
     with pytest.raises(ValueError, match=r"\bA\b"):
-        affine_activation_backward(X, A[:, :3], A, "relu", W)
-    with pytest.raises(TypeError, match=r"\bcheck_finite\b|positional"):
-        affine_activation(X, W, b, "relu", None, False)
+        affine_activation_backward(X, A[:, :3], A, W, activation="relu")
+    # the activation is a keyword: never taken for out= or W by position
+    with pytest.raises(TypeError, match="positional"):
+        affine_activation(X, W, b, None, "relu")
+    with pytest.raises(TypeError, match="activation"):
+        affine_activation(X, W, b)
+    with pytest.raises(TypeError, match="activation"):
+        affine_activation_backward(X, A, A, W)
 
 
 def test_out():
     X, W, b = _forward_args()
     out = np.full((8, 4), np.nan)
-    assert affine_activation(X, W, b, "softmax", out) is out
-    np.testing.assert_array_equal(out, affine_activation(X, W, b, "softmax"))
+    assert affine_activation(X, W, b, out, activation="softmax") is out
+    np.testing.assert_array_equal(out, affine_activation(X, W, b, activation="softmax"))
     with pytest.raises(ValueError, match=r"\bout\b"):
-        affine_activation(X, W, b, "softmax", np.empty((8, 3)))
+        affine_activation(X, W, b, np.empty((8, 3)), activation="softmax")
     with pytest.raises(TypeError, match=r"\bout\b"):
-        affine_activation(X, W, b, "softmax", np.empty((8, 4), np.float32))
+        affine_activation(X, W, b, np.empty((8, 4), np.float32), activation="softmax")
     with pytest.raises(ValueError, match=r"\bout\b.*overlaps"):
         Xo = np.zeros((8, 4))
-        affine_activation(Xo, np.eye(4), np.zeros(4), "relu", Xo)
+        affine_activation(Xo, np.eye(4), np.zeros(4), Xo, activation="relu")
 
 
 # ---------------------------------------------------------------------------

@@ -230,13 +230,14 @@ def _affine_activation_backward(X, A, dA, W, dW, db, dX, act, with_dx, chunk, gr
     sum_groups(pb, db)
 
 
-def affine_activation(X, W, b, activation, out=None, *, check_finite=True):
+def affine_activation(X, W, b, out=None, *, activation, check_finite=True):
     r"""An affine layer and its activation, fused: :math:`A = f(X W + b)`.
 
     Each thread computes a cache-sized chunk of rows of ``X W`` (BLAS) and
     applies the bias and the activation while the chunk is still in cache.
-    ``affine_activation(X, W, b, "logistic")`` equals
-    :func:`fusedgrad.kernels.affine_sigmoid`; ``"softmax"`` gives the class
+    ``affine_activation(X, W, b, activation="logistic")`` equals
+    :func:`fusedgrad.kernels.affine_sigmoid` (same positional arguments, the
+    activation is a required keyword); ``"softmax"`` gives the class
     probabilities of an output layer.
 
     Parameters
@@ -244,11 +245,11 @@ def affine_activation(X, W, b, activation, out=None, *, check_finite=True):
     X : array_like, shape (n_samples, n_in), float32 or float64
     W : array_like, shape (n_in, n_out)
     b : array_like, shape (n_out,)
-    activation : {'identity', 'logistic', 'tanh', 'relu', 'softmax'}
-        ``f``; ``'softmax'`` acts on each row as a whole.
     out : ndarray, shape (n_samples, n_out), optional
         C-contiguous array of X's dtype to write the result into; it must not
         overlap the inputs.
+    activation : {'identity', 'logistic', 'tanh', 'relu', 'softmax'}
+        ``f`` (keyword only); ``'softmax'`` acts on each row as a whole.
     check_finite : bool, default True
         Reject NaN/inf in the inputs.
 
@@ -273,7 +274,7 @@ def affine_activation(X, W, b, activation, out=None, *, check_finite=True):
     return out
 
 
-def affine_activation_backward(X, A, dA, activation, W=None, *, check_finite=True):
+def affine_activation_backward(X, A, dA, W=None, *, activation, check_finite=True):
     r"""Backward pass of :func:`affine_activation`, fused over row chunks.
 
     .. math::
@@ -292,9 +293,10 @@ def affine_activation_backward(X, A, dA, activation, W=None, *, check_finite=Tru
         but its shape is checked).
     dA : array_like, shape (n_samples, n_out)
         Gradient of the loss with respect to ``A``.
-    activation : {'identity', 'logistic', 'tanh', 'relu', 'softmax'}
     W : array_like, shape (n_in, n_out), optional
         The layer's weights; needed only for ``dX``.
+    activation : {'identity', 'logistic', 'tanh', 'relu', 'softmax'}
+        The layer's ``f`` (keyword only).
     check_finite : bool, default True
         Reject NaN/inf in the inputs.
 

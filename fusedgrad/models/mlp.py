@@ -797,15 +797,17 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         L = len(W)
         acts = [Xb]
         for i in range(L - 1):
-            acts.append(kernels.affine_activation(acts[-1], W[i], b[i], self.activation,
-                                                  check_finite=False))
-        Z = kernels.affine_activation(acts[-1], W[-1], b[-1], "identity", check_finite=False)
+            acts.append(kernels.affine_activation(acts[-1], W[i], b[i],
+                                                  activation=self.activation, check_finite=False))
+        Z = kernels.affine_activation(acts[-1], W[-1], b[-1], activation="identity",
+                                      check_finite=False)
         loss, dA = kernels.softmax_cross_entropy(Z, yb, check_finite=False)
         coef_grads, intercept_grads = [None] * L, [None] * L
         A, activation = Z, "identity"
         for i in range(L - 1, -1, -1):
             dW, db, dA = kernels.affine_activation_backward(
-                acts[i], A, dA, activation, W[i] if i > 0 else None, check_finite=False)
+                acts[i], A, dA, W[i] if i > 0 else None, activation=activation,
+                check_finite=False)
             coef_grads[i], intercept_grads[i] = dW, db
             A, activation = acts[i], self.activation
         return float(loss), coef_grads + intercept_grads
@@ -867,8 +869,9 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         A = Xb
         W, b = self.coefs_, self.intercepts_
         for i in range(len(W) - 1):
-            A = kernels.affine_activation(A, W[i], b[i], self.activation, check_finite=False)
-        return kernels.affine_activation(A, W[-1], b[-1], out_activation, out,
+            A = kernels.affine_activation(A, W[i], b[i], activation=self.activation,
+                                          check_finite=False)
+        return kernels.affine_activation(A, W[-1], b[-1], out, activation=out_activation,
                                          check_finite=False)
 
     def _accuracy(self, kernels, X, codes, rows, dtype):
