@@ -96,6 +96,13 @@ SPECS = {
         Spec("ols_loss_grad", ("X", "y", "w"), {"X": ("N", "d"), "y": ("N",), "w": ("d",)},
              case="ols_loss_grad"),
         Spec("gram", ("X", "y"), {"X": ("N", "d"), "y": ("N",)}, case="gram"),
+        Spec("affine_activation", ("X", "W", "b"),
+             {"X": ("N", "d"), "W": ("d", "h"), "b": ("h",)},
+             extra={"activation": "tanh"}, case="affine_activation/tanh"),
+        Spec("affine_activation_backward", ("X", "A", "dA", "W"),
+             {"X": ("N", "d"), "A": ("N", "h"), "dA": ("N", "h"), "W": ("d", "h")},
+             optional=("W",), extra={"activation": "tanh"},
+             case="affine_activation_backward/tanh"),
     ]
 }
 
@@ -159,15 +166,6 @@ def _ragged(a):
     rows = a.tolist()
     rows[-1] = rows[-1][:-1] if a.ndim > 1 else [rows[-1], rows[-1]]
     return rows
-
-
-#: The kernels with labels check them after copying the float arrays: a huge
-#: view with too many rows is copied (or fails to be) before the short labels
-#: are seen. float_arrays(labels=...) checks them first; the kernels do not
-#: use it yet.
-LABELS_CHECKED_LATE = pytest.mark.xfail(
-    reason="kernel checks labels after copying the float arrays", strict=True,
-    raises=(MemoryError, AssertionError))
 
 
 def _huge_view(dtype, shape):
@@ -278,10 +276,8 @@ def _bad_cases():
                 # (only the labels have the samples axis besides this argument:
                 # the kernel must hand them to float_arrays so that they are
                 # checked before the huge view is copied)
-                late = others == [spec.labels] and spec.function == "mlp_loss_grad"
-                marks = [LABELS_CHECKED_LATE] if late else []
                 add(spec, f"{name}-axis{axis}({size})-huge-mismatch", huge, ValueError,
-                    name, *others, marks=marks)
+                    name, *others)
 
         for size in SIZES:
             holders = spec.holders(size)
@@ -807,13 +803,6 @@ MODEL_METHODS = {
     "MLPClassifier.score": (lambda m, X, y: m["MLPClassifier"].score(X, y), True, False),
 }
 
-#: MLPClassifier takes an ndarray X as it is: a masked array's mask is ignored.
-MLP_MASK_IGNORED = pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                                     reason="MLPClassifier ignores the mask of a masked array")
-
-#: MLPClassifier converts y with a bare np.asarray: NumPy's message, not naming y.
-MLP_RAGGED_Y = pytest.mark.xfail(strict=True, raises=AssertionError,
-                                 reason="MLPClassifier: a ragged y gets NumPy's message")
 
 
 def _with_nonfinite(value):
@@ -880,18 +869,12 @@ def _model_cases():
         if not is_fit:
             rows.update(BAD_X_FITTED)
         for key, (make, exc, *marks) in rows.items():
-            if key == "masked" and method.startswith("MLPClassifier"):
-                marks = [MLP_MASK_IGNORED]
             cases.append(pytest.param(method, "X", make, exc, id=f"{method}-X-{key}",
                                       marks=marks))
         if not takes_y:
             continue
         rows = dict(BAD_Y, **(BAD_Y_FIT if is_fit else {}))
         for key, (make, exc, *marks) in rows.items():
-            if key == "ragged-list" and method.startswith("MLPClassifier"):
-                marks = [MLP_RAGGED_Y]
-            if key == "masked" and method.startswith("MLPClassifier"):
-                marks = [MLP_MASK_IGNORED]
             cases.append(pytest.param(method, "y", make, exc, id=f"{method}-y-{key}",
                                       marks=marks))
     return cases
@@ -1023,13 +1006,7 @@ def test_mlp_bad_rows(key):
         call(spec, args, rows=rows)
 
 
-ROWS_READ_ONLY = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="mlp_loss_grad converts rows with np.ascontiguousarray, not _validate.indices: "
-    "read-only rows compile another specialisation")
-
-
-@pytest.mark.parametrize("layout", ["list", pytest.param("read-only", marks=ROWS_READ_ONLY),
+@pytest.mark.parametrize("layout", ["list", "read-only",
                                     "negative-stride", "int8", "uint64"])
 def test_mlp_unusual_rows_same_result(layout):
     spec = SPECS["mlp_loss_grad"]

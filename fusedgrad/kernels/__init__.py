@@ -7,6 +7,7 @@ for any number of threads.
 """
 
 from fusedgrad.kernels.affine import affine_sigmoid, affine_sigmoid_backward
+from fusedgrad.kernels.layers import affine_activation, affine_activation_backward
 from fusedgrad.kernels.mlp import mlp_loss_grad
 from fusedgrad.kernels.ols import gram, ols_loss_grad
 from fusedgrad.kernels.softmax import softmax_cross_entropy
@@ -18,4 +19,6 @@ __all__ = [
     "mlp_loss_grad",
     "ols_loss_grad",
     "gram",
+    "affine_activation",
+    "affine_activation_backward",
 ]

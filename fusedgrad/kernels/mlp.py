@@ -136,7 +136,10 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, rows=None, check_finite=True, _max_ch
     dW1, db1, dW2, db2 : ndarrays
         Shaped like ``W1, b1, W2, b2``, in their dtype.
     """
-    X, W1, b1, W2, b2 = _validate.float_arrays(
+    gather = rows is not None
+    # Without rows, the labels have the samples axis of X: checked before any
+    # float array is copied. With rows, they are checked against the rows.
+    X, W1, b1, W2, b2, *labels = _validate.float_arrays(
         [
             ("X", X, ("n_samples", "n_features")),
             ("W1", W1, ("n_features", "n_hidden")),
@@ -145,16 +148,17 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, rows=None, check_finite=True, _max_ch
             ("b2", b2, ("n_classes",)),
         ],
         check_finite,
+        labels=None if gather else ("y", y),
     )
     N, d = X.shape
     h, K = W2.shape
-    gather = rows is not None
     if gather:
         rows = _validate.indices("rows", rows, N)
         N = rows.shape[0]
+        y = _validate.labels("y", y, N, K)
     else:
         rows = _NO_ROWS
-    y = _validate.labels("y", y, N, K)
+        (y,) = labels
     item = X.itemsize
     # the same chunks with and without rows (so the same bits); a gathered
     # chunk adds one (chunk, d) buffer to the working set

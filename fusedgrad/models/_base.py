@@ -442,7 +442,11 @@ class ClassifierMixin:
         float
         """
         y_pred = self.predict(X)
-        y = np.asarray(y)
+        _refuse_masked("y", y)
+        try:
+            y = np.asarray(y)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"y cannot be converted to an array: {exc}") from None
         if y.shape != y_pred.shape:
             raise ValueError(f"y has shape {y.shape} but X has {y_pred.shape[0]} samples")
         correct = (y_pred == y).astype(np.float64)
