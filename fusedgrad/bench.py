@@ -297,7 +297,16 @@ def prepare(factories, data):
     return callables, skipped
 
 
-def time_round_robin(callables, repeat):
+#: Seconds of idle time before each timed call. After a call returns, the
+#: worker threads of OpenMP (PyTorch), Eigen (JAX) and OpenBLAS go on spinning
+#: for a while and take cores from whatever runs next: measured, back to back,
+#: (262144, 64, 128, 10) float32, PyTorch 321 ms and fusedgrad 71.5 ms, each
+#: 267 ms and 65.5 ms after 0.3 s of idle time. Every implementation gets the
+#: same pause.
+PAUSE_S = 0.25
+
+
+def time_round_robin(callables, repeat, pause=PAUSE_S):
     """Warm each callable up once, then time them round-robin.
 
     Parameters
@@ -305,6 +314,8 @@ def time_round_robin(callables, repeat):
     callables : dict of str to callable
     repeat : int
         Timed calls of each callable.
+    pause : float, default :data:`PAUSE_S`
+        Seconds of sleep before each timed call (not timed).
 
     Returns
     -------
@@ -322,6 +333,7 @@ def time_round_robin(callables, repeat):
     times = {name: [] for name in callables}
     for _ in range(repeat):
         for name, fn in callables.items():
+            time.sleep(pause)
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -343,7 +355,7 @@ def rel_diff(a, ref):
     return float(np.max(np.abs(a - ref)) / np.max(np.abs(ref)))
 
 
-def bench_mlp(shape, dtype, repeat):
+def bench_mlp(shape, dtype, repeat, pause=PAUSE_S):
     """Time every MLP implementation on one shape and dtype.
 
     Parameters
@@ -352,6 +364,8 @@ def bench_mlp(shape, dtype, repeat):
         ``(N, d, h, K)``.
     dtype : str
     repeat : int
+    pause : float
+        See :func:`time_round_robin`.
 
     Returns
     -------
@@ -361,7 +375,7 @@ def bench_mlp(shape, dtype, repeat):
         implementation's ``dW1`` against the NumPy reference's.
     """
     callables, skipped = prepare(MLP_IMPLEMENTATIONS, mlp_data(*shape, dtype))
-    timings, outputs = time_round_robin(callables, repeat)
+    timings, outputs = time_round_robin(callables, repeat, pause)
     ref_dW1 = outputs["numpy"][1]
     checks = {
         name: rel_diff(out[1], ref_dW1)
@@ -371,7 +385,7 @@ def bench_mlp(shape, dtype, repeat):
     return {"shape": list(shape), "dtype": dtype, "timings": timings, "skipped": skipped, "dW1_rel_diff": checks}
 
 
-def bench_ols(shape, repeat):
+def bench_ols(shape, repeat, pause=PAUSE_S):
     """Time the OLS loss-gradient and Gram implementations on one shape.
 
     Parameters
@@ -379,6 +393,8 @@ def bench_ols(shape, repeat):
     shape : tuple of int
         ``(N, d)``.
     repeat : int
+    pause : float
+        See :func:`time_round_robin`.
 
     Returns
     -------
@@ -388,7 +404,7 @@ def bench_ols(shape, repeat):
         reference's.
     """
     callables, skipped = prepare(OLS_IMPLEMENTATIONS, ols_data(*shape))
-    timings, outputs = time_round_robin(callables, repeat)
+    timings, outputs = time_round_robin(callables, repeat, pause)
     checks = {}
     if "fused ols_loss_grad" in outputs:
         checks["grad"] = rel_diff(outputs["fused ols_loss_grad"][1], outputs["numpy ols_loss_grad"][1])
@@ -591,7 +607,11 @@ def _skip_notes(records):
     return [f"- {name}: skipped ({reason})" for name, reason in reasons.items()]
 
 
-def mlp_report(records, dtype, repeat):
+def _pause_note(pause):
+    return f" (each after {pause:g} s idle)" if pause else ""
+
+
+def mlp_report(records, dtype, repeat, pause=0.0):
     """Markdown table, skip notes and sanity lines of the MLP section for one dtype."""
     records = [r for r in records if r["dtype"] == dtype]
     names = list(MLP_IMPLEMENTATIONS)
@@ -604,7 +624,7 @@ def mlp_report(records, dtype, repeat):
         for r in records
     ]
     lines = [
-        f"### MLP loss and gradient, {dtype}: median of {repeat} calls, ms",
+        f"### MLP loss and gradient, {dtype}: median of {repeat} calls{_pause_note(pause)}, ms",
         "",
         markdown_table(["N, d, h, K", *names, *(label for label, _, _ in peers)], rows),
         "",
@@ -616,7 +636,7 @@ def mlp_report(records, dtype, repeat):
     return "\n".join(lines) + "\n"
 
 
-def ols_report(records, repeat):
+def ols_report(records, repeat, pause=0.0):
     """Markdown tables, skip notes and sanity lines of the OLS section."""
     sections = [
         ("OLS loss and gradient", "X.sum()", "numpy ols_loss_grad", "fused ols_loss_grad", "fused/X.sum()"),
@@ -630,7 +650,7 @@ def ols_report(records, repeat):
             for r in records
         ]
         header = ["N, d", floor, "numpy", "fused", "numpy/fused", floor_label]
-        lines += [f"### {title}, {OLS_DTYPE}: median of {repeat} calls, ms", "", markdown_table(header, rows), ""]
+        lines += [f"### {title}, {OLS_DTYPE}: median of {repeat} calls{_pause_note(pause)}, ms", "", markdown_table(header, rows), ""]
     lines += _skip_notes(records)
     for r in records:
         if r["rel_diff"]:
@@ -677,6 +697,9 @@ def parse_args(argv=None):
                         + ", ".join(f"{i} = {s}" for i, s in enumerate(MLP_SHAPES, 1)))
     parser.add_argument("--repeat", type=int, help="timed calls per implementation (default 7; 2 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smoke run: small shapes, 2 calls")
+    parser.add_argument("--pause", type=float, metavar="SECONDS",
+                        help=f"idle time before each timed call, so that one library's spinning "
+                        f"worker threads do not slow the next (default {PAUSE_S}; 0 with --quick)")
     parser.add_argument("--mlp", action=argparse.BooleanOptionalAction, default=True, help="MLP section")
     parser.add_argument("--ols", action=argparse.BooleanOptionalAction, default=True, help="OLS section")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
@@ -689,6 +712,8 @@ def parse_args(argv=None):
         parser.error(f"--shapes: indices run from 1 to {n_shapes}")
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.pause is not None and not 0 <= args.pause <= 60:
+        parser.error("--pause must be between 0 and 60 seconds")
     return args
 
 
@@ -720,8 +745,9 @@ def main(argv=None):
     if args.shapes:
         mlp_shapes = [mlp_shapes[i - 1] for i in args.shapes]
     repeat = args.repeat or (2 if args.quick else 7)
+    pause = args.pause if args.pause is not None else (0.0 if args.quick else PAUSE_S)
 
-    results = {"machine": machine_info(), "repeat": repeat}
+    results = {"machine": machine_info(), "repeat": repeat, "pause_s": pause}
     print(format_machine(results["machine"]) + "\n", flush=True)
 
     if args.mlp:
@@ -729,17 +755,17 @@ def main(argv=None):
         for dtype in args.dtype:
             for shape in mlp_shapes:
                 _log(f"mlp {shape} {dtype} ...")
-                results["mlp"].append(bench_mlp(shape, dtype, repeat))
+                results["mlp"].append(bench_mlp(shape, dtype, repeat, pause))
                 gc.collect()
-            print(mlp_report(results["mlp"], dtype, repeat), flush=True)
+            print(mlp_report(results["mlp"], dtype, repeat, pause), flush=True)
 
     if args.ols:
         results["ols"] = []
         for shape in QUICK_OLS_SHAPES if args.quick else OLS_SHAPES:
             _log(f"ols {shape} {OLS_DTYPE} ...")
-            results["ols"].append(bench_ols(shape, repeat))
+            results["ols"].append(bench_ols(shape, repeat, pause))
             gc.collect()
-        print(ols_report(results["ols"], repeat), flush=True)
+        print(ols_report(results["ols"], repeat, pause), flush=True)
 
     if args.memory:
         shape = QUICK_MEMORY_SHAPE if args.quick else MEMORY_SHAPE
