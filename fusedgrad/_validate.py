@@ -38,7 +38,7 @@ from numba import njit, prange
 
 from fusedgrad.kernels import _options as opt
 
-__all__ = ["float_arrays", "labels", "indices", "output", "all_finite"]
+__all__ = ["float_arrays", "labels", "indices", "output", "all_finite", "require_finite"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -227,7 +227,7 @@ def _check_flag(check_finite):
         raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
 
 
-def float_arrays(specs, check_finite=True, labels=None):
+def float_arrays(specs, check_finite=True, labels=None, deferred=()):
     """Check and prepare floating-point arrays that must share one dtype.
 
     Parameters
@@ -243,6 +243,10 @@ def float_arrays(specs, check_finite=True, labels=None):
         Class labels of shape ``("n_samples",)`` with values in
         ``[0, "n_classes")`` (see :func:`labels`); their kind and length are
         checked with the shapes, before any array is copied.
+    deferred : tuple of str
+        Names of arrays whose finiteness the caller checks itself, after a
+        kernel whose result is non-finite whenever they are (see
+        :func:`require_finite`): a one-pass kernel then reads them once.
 
     Returns
     -------
@@ -304,12 +308,20 @@ def float_arrays(specs, check_finite=True, labels=None):
     out = []
     for a, (name, _, _) in zip(arrays, specs):
         a = _prepared(name, a, dtype)
-        if check_finite and not all_finite(a):
-            raise ValueError(f"{name} contains NaN or infinity")
+        if check_finite and name not in deferred:
+            require_finite((name, a))
         out.append(a)
     if labels is not None:
         out.append(_label_range(y_name, y, sizes[CLASSES]))
     return out
+
+
+def require_finite(*named):
+    """Raise ``ValueError`` naming the first of the ``(name, array)`` pairs
+    that holds NaN or infinity."""
+    for name, a in named:
+        if not all_finite(a):
+            raise ValueError(f"{name} contains NaN or infinity")
 
 
 def _label_array(name, value, n_samples, n_classes):

@@ -5,7 +5,7 @@ from numba import njit, prange
 
 from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
-from fusedgrad.kernels._blas import single_threaded_blas, syrk_tn
+from fusedgrad.kernels._blas import gram_tn, single_threaded_blas
 from fusedgrad.kernels._partition import chunk_range, plan, sum_groups
 
 __all__ = ["ols_loss_grad", "gram", "centered_gram"]
@@ -50,7 +50,7 @@ def _ols_loss_grad(X, y, w, grad, chunk, groups):
 
 @njit(**opt.PARALLEL)
 def _gram(X, y, XtX, Xty, chunk, groups):
-    """Jitted core: writes ``X^T X`` (via syrk: one triangle, half the work) and ``y X``."""
+    """Jitted core: writes ``X^T X`` (see :func:`gram_tn`) and ``y X``."""
     N, d = X.shape
     n_chunks = (N + chunk - 1) // chunk
     pG = np.zeros((groups, d, d), X.dtype)
@@ -61,7 +61,7 @@ def _gram(X, y, XtX, Xty, chunk, groups):
         for c in range(first, stop):
             r0 = c * chunk
             r1 = min(N, r0 + chunk)
-            syrk_tn(X[r0:r1], pG[g], 1.0)
+            gram_tn(X[r0:r1], pG[g], 1.0)
             for i in range(r0, r1):
                 yi = y[i]
                 for j in range(d):
@@ -73,9 +73,9 @@ def _gram(X, y, XtX, Xty, chunk, groups):
             XtX[i, j] = XtX[j, i]
 
 
-def _ols_inputs(X, y, extra, check_finite):
+def _ols_inputs(X, y, extra, check_finite, deferred=()):
     specs = [("X", X, ("n_samples", "n_features")), ("y", y, ("n_samples",))] + extra
-    return _validate.float_arrays(specs, check_finite)
+    return _validate.float_arrays(specs, check_finite, deferred=deferred)
 
 
 def ols_loss_grad(X, y, w, *, check_finite=True):
@@ -87,6 +87,12 @@ def ols_loss_grad(X, y, w, *, check_finite=True):
 
     with residuals :math:`r_i = y_i - x_i w`; ``X^T X`` is never formed.
     The loss is accumulated in float64 and returned in X's dtype.
+
+    The finiteness check of ``X`` and ``y`` costs no second pass over them:
+    a NaN or infinity in either makes a residual, and so the float64 loss,
+    non-finite (IEEE arithmetic; the kernels' fast-math flags keep NaN and
+    inf), and only then are they scanned, to raise the ``ValueError`` that
+    names the argument. ``w`` is checked before the pass.
 
     Parameters
     ----------
@@ -100,11 +106,13 @@ def ols_loss_grad(X, y, w, *, check_finite=True):
     loss : scalar of X's dtype
     grad : ndarray, shape (n_features,)
     """
-    X, y, w = _ols_inputs(X, y, [("w", w, ("n_features",))], check_finite)
+    X, y, w = _ols_inputs(X, y, [("w", w, ("n_features",))], check_finite, deferred=("X", "y"))
     N, d = X.shape
     chunk, groups = plan(N, (d + 1) * X.itemsize, d * X.itemsize)
     grad = np.empty(d, X.dtype)
     loss = _ols_loss_grad(X, y, w, grad, chunk, groups)
+    if check_finite and not np.isfinite(loss):
+        _validate.require_finite(("X", X), ("y", y))
     with np.errstate(over="ignore"):  # a float64 sum beyond float32's range is inf in float32
         return X.dtype.type(loss), grad
 
@@ -114,8 +122,17 @@ def gram(X, y, *, check_finite=True):
 
     .. math:: X^T X, \qquad y X
 
-    ``X^T X`` is symmetric: only one triangle is computed (BLAS ``syrk``) and
-    mirrored, half the work of ``X.T @ X``.
+    ``X^T X`` is symmetric: for more than 62 features only one triangle is
+    computed (BLAS ``syrk``, half the multiply-adds of a full product) and
+    mirrored; for fewer, a full product cut into pieces small enough for
+    OpenBLAS's unpacked small-matrix kernels is faster (about twice as fast
+    as ``syrk`` at 16 features).
+
+    The finiteness check of ``X`` and ``y`` costs no second pass over them:
+    a NaN or infinity in ``X`` makes the diagonal of ``X^T X`` (a sum of
+    squares) non-finite, one in ``y`` makes ``y X`` non-finite, and only
+    then are they scanned, to raise the ``ValueError`` that names the
+    argument.
 
     Parameters
     ----------
@@ -128,13 +145,15 @@ def gram(X, y, *, check_finite=True):
     XtX : ndarray, shape (n_features, n_features)
     Xty : ndarray, shape (n_features,)
     """
-    X, y = _ols_inputs(X, y, [], check_finite)
+    X, y = _ols_inputs(X, y, [], check_finite, deferred=("X", "y"))
     N, d = X.shape
     chunk, groups = plan(N, (d + 1) * X.itemsize, (d + 1) * d * X.itemsize)
     XtX = np.empty((d, d), X.dtype)
     Xty = np.empty(d, X.dtype)
     with single_threaded_blas():
         _gram(X, y, XtX, Xty, chunk, groups)
+    if check_finite and not (np.isfinite(np.diagonal(XtX)).all() and np.isfinite(Xty).all()):
+        _validate.require_finite(("X", X), ("y", y))
     return XtX, Xty
 
 
@@ -149,7 +168,7 @@ def _centered_gram(X, y, chunk, groups, counts, means, scatters):
 
     Each chunk is shifted by an estimate of its mean (the mean of the group's
     previous chunk, or its own for the first) into a cache-resident scratch
-    block (in X's dtype), its scatter is taken there by ``syrk``, corrected for the
+    block (in X's dtype), its scatter is taken there by BLAS, corrected for the
     shift's rounding by the block's column sums, and merged into the group's
     float64 accumulators with the pairwise update of Chan, Golub and LeVeque.
     No cancellation between large uncentred sums ever happens, so float32
@@ -198,7 +217,7 @@ def _centered_gram(X, y, chunk, groups, counts, means, scatters):
                 z = y[r0 + i] - shift[d]
                 Z[i, d] = z
                 s[d] += z
-            syrk_tn(Z[:m], S, 0.0)
+            gram_tn(Z[:m], S, 0.0)
             # Merge (count m, mean shift + s/m, scatter S - s s^T / m) into the group.
             n_new = n_g + m
             f = n_g * m / n_new
@@ -252,8 +271,8 @@ def centered_gram(X, y, *, check_finite=True):
     :math:`X^T X - n \bar x \bar x^T`.
 
     Rows are processed in chunks: each chunk is shifted by its own mean in a
-    cache-sized scratch block, its products are taken in ``X``'s dtype (BLAS
-    ``syrk``), and the chunks are merged in float64 by the pairwise update
+    cache-sized scratch block, its products are taken in ``X``'s dtype (BLAS,
+    as in :func:`gram`), and the chunks are merged in float64 by the pairwise update
     of Chan, Golub and LeVeque, in a fixed order (the result does not depend
     on the thread count). float32 input is thus read and multiplied in
     float32, but not accumulated over more than one chunk in float32.

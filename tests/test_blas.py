@@ -1,0 +1,221 @@
+"""The BLAS helpers of ``fusedgrad.kernels._blas`` and the kernels' shapes that cut them.
+
+Products with a long dimension and two small ones are cut into pieces that
+OpenBLAS runs with its small-matrix kernels; these tests check the pieces
+(a ragged last one included) against NumPy's own product, ``beta`` = 0 and
+1, the Gram matrix's two paths (full product and ``syrk``), and whole kernels
+at shapes where the cutting happens (the comparison table's shapes are too
+small for it).
+"""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from cases import rel_error
+from fusedgrad import reference as ref
+from fusedgrad.kernels import _options as opt
+from fusedgrad.kernels import gram, mlp_loss_grad, ols_loss_grad
+from fusedgrad.kernels._blas import (
+    GRAM_GEMM_MIN_ROWS,
+    MIN_PIECE_ROWS,
+    SMALL_MNK,
+    gram_tn,
+    mm_nn,
+    mm_nt,
+    mm_tn,
+    piece_rows,
+    single_threaded_blas,
+)
+from fusedgrad.kernels._partition import plan
+
+_OPTIONS = dict(opt.JIT, cache=False)
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+@njit(**_OPTIONS)
+def _nn(A, B, C, beta):
+    mm_nn(A, B, C, beta)
+
+
+@njit(**_OPTIONS)
+def _tn(A, B, C, beta):
+    mm_tn(A, B, C, beta)
+
+
+@njit(**_OPTIONS)
+def _nt(A, B, C, beta):
+    mm_nt(A, B, C, beta)
+
+
+@njit(**_OPTIONS)
+def _gram(A, C, beta):
+    gram_tn(A, C, beta)
+
+
+@njit(**_OPTIONS)
+def _piece_rows(rows, other):
+    return piece_rows(rows, other)
+
+
+def test_piece_rows():
+    # a whole product that qualifies, or one whose pieces would be too short, is not cut
+    assert _piece_rows(100, 10_000) == 100
+    assert _piece_rows(10**6, SMALL_MNK // (MIN_PIECE_ROWS - 1)) == 10**6
+    for rows, other in [(1024, 64 * 128), (1024, 128 * 10), (5000, 7000), (10**6, 3)]:
+        piece = _piece_rows(rows, other)
+        assert piece & (piece - 1) == 0 and MIN_PIECE_ROWS <= piece < rows
+        assert piece * other <= SMALL_MNK < 2 * piece * other
+    assert _piece_rows(0, 100) == 1
+
+
+def _rand(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+# (long, other two): 1000 rows cut into 128-row pieces with a ragged last one
+# (1000 = 7 * 128 + 104), 300 rows into 32-row pieces, and a product that is not cut.
+PRODUCT_SHAPES = [(1000, 70, 100), (300, 180, 170), (50, 3, 4)]
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("m, k, n", PRODUCT_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_products_match_numpy(m, k, n, beta, dtype):
+    rng = np.random.default_rng(m + k + n)
+    with single_threaded_blas():
+        # C (m, n) = A (m, k) @ B (k, n) + beta C
+        A, B, C0 = _rand(rng, (m, k), dtype), _rand(rng, (k, n), dtype), _rand(rng, (m, n), dtype)
+        C = C0.copy()
+        _nn(A, B, C, beta)
+        want = A.astype(np.float64) @ B.astype(np.float64) + beta * C0
+        assert rel_error(C, want) < TOL[dtype]
+        # C (n, k) = A (m, n).T @ B (m, k) + beta C: the pieces are summed over the long axis
+        A, B, C0 = _rand(rng, (m, n), dtype), _rand(rng, (m, k), dtype), _rand(rng, (n, k), dtype)
+        C = C0.copy()
+        _tn(A, B, C, beta)
+        want = A.astype(np.float64).T @ B.astype(np.float64) + beta * C0
+        assert rel_error(C, want) < TOL[dtype]
+        # C (m, n) = A (m, k) @ B (n, k).T + beta C
+        A, B, C0 = _rand(rng, (m, k), dtype), _rand(rng, (n, k), dtype), _rand(rng, (m, n), dtype)
+        C = C0.copy()
+        _nt(A, B, C, beta)
+        want = A.astype(np.float64) @ B.astype(np.float64).T + beta * C0
+        assert rel_error(C, want) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tn_over_zero_rows_scales_by_beta(dtype):
+    A, B = np.empty((0, 3), dtype), np.empty((0, 4), dtype)
+    C = np.full((3, 4), 7.0, dtype)
+    with single_threaded_blas():
+        _tn(A, B, C, 0.0)
+    np.testing.assert_array_equal(C, 0.0)
+
+
+# Widths on both sides of the switch from the full product to syrk (62 | 63).
+GRAM_WIDTHS = [1, 16, 62, 63, 100]
+
+
+@pytest.mark.parametrize("p", GRAM_WIDTHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gram_tn_upper_triangle(p, dtype):
+    rng = np.random.default_rng(p)
+    A = _rand(rng, (3001, p), dtype)
+    C0 = _rand(rng, (p, p), dtype)
+    for beta in (0.0, 1.0):
+        C = C0.copy()
+        with single_threaded_blas():
+            _gram(A, C, beta)
+        want = A.astype(np.float64).T @ A.astype(np.float64) + beta * C0
+        assert rel_error(np.triu(C), np.triu(want)) < TOL[dtype]
+    full = SMALL_MNK // (p * p) >= GRAM_GEMM_MIN_ROWS
+    assert full == (p <= 62)
+
+
+@pytest.mark.parametrize("d", GRAM_WIDTHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gram_kernel_both_paths(d, dtype):
+    rng = np.random.default_rng(d)
+    X, y = _rand(rng, (5000, d), dtype), _rand(rng, 5000, dtype)
+    XtX, Xty = gram(X, y)
+    want_XtX, want_Xty = ref.gram(X.astype(np.float64), y.astype(np.float64))
+    assert rel_error(XtX, want_XtX) < TOL[dtype]
+    assert rel_error(Xty, want_Xty) < TOL[dtype]
+    np.testing.assert_array_equal(XtX, XtX.T)
+
+
+# Shapes of the MLP at which the products of a chunk are cut: the first
+# layer's (d * h = 64 * 128), and the output layer's (h * K = 100 * 40);
+# 3001 rows leave a ragged last chunk.
+MLP_CUT_SHAPES = [((3001, 64, 128, 10), "d * h"), ((3001, 4, 100, 40), "h * K")]
+
+
+@pytest.mark.parametrize("shape, cut", MLP_CUT_SHAPES, ids=[c for _, c in MLP_CUT_SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mlp_at_cut_shapes(shape, cut, dtype):
+    N, d, h, K = shape
+    item = np.dtype(dtype).itemsize
+    chunk, _ = plan(N, (d + 2 * h + K) * item, (d * h + h * K + h + K) * item)
+    other = d * h if cut == "d * h" else h * K
+    assert _piece_rows(chunk, other) < chunk  # the shape does cut its chunks
+    rng = np.random.default_rng(N + d)
+    X = _rand(rng, (N, d), dtype)
+    y = rng.integers(0, K, N)
+    W1 = (rng.standard_normal((d, h)) / np.sqrt(d)).astype(dtype)
+    b1 = _rand(rng, h, dtype)
+    W2 = (rng.standard_normal((h, K)) / np.sqrt(h)).astype(dtype)
+    b2 = _rand(rng, K, dtype)
+    got = mlp_loss_grad(X, y, W1, b1, W2, b2)
+    want = ref.mlp_loss_grad(*(a.astype(np.float64) for a in (X,)), y,
+                             *(a.astype(np.float64) for a in (W1, b1, W2, b2)))
+    for g, w in zip(got, want):
+        assert rel_error(g, w) < TOL[dtype]
+
+
+# ---------------------------------------------------------------------------
+# The one-pass finiteness check of ols_loss_grad and gram
+# ---------------------------------------------------------------------------
+
+
+def _poisoned(kernel, dtype, d, where, value, position, zero_w):
+    rng = np.random.default_rng(position)
+    N = 5003
+    X, y, w = _rand(rng, (N, d), dtype), _rand(rng, N, dtype), _rand(rng, d, dtype)
+    if zero_w:
+        w[:] = 0  # inf * 0 is NaN: still caught
+    row = position % N
+    if where == "X":
+        X[row, position % d] = value
+    else:
+        X[row] = 0  # y's bad value meets a zero row of X: 0 * inf is NaN
+        y[row] = value
+    args = (X, y, w) if kernel is ols_loss_grad else (X, y)
+    return args
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["X", "y"])
+@pytest.mark.parametrize("d", [3, 100])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel, zero_w", [(ols_loss_grad, False), (ols_loss_grad, True),
+                                            (gram, False)],
+                         ids=["ols_loss_grad", "ols_loss_grad-w=0", "gram"])
+def test_non_finite_found_without_a_second_pass(kernel, zero_w, dtype, d, where, value):
+    for position in (0, 1234, 5002 * d + d - 1):
+        args = _poisoned(kernel, dtype, d, where, value, position, zero_w)
+        with pytest.raises(ValueError, match=f"^{where} contains NaN or infinity"):
+            kernel(*args)
+        kernel(*args, check_finite=False)  # no error without the check
+
+
+@pytest.mark.parametrize("kernel", [ols_loss_grad, gram], ids=["ols_loss_grad", "gram"])
+def test_finite_input_that_overflows_is_returned(kernel):
+    """Finite float32 input whose sums overflow: no error, inf in the result (as NumPy)."""
+    X = np.full((100, 3), 1e19, np.float32)
+    y = np.full(100, 1e19, np.float32)
+    args = (X, y, np.ones(3, np.float32)) if kernel is ols_loss_grad else (X, y)
+    with np.errstate(over="ignore"):
+        out = kernel(*args)
+    assert not all(np.isfinite(o).all() for o in out)
