@@ -75,11 +75,13 @@ def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk
             add_column_sums(Z2c, m, pb2[g])
             mm_tn(Ac, Z2c, pW2[g], 1.0)
             mm_nt(Z2c, W2, dZ1c, 0.0)
-            for i in range(m):
+            acc = pb1[g]
+            for i in range(m):  # the sigmoid's derivative and db1, in one pass
                 for j in range(h):
                     a = Ac[i, j]
-                    dZ1c[i, j] *= a * (one - a)
-            add_column_sums(dZ1c, m, pb1[g])
+                    v = dZ1c[i, j] * (a * (one - a))
+                    dZ1c[i, j] = v
+                    acc[j] += v
             mm_tn(Xc, dZ1c, pW1[g], 1.0)
     sum_groups(pW1, dW1)
     sum_groups(pb1, db1)
