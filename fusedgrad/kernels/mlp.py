@@ -39,9 +39,11 @@ def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk
     one = dt(1.0)
     inv_n = one / dt(N)
     n_chunks = (N + chunk - 1) // chunk
-    pW1 = np.zeros((groups,) + W1.shape, X.dtype)
+    # The weight-gradient partials are written (beta = 0) by each group's first
+    # chunk: no serial zeroing of groups * d * h elements before the loop.
+    pW1 = np.empty((groups,) + W1.shape, X.dtype)
     pb1 = np.zeros((groups, h), X.dtype)
-    pW2 = np.zeros((groups, h, K), X.dtype)
+    pW2 = np.empty((groups, h, K), X.dtype)
     pb2 = np.zeros((groups, K), X.dtype)
     ploss = np.zeros(groups, np.float64)
     for g in prange(groups):
@@ -73,7 +75,8 @@ def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk
                     Z2c[i, k] += b2[k]
             ploss[g] += softmax_ce_rows(Z2c, Z2c, y[r0:r1], m, inv_n)
             add_column_sums(Z2c, m, pb2[g])
-            mm_tn(Ac, Z2c, pW2[g], 1.0)
+            beta = 0.0 if c == first else 1.0
+            mm_tn(Ac, Z2c, pW2[g], beta)
             mm_nt(Z2c, W2, dZ1c, 0.0)
             acc = pb1[g]
             for i in range(m):  # the sigmoid's derivative and db1, in one pass
@@ -82,7 +85,7 @@ def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk
                     v = dZ1c[i, j] * (a * (one - a))
                     dZ1c[i, j] = v
                     acc[j] += v
-            mm_tn(Xc, dZ1c, pW1[g], 1.0)
+            mm_tn(Xc, dZ1c, pW1[g], beta)
     sum_groups(pW1, dW1)
     sum_groups(pb1, db1)
     sum_groups(pW2, dW2)
