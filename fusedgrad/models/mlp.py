@@ -87,16 +87,52 @@ class _CpuKernels:
         self.session = single_threaded_blas
 
 
+class _CudaKernels:
+    """The device ``'cuda'``: the lecture's network on the GPU.
+
+    Training and prediction do not go through the layer-by-layer interface
+    of :class:`_CpuKernels`: the model runs its own loop
+    (:meth:`MLPClassifier._fit_cuda`) on device arrays with
+    :func:`fusedgrad.kernels.cuda.mlp.loss_grad_device` and the update
+    kernels of :mod:`fusedgrad.kernels.cuda._train`. Creating it checks
+    nothing; :meth:`require` raises when no GPU (nor the simulator) is usable.
+    """
+
+    name = "cuda"
+
+    def __init__(self):
+        import contextlib
+
+        self.session = contextlib.nullcontext
+
+    @staticmethod
+    def require():
+        from fusedgrad.kernels.cuda import _runtime
+
+        _runtime.require()
+
+
 def _device_kernels(device):
-    """The kernels of ``device`` ('cpu'; 'cuda' once its kernels exist)."""
+    """The kernels of ``device``: 'cpu' or 'cuda'."""
     if device == "cpu":
         return _CpuKernels()
     if device == "cuda":
-        raise ValueError(
-            "device='cuda': the CUDA kernels are not available until "
-            "fusedgrad.kernels.cuda provides them; use device='cpu'"
-        )
+        return _CudaKernels()
     raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+
+
+def _check_cuda_network(hidden, activation):
+    """The networks ``device='cuda'`` trains: one hidden layer, logistic."""
+    if len(hidden) != 1:
+        raise ValueError(
+            f"hidden_layer_sizes={hidden}: device='cuda' trains one hidden layer only "
+            "(the CUDA kernels fuse the 2-layer network); use device='cpu'"
+        )
+    if activation != "logistic":
+        raise ValueError(
+            f"activation={activation!r}: device='cuda' supports activation='logistic' only "
+            "(the CUDA kernels fuse the sigmoid); use device='cpu'"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -432,6 +468,90 @@ class _AdamOptimizer:
 
 
 # ---------------------------------------------------------------------------
+# device='cuda': flat parameters on the GPU
+# ---------------------------------------------------------------------------
+
+#: Rows copied to the GPU (and predicted) per block: bounds the host-side
+#: conversion buffer and the activations of a prediction.
+_CUDA_BLOCK_ROWS = 1 << 18
+
+
+def _pack(params, dtype):
+    """``[W1, W2, b1, b2]`` (the order of ``coefs_ + intercepts_``) as one flat
+    host vector ``[W1 | b1 | W2 | b2]`` of ``dtype`` (the layout of the CUDA
+    gradients)."""
+    W1, W2, b1, b2 = params
+    return np.concatenate([np.ravel(W1), np.ravel(b1), np.ravel(W2), np.ravel(b2)]).astype(
+        dtype, copy=False)
+
+
+def _unpack(flat, D, H, K):
+    """The inverse of :func:`_pack`: new arrays ``[W1, W2, b1, b2]``."""
+    o1, o2, o3 = D * H, D * H + H, D * H + H + H * K
+    return [flat[:o1].reshape(D, H).copy(), flat[o2:o3].reshape(H, K).copy(),
+            flat[o1:o2].copy(), flat[o3:].copy()]
+
+
+def _rows_to_device(X, dtype):
+    """``X`` in ``dtype`` as a C-contiguous device array, converted and copied a
+    block of rows at a time (no host copy of the whole of ``X``)."""
+    from fusedgrad.kernels.cuda._runtime import cuda
+
+    if _is_native(X, dtype):
+        return cuda.to_device(X)
+    out = cuda.device_array(X.shape, dtype)
+    for s in range(0, X.shape[0], _CUDA_BLOCK_ROWS):
+        block = np.ascontiguousarray(X[s:s + _CUDA_BLOCK_ROWS], dtype=dtype)
+        out[s:s + block.shape[0]].copy_to_device(block)
+    return out
+
+
+class _CudaOptimizerState:
+    """The state of a CPU optimizer (:class:`_SGDOptimizer` or
+    :class:`_AdamOptimizer`) on the GPU while a fit runs.
+
+    The CPU object keeps the schedule (learning rate, Adam's step count);
+    its arrays are uploaded flat when a fit starts and written back by
+    :meth:`download` when it ends, so ``partial_fit`` continues on either
+    device and the model pickles without device arrays.
+    """
+
+    def __init__(self, optimizer, dtype):
+        from fusedgrad.kernels.cuda._runtime import cuda
+
+        self.opt = optimizer
+        self.adam = isinstance(optimizer, _AdamOptimizer)
+        lists = [optimizer.ms, optimizer.vs] if self.adam else [optimizer.velocities]
+        self.host = lists
+        self.arrays = [cuda.to_device(_pack(a, dtype)) for a in lists]
+
+    def update(self, p, g, l2, weights, sq_part):
+        """One optimizer step on the flat parameters ``p`` with gradients ``g``."""
+        from fusedgrad.kernels.cuda import _train
+
+        o = self.opt
+        if self.adam:
+            o.t += 1
+            o.learning_rate = (o.learning_rate_init * math.sqrt(1 - o.beta_2**o.t)
+                               / (1 - o.beta_1**o.t))
+            m, v = self.arrays
+            _train.adam_update(p, g, m, v, o.learning_rate, o.beta_1, o.beta_2, o.epsilon, l2,
+                               weights, sq_part)
+        else:
+            _train.sgd_update(p, g, self.arrays[0], o.learning_rate, o.momentum, o.nesterov,
+                              l2, weights, sq_part)
+
+    def download(self):
+        """Write the device state back into the CPU optimizer's arrays."""
+        for lst, dev in zip(self.host, self.arrays):
+            W1, W2 = lst[0], lst[1]
+            D, H = W1.shape
+            K = W2.shape[1]
+            for dst, src in zip(lst, _unpack(dev.copy_to_host(), D, H, K)):
+                dst[...] = src
+
+
+# ---------------------------------------------------------------------------
 # Progress output (verbose=True)
 # ---------------------------------------------------------------------------
 
@@ -745,6 +865,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         dtype = _check_dtype(self.dtype)
         _check_random_state(self.random_state)
         kernels = _device_kernels(self.device)
+        if kernels.name == "cuda":
+            _check_cuda_network(hidden, self.activation)
         return hidden, dtype, kernels
 
     # --- the network ------------------------------------------------------------
@@ -954,6 +1076,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
 
     def _fit(self, X, y, incremental, classes):
         hidden, dtype, kernels = self._check_params()
+        if kernels.name == "cuda":
+            kernels.require()
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X = _feature_matrix(X, dtype)
         n_samples, n_features = X.shape
@@ -987,55 +1111,17 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         # Overflow in the optimizer's NumPy steps means divergence, which the loss
         # check reports with its cause; no RuntimeWarning on the way.
         with kernels.session(), np.errstate(over="ignore", invalid="ignore"):
-            self._fit_stochastic(kernels, X, codes, dtype, rng, incremental)
+            if kernels.name == "cuda":
+                self._fit_cuda(X, codes, dtype, rng, incremental)
+            else:
+                self._fit_stochastic(kernels, X, codes, dtype, rng, incremental)
         return self
 
     def _fit_stochastic(self, kernels, X, codes, dtype, rng, incremental):
         """scikit-learn's ``_fit_stochastic``: epochs of minibatch steps, stopping rules."""
+        (optimizer, early_stopping, train_idx, val_idx, n_samples, batch_size,
+         shuffle) = self._stochastic_setup(X.shape[0], rng, incremental)
         params = self.coefs_ + self.intercepts_
-        if not incremental or not hasattr(self, "_optimizer"):
-            if self.solver == "adam":
-                self._optimizer = _AdamOptimizer(params, self.learning_rate_init, self.beta_1,
-                                                 self.beta_2, self.epsilon)
-            else:
-                momentum = 0.0 if self.solver == "gd" else self.momentum
-                self._optimizer = _SGDOptimizer(params, self.learning_rate_init,
-                                                self.learning_rate, momentum,
-                                                self.nesterovs_momentum, self.power_t)
-        optimizer = self._optimizer
-
-        early_stopping = self.early_stopping and not incremental
-        n_samples = X.shape[0]
-        train_idx = val_idx = None
-        if early_stopping:
-            n_val = math.ceil(self.validation_fraction * n_samples)
-            if n_samples - n_val < 1:
-                raise ValueError(
-                    f"validation_fraction={self.validation_fraction} leaves no training "
-                    f"samples out of {n_samples}"
-                )
-            if n_val < 2:
-                raise ValueError(
-                    f"The validation set is too small ({n_val} of {n_samples} samples): "
-                    "increase validation_fraction or the number of samples"
-                )
-            permutation = np.arange(n_samples, dtype=_index_dtype(n_samples))
-            rng.shuffle(permutation)  # rng.permutation(n_samples), in fewer bytes
-            val_idx, train_idx = permutation[:n_val], permutation[n_val:]
-            n_samples = train_idx.shape[0]
-            if self.validation_scores_ is None:  # warm start after a fit without it
-                self.validation_scores_ = []
-                self.best_validation_score_ = -np.inf
-        elif self.best_loss_ is None:
-            self.best_loss_ = np.inf  # partial_fit after an early-stopping fit
-
-        if self.solver == "gd":
-            batch_size = n_samples
-        elif self.batch_size == "auto":
-            batch_size = min(200, n_samples)
-        else:
-            batch_size = min(self.batch_size, n_samples)
-        shuffle = self.shuffle and self.solver != "gd"
         sample_idx = np.arange(n_samples, dtype=_index_dtype(n_samples))
         progress = _Progress(self.verbose, 1 if incremental else self.max_iter, n_samples)
 
@@ -1112,7 +1198,196 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             self._best_coefs = [c.copy() for c in self.coefs_]
             self._best_intercepts = [b.copy() for b in self.intercepts_]
 
-    def _update_no_improvement_count(self, early_stopping, val_score):
+    def _fit_cuda(self, X, codes, dtype, rng, incremental):
+        """The loop of :meth:`_fit_stochastic` on the GPU (``device='cuda'``).
+
+        ``X`` (in the model's dtype), the class indices and the parameters are
+        copied to the device once per call, the parameters as one flat vector
+        ``[W1 | b1 | W2 | b2]`` with the optimizer's state beside it. Each step
+        gathers its minibatch on the device (from the epoch's row order,
+        uploaded once per epoch), runs the fused
+        :func:`~fusedgrad.kernels.cuda.mlp.loss_grad_device` and updates the
+        parameters in place by one elementwise kernel with the CPU
+        optimizers' formulas; the batch losses are summed on the device. Per
+        epoch one copy of three numbers comes back (the summed loss, a count
+        of non-finite parameters, the validation hits); the parameters and
+        the optimizer's state come back once, at the end. A divergence is
+        therefore reported at the end of its epoch.
+        """
+        from fusedgrad.kernels.cuda import _runtime as rt
+        from fusedgrad.kernels.cuda import _train
+        from fusedgrad.kernels.cuda.mlp import loss_grad_device, split_flat
+
+        cuda = rt.cuda
+        (optimizer, early_stopping, train_idx, val_idx, n_samples, batch_size,
+         shuffle) = self._stochastic_setup(X.shape[0], rng, incremental)
+        D, H = self.coefs_[0].shape
+        K = self.coefs_[1].shape[1]
+        n_params = D * H + H + H * K + K
+        weights = (D * H, D * H + H, D * H + H + H * K)
+
+        Xd = _rows_to_device(X, dtype)
+        yd = cuda.to_device(codes)
+        p = cuda.to_device(_pack(self.coefs_ + self.intercepts_, dtype))
+        W1, b1, W2, b2 = split_flat(p, D, H, K)
+        grad = cuda.device_array(n_params, dtype)
+        loss = cuda.device_array(1, np.float64)
+        sq_part = cuda.device_array(_train.update_blocks(n_params), np.float64)
+        state = _CudaOptimizerState(optimizer, dtype)
+        gather = shuffle or train_idx is not None
+        if gather:
+            Xb = cuda.device_array((batch_size, D), dtype)
+            yb = cuda.device_array(batch_size, codes.dtype)
+        rows_d = None
+        if train_idx is not None and not shuffle:
+            rows_d = cuda.to_device(train_idx)
+        best = None
+        if early_stopping:
+            n_val = val_idx.shape[0]
+            Xv = cuda.device_array((n_val, D), dtype)
+            yv = cuda.device_array(n_val, codes.dtype)
+            _train.gather_rows(Xd, yd, cuda.to_device(val_idx), Xv, yv)
+            Av = cuda.device_array((n_val, H), dtype)
+            Zv = cuda.device_array((n_val, K), dtype)
+            best = cuda.device_array(n_params, dtype)
+
+        sample_idx = np.arange(n_samples, dtype=_index_dtype(n_samples))
+        progress = _Progress(self.verbose, 1 if incremental else self.max_iter, n_samples)
+        try:
+            self.n_iter_ = 0
+            for _ in range(self.max_iter):
+                progress.start_epoch(self.n_iter_ + 1)
+                if shuffle:
+                    # the same draws as the CPU loop
+                    order = np.arange(n_samples, dtype=sample_idx.dtype)
+                    rng.shuffle(order)
+                    sample_idx = sample_idx[order]
+                    if batch_size < n_samples or train_idx is not None:
+                        rows = sample_idx if train_idx is None else train_idx[sample_idx]
+                        rows_d = cuda.to_device(rows)
+                    else:
+                        rows_d = None  # one batch of the whole epoch: order is irrelevant
+                acc = rt.zeros(3, np.float64)
+                for start in range(0, n_samples, batch_size):
+                    stop = min(start + batch_size, n_samples)
+                    m = stop - start
+                    if rows_d is not None:
+                        Xs, ys = Xb[:m], yb[:m]
+                        _train.gather_rows(Xd, yd, rows_d[start:stop], Xs, ys)
+                    else:
+                        Xs, ys = Xd[start:stop], yd[start:stop]
+                    loss_grad_device(Xs, ys, W1, b1, W2, b2, grad, loss)
+                    state.update(p, grad, self.alpha / m, weights, sq_part)
+                    _train.accumulate_loss(acc, loss, sq_part, m, self.alpha)
+                    progress.batch(stop)
+                _train.count_nonfinite(p, acc, 1)
+                if early_stopping:
+                    _train.logits(Xv, W1, b1, W2, b2, Av, Zv)
+                    _train.count_correct(Zv, yv, acc, 2)
+                total, nonfinite, hits = (float(v) for v in acc.copy_to_host())
+                if not math.isfinite(total):
+                    self._diverged(total)
+
+                self.n_iter_ += 1
+                self.loss_ = total / n_samples
+                self.t_ += n_samples
+                self.loss_curve_.append(self.loss_)
+                if nonfinite:
+                    self._diverged(float("nan"))
+
+                val_score = hits / val_idx.shape[0] if early_stopping else None
+                progress.end_epoch(self.loss_, val_score)
+                self._update_no_improvement_count(
+                    early_stopping, val_score,
+                    save_best=(lambda: _train.copy(p, best)) if early_stopping else None)
+                optimizer.iteration_ends(self.t_)
+
+                if self._no_improvement_count > self.n_iter_no_change:
+                    if early_stopping:
+                        msg = (f"Validation score did not improve more than tol={self.tol:f} "
+                               f"for {self.n_iter_no_change} consecutive epochs.")
+                    else:
+                        msg = (f"Training loss did not improve more than tol={self.tol:f} "
+                               f"for {self.n_iter_no_change} consecutive epochs.")
+                    if optimizer.trigger_stopping(msg, progress):
+                        break
+                    self._no_improvement_count = 0
+
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(
+                        f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
+                        "and the optimization hasn't converged yet.",
+                        ConvergenceWarning,
+                        stacklevel=4,
+                    )
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.", stacklevel=4)
+        finally:
+            # the parameters and the optimizer's state back to the host, once
+            params = _unpack(p.copy_to_host(), D, H, K)
+            self.coefs_, self.intercepts_ = params[:2], params[2:]
+            state.download()
+
+        if early_stopping:
+            params = _unpack(best.copy_to_host(), D, H, K)
+            self.coefs_, self.intercepts_ = params[:2], params[2:]
+            # the optimizer's state belongs to the last weights, not the best
+            self._best_coefs = [c.copy() for c in self.coefs_]
+            self._best_intercepts = [b.copy() for b in self.intercepts_]
+
+    def _stochastic_setup(self, n_samples, rng, incremental):
+        """The optimizer (kept for ``partial_fit``), the validation split drawn
+        from ``rng`` and the batch size: what both devices' loops start from."""
+        params = self.coefs_ + self.intercepts_
+        if not incremental or not hasattr(self, "_optimizer"):
+            if self.solver == "adam":
+                self._optimizer = _AdamOptimizer(params, self.learning_rate_init, self.beta_1,
+                                                 self.beta_2, self.epsilon)
+            else:
+                momentum = 0.0 if self.solver == "gd" else self.momentum
+                self._optimizer = _SGDOptimizer(params, self.learning_rate_init,
+                                                self.learning_rate, momentum,
+                                                self.nesterovs_momentum, self.power_t)
+        optimizer = self._optimizer
+
+        early_stopping = self.early_stopping and not incremental
+        train_idx = val_idx = None
+        if early_stopping:
+            n_val = math.ceil(self.validation_fraction * n_samples)
+            if n_samples - n_val < 1:
+                raise ValueError(
+                    f"validation_fraction={self.validation_fraction} leaves no training "
+                    f"samples out of {n_samples}"
+                )
+            if n_val < 2:
+                raise ValueError(
+                    f"The validation set is too small ({n_val} of {n_samples} samples): "
+                    "increase validation_fraction or the number of samples"
+                )
+            permutation = np.arange(n_samples, dtype=_index_dtype(n_samples))
+            rng.shuffle(permutation)  # rng.permutation(n_samples), in fewer bytes
+            val_idx, train_idx = permutation[:n_val], permutation[n_val:]
+            n_samples = train_idx.shape[0]
+            if self.validation_scores_ is None:  # warm start after a fit without it
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+        elif self.best_loss_ is None:
+            self.best_loss_ = np.inf  # partial_fit after an early-stopping fit
+
+        if self.solver == "gd":
+            batch_size = n_samples
+        elif self.batch_size == "auto":
+            batch_size = min(200, n_samples)
+        else:
+            batch_size = min(self.batch_size, n_samples)
+        shuffle = self.shuffle and self.solver != "gd"
+        return optimizer, early_stopping, train_idx, val_idx, n_samples, batch_size, shuffle
+
+    def _update_no_improvement_count(self, early_stopping, val_score, save_best=None):
+        """scikit-learn's stopping counters; ``save_best()`` keeps the weights of a
+        new best validation score (default: copies of ``coefs_``, ``intercepts_``)."""
         if early_stopping:
             self.validation_scores_.append(val_score)
             if val_score < self.best_validation_score_ + self.tol:
@@ -1121,8 +1396,11 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                 self._no_improvement_count = 0
             if val_score > self.best_validation_score_:
                 self.best_validation_score_ = val_score
-                self._best_coefs = [c.copy() for c in self.coefs_]
-                self._best_intercepts = [b.copy() for b in self.intercepts_]
+                if save_best is not None:
+                    save_best()
+                else:
+                    self._best_coefs = [c.copy() for c in self.coefs_]
+                    self._best_intercepts = [b.copy() for b in self.intercepts_]
         else:
             if self.loss_curve_[-1] > self.best_loss_ - self.tol:
                 self._no_improvement_count += 1
@@ -1144,6 +1422,13 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         """``X`` checked against the fitted model; the fitted dtype and the kernels."""
         self._check_is_fitted()
         kernels = _device_kernels(self.device)
+        if kernels.name == "cuda":
+            _check_cuda_network(self._hidden_sizes(), self.activation)
+            if len(self.coefs_) != 2:
+                raise ValueError(
+                    f"the fitted network has {len(self.coefs_) - 1} hidden layers: device='cuda' "
+                    "predicts with one hidden layer only; use device='cpu'")
+            kernels.require()
         dtype = self.coefs_[0].dtype
         X = _feature_matrix(X, dtype)
         if X.shape[1] != self.n_features_in_:
@@ -1153,6 +1438,41 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             )
         _check_finite(X, dtype)
         return X, dtype, kernels
+
+    def _cuda_predict(self, X, dtype, what):
+        """``what`` of the rows of ``X`` on the GPU: 'proba', 'logits' or 'codes'
+        (class indices), a block of :data:`_CUDA_BLOCK_ROWS` rows at a time;
+        the weights are copied to the device once, the results back per block."""
+        from fusedgrad.kernels.cuda import _runtime as rt
+        from fusedgrad.kernels.cuda import _train
+
+        cuda = rt.cuda
+        N = X.shape[0]
+        (W1, W2), (b1, b2) = self.coefs_, self.intercepts_
+        H, K = W2.shape
+        W1, b1, W2, b2 = (cuda.to_device(np.ascontiguousarray(a, dtype=dtype))
+                          for a in (W1, b1, W2, b2))
+        rows = min(N, _CUDA_BLOCK_ROWS)
+        A = cuda.device_array((rows, H), dtype)
+        Z = cuda.device_array((rows, K), dtype)
+        if what == "codes":
+            out = np.empty(N, np.intp)
+            codes = cuda.device_array(rows, np.intp)
+        else:
+            out = np.empty((N, K), dtype)
+        for s in range(0, N, _CUDA_BLOCK_ROWS):
+            e = min(N, s + _CUDA_BLOCK_ROWS)
+            m = e - s
+            Xd = _rows_to_device(X[s:e], dtype)
+            _train.logits(Xd, W1, b1, W2, b2, A[:m], Z[:m])
+            if what == "codes":
+                _train.argmax_rows(Z[:m], codes[:m])
+                out[s:e] = codes[:m].copy_to_host()
+            else:
+                if what == "proba":
+                    _train.softmax_rows(Z[:m])
+                out[s:e] = Z[:m].copy_to_host()
+        return out
 
     def _blocks(self, n):
         return [slice(s, min(s + _BLOCK_ROWS, n)) for s in range(0, n, _BLOCK_ROWS)]
@@ -1170,6 +1490,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             Columns in the order of ``classes_``, in the model's dtype.
         """
         X, dtype, kernels = self._prediction_input(X)
+        if kernels.name == "cuda":
+            return self._cuda_predict(X, dtype, "proba")
         out = np.empty((X.shape[0], self.n_outputs_), dtype)
         with kernels.session():
             for block in self._blocks(X.shape[0]):
@@ -1193,7 +1515,10 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         out = np.empty((X.shape[0], self.n_outputs_), dtype)
         with kernels.session():
             for block in self._blocks(X.shape[0]):
-                Z = self._forward(kernels, _rows(X, block, dtype), "identity")
+                if kernels.name == "cuda":  # logits on the GPU, log-softmax here
+                    Z = self._cuda_predict(X[block], dtype, "logits")
+                else:
+                    Z = self._forward(kernels, _rows(X, block, dtype), "identity")
                 Z -= Z.max(axis=1, keepdims=True)
                 Z -= np.log(np.exp(Z).sum(axis=1, keepdims=True))
                 out[block] = Z
@@ -1212,6 +1537,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             Labels from ``classes_``.
         """
         X, dtype, kernels = self._prediction_input(X)
+        if kernels.name == "cuda":
+            return self.classes_[self._cuda_predict(X, dtype, "codes")]
         codes = np.empty(X.shape[0], np.intp)
         with kernels.session():
             for block in self._blocks(X.shape[0]):

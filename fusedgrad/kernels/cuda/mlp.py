@@ -15,7 +15,7 @@ from fusedgrad.kernels.cuda._runtime import cuda, jit
 from fusedgrad.kernels.cuda.affine import column_sums
 from fusedgrad.kernels.cuda.softmax import softmax_ce_device
 
-__all__ = ["mlp_loss_grad", "plan_fused"]
+__all__ = ["mlp_loss_grad", "plan_fused", "loss_grad_device", "split_flat"]
 
 
 # ---------------------------------------------------------------------------
@@ -412,22 +412,51 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, check_finite=True, _path=None):
     N, D = Xd.shape
     H, K = W2d.shape
     dtype = inp.dtype
+    if _path not in (None, "fused", "layered"):
+        raise ValueError(f"_path must be 'fused' or 'layered', got {_path!r}")
+    if _path == "fused" and plan_fused(D, H, K, dtype.itemsize) is None:
+        raise ValueError(f"the fused path does not fit layers of {D} x {H} x {K}")
     flat = rt.empty(D * H + H + H * K + K, dtype)
-    dW1 = flat[: D * H].reshape(D, H)
-    db1 = flat[D * H: D * H + H]
-    dW2 = flat[D * H + H: D * H + H + H * K].reshape(H, K)
-    db2 = flat[D * H + H + H * K:]
     loss = cuda.device_array(1, np.float64)
+    loss_grad_device(Xd, inp.labels, W1d, b1d, W2d, b2d, flat, loss, _path=_path)
+    dW1, db1, dW2, db2 = split_flat(flat, D, H, K)
+    return (rt.loss_value(loss, dtype), inp.result(dW1), inp.result(db1), inp.result(dW2),
+            inp.result(db2))
+
+
+def split_flat(flat, D, H, K):
+    """Views ``W1 (D, H), b1 (H,), W2 (H, K), b2 (K,)`` of a flat vector laid
+    out as ``[W1 | b1 | W2 | b2]`` (the layout of the gradients here)."""
+    return (flat[: D * H].reshape(D, H), flat[D * H: D * H + H],
+            flat[D * H + H: D * H + H + H * K].reshape(H, K), flat[D * H + H + H * K:])
+
+
+def loss_grad_device(Xd, yd, W1d, b1d, W2d, b2d, flat, loss, *, _path=None):
+    """:func:`mlp_loss_grad` on prepared device arrays, without any check or copy.
+
+    For callers that validated their data once and call many times (the
+    models' training loops): nothing is copied to the host and nothing
+    synchronises. ``yd`` must hold labels in ``[0, n_classes)``.
+
+    Parameters
+    ----------
+    Xd, yd, W1d, b1d, W2d, b2d : device arrays
+        As :func:`mlp_loss_grad` takes them; C-contiguous rows (a slice of
+        consecutive rows of a C-contiguous array is fine).
+    flat : device array, shape (D*H + H + H*K + K,), X's dtype
+        Receives the gradients laid out as ``[dW1 | db1 | dW2 | db2]``
+        (see :func:`split_flat`).
+    loss : device array, shape (1,), float64
+        Receives the mean cross-entropy.
+    """
+    N, D = Xd.shape
+    H, K = W2d.shape
+    dtype = np.dtype(Xd.dtype)
     plan = plan_fused(D, H, K, dtype.itemsize)
     path = _path or ("fused" if plan is not None else "layered")
     if path == "fused":
-        if plan is None:
-            raise ValueError(f"the fused path does not fit layers of {D} x {H} x {K}")
-        _fused(Xd, inp.labels, W1d, b1d, W2d, b2d, flat, loss, plan)
-    elif path == "layered":
-        chunk_rows = max(1, opt.CUDA_CHUNK_BYTES // ((H + K) * dtype.itemsize))
-        _layered(Xd, inp.labels, W1d, b1d, W2d, b2d, dW1, db1, dW2, db2, loss, chunk_rows)
+        _fused(Xd, yd, W1d, b1d, W2d, b2d, flat, loss, plan)
     else:
-        raise ValueError(f"_path must be 'fused' or 'layered', got {_path!r}")
-    return (rt.loss_value(loss, dtype), inp.result(dW1), inp.result(db1), inp.result(dW2),
-            inp.result(db2))
+        dW1, db1, dW2, db2 = split_flat(flat, D, H, K)
+        chunk_rows = max(1, opt.CUDA_CHUNK_BYTES // ((H + K) * dtype.itemsize))
+        _layered(Xd, yd, W1d, b1d, W2d, b2d, dW1, db1, dW2, db2, loss, chunk_rows)

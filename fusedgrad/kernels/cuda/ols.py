@@ -12,7 +12,7 @@ from fusedgrad.kernels.cuda import _runtime as rt
 from fusedgrad.kernels.cuda._device import helpers
 from fusedgrad.kernels.cuda._runtime import cuda, jit
 
-__all__ = ["ols_loss_grad", "gram"]
+__all__ = ["ols_loss_grad", "gram", "loss_grad_device"]
 
 
 def _pow2_floor(n):
@@ -180,12 +180,23 @@ def ols_loss_grad(X, y, w, *, check_finite=True):
         check_finite,
     )
     Xd, yd, wd = inp.arrays
+    grad = rt.empty(Xd.shape[1], inp.dtype)
+    loss = cuda.device_array(1, np.float64)
+    loss_grad_device(Xd, yd, wd, grad, loss)
+    return rt.loss_value(loss, inp.dtype), inp.result(grad)
+
+
+def loss_grad_device(Xd, yd, wd, grad, loss):
+    """:func:`ols_loss_grad` on prepared device arrays, without any check or copy.
+
+    ``grad`` (n_features,) receives the gradient and ``loss`` (1,), float64,
+    the loss; nothing is copied to the host and nothing synchronises (for the
+    training loop of ``LinearRegression(device='cuda')``).
+    """
     N, d = Xd.shape
-    dtype = inp.dtype
+    dtype = np.dtype(Xd.dtype)
     tpb = opt.CUDA_TPB
     shuffle = rt.use_shuffle()
-    grad = rt.empty(d, dtype)
-    loss = cuda.device_array(1, np.float64)
     R = _plan(d, dtype.itemsize, tpb)
     if R:
         blocks = rt.grid_size(-(-N // R))
@@ -203,7 +214,6 @@ def ols_loss_grad(X, y, w, *, check_finite=True):
         _residual_kernel(dtype, tpb, shuffle)[blocks, tpb](Xw, yd, rn, inv_n, loss_part)
         _gemm.matmul(Xd, rn, grad.reshape(d, 1), ta=True)
     rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 0.5 / N)
-    return rt.loss_value(loss, dtype), inp.result(grad)
 
 
 def gram(X, y, *, check_finite=True):
