@@ -131,8 +131,22 @@ class LinearRegression(RegressorMixin, BaseModel):
     dtype : None, 'float32' or 'float64', default None
         Compute dtype. ``None`` keeps float32 and float64 input as it is and
         converts other numbers to float64.
-    device : 'cpu', default 'cpu'
-        Only ``'cpu'`` is implemented.
+    device : {'cpu', 'cuda'}, default 'cpu'
+        Where ``fit`` runs. ``'cuda'`` (needs numba-cuda and a CUDA GPU,
+        see :mod:`fusedgrad.kernels.cuda`; ``fit`` raises a RuntimeError
+        without one) copies ``X`` and ``y`` to the GPU once per fit and, with
+        ``fit_intercept``, centres the device copies in place (column means
+        in float64, then a shift by the means in X's dtype; no augmented
+        column). ``'normal'``: the Gram matrix is formed on the GPU
+        (:func:`fusedgrad.kernels.cuda.gram`) and the small ``(d, d)``
+        solve runs on the host, as on the CPU. ``'gd'``: ``w`` stays on the
+        GPU; each iteration is one fused pass
+        (:func:`fusedgrad.kernels.cuda.ols_loss_grad`) and an update kernel,
+        and copies two numbers back (the loss and the gradient's norm).
+        ``'auto'`` is ``'normal'`` there (no QR on the GPU: an ill-conditioned
+        problem gets ``'normal'``'s warnings instead of the QR fallback),
+        and ``'qr'`` raises a ValueError. ``n_iter_`` of ``'normal'`` is 1
+        (the centring pass is not counted). ``predict`` runs on the host.
 
     Attributes
     ----------
@@ -193,9 +207,12 @@ class LinearRegression(RegressorMixin, BaseModel):
         if not _is_real(self.tol) or not self.tol >= 0 or not math.isfinite(self.tol):
             raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
         _resolve_dtype("dtype", self.dtype)
-        if self.device != "cpu":
+        if not isinstance(self.device, str) or self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.device == "cuda" and self.solver == "qr":
             raise ValueError(
-                f"device must be 'cpu' (LinearRegression has no GPU solver), got {self.device!r}"
+                "solver='qr' has no GPU implementation: with device='cuda' use solver='normal', "
+                "'auto' or 'gd', or use device='cpu'"
             )
 
     # --- fit ----------------------------------------------------------------------
@@ -219,7 +236,9 @@ class LinearRegression(RegressorMixin, BaseModel):
         y = check_target(y, X.shape[0], X.dtype)
         eps = float(np.finfo(X.dtype).eps)
         result = {"cond_": None}
-        if self.solver == "gd":
+        if self.device == "cuda":
+            coef, intercept = self._fit_cuda(X, y, eps, result)
+        elif self.solver == "gd":
             coef, intercept = self._fit_gd(X, y, result)
             result["solver_"], result["rank_"] = "gd", X.shape[1]
         else:
@@ -248,8 +267,9 @@ class LinearRegression(RegressorMixin, BaseModel):
             setattr(self, name, value)
         return self
 
-    def _solve_gram(self, n, mean, scatter, eps, result):
-        """Normal equations from ``centered_gram``'s output; ``None`` when 'auto' must use QR."""
+    def _solve_gram(self, n, mean, scatter, eps, result, qr_fallback=True):
+        """Normal equations from ``centered_gram``'s output; ``None`` when 'auto' must use QR
+        (never without ``qr_fallback``: then 'auto' is solved as 'normal')."""
         d = scatter.shape[0] - 1
         G = scatter if self.fit_intercept else scatter + n * np.outer(mean, mean)
         A, b = G[:d, :d], G[:d, d]
@@ -260,13 +280,14 @@ class LinearRegression(RegressorMixin, BaseModel):
         if cond * math.sqrt(eps) < 1.0:
             coef = scale * scipy.linalg.cho_solve(factor, scale * b, check_finite=False)
             result["rank_"] = d
-        elif self.solver == "auto":
+        elif self.solver == "auto" and qr_fallback:
             return None
         elif cond * d * eps < 1.0:
             warnings.warn(
                 f"solver='normal': X^T X is ill-conditioned (estimated condition number "
                 f"{cond:.2e} after scaling): the normal equations may have lost about "
-                f"{math.log10(cond):.0f} digits; solver='qr' or 'auto' is accurate",
+                f"{math.log10(cond):.0f} digits; solver='qr' or 'auto' is accurate"
+                + (" (with device='cpu')" if self.device == "cuda" else ""),
                 IllConditionedWarning,
                 stacklevel=3,
             )
@@ -283,7 +304,8 @@ class LinearRegression(RegressorMixin, BaseModel):
             warnings.warn(
                 f"solver='normal': X^T X is numerically singular (rank {rank} of {d} after "
                 "scaling); returning the minimum-norm solution of the normal equations, "
-                "accurate only to about sqrt(eps); solver='qr' or 'auto' is accurate",
+                "accurate only to about sqrt(eps); solver='qr' or 'auto' is accurate"
+                + (" (with device='cpu')" if self.device == "cuda" else ""),
                 RankDeficientWarning,
                 stacklevel=3,
             )
@@ -387,6 +409,98 @@ class LinearRegression(RegressorMixin, BaseModel):
         result["loss_curve_"] = curve
         intercept = mean_y - mean_x @ w.astype(np.float64) if self.fit_intercept else 0.0
         return w, intercept
+
+    def _fit_cuda(self, X, y, eps, result):
+        """Every solver of ``device='cuda'``; ``X`` and ``y`` are copied to the GPU once.
+
+        With ``fit_intercept`` the device copies are centred in place by a
+        kernel (column means in float64, one pass, then a shift by the means
+        rounded to X's dtype), so the products see the spread of ``X``, not
+        its offset, and no augmented column is formed. ``'normal'`` and
+        ``'auto'``: :func:`fusedgrad.kernels.cuda.gram` of the centred data,
+        copied back once, and the ``(d, d)`` solve on the host as on the CPU.
+        ``'gd'``: per iteration the fused
+        :func:`~fusedgrad.kernels.cuda.ols.loss_grad_device` and one kernel
+        that updates ``w`` on the device and returns the loss and the
+        gradient's squared norm (two numbers copied back per iteration, for
+        ``loss_curve_`` and the stopping rule).
+        """
+        from fusedgrad.kernels.cuda import _runtime as rt
+        from fusedgrad.kernels.cuda import _train
+        from fusedgrad.kernels.cuda import gram
+        from fusedgrad.kernels.cuda.ols import loss_grad_device
+
+        rt.require()
+        cuda = rt.cuda
+        N, d = X.shape
+        dt = X.dtype.type
+        Xd = cuda.to_device(X)
+        yd = cuda.to_device(y)
+        if self.fit_intercept:
+            mean_d = cuda.device_array(d + 1, np.float64)
+            _train.column_means(Xd, yd, mean_d)
+            _train.center(Xd, yd, mean_d)
+            mean = mean_d.copy_to_host()
+        else:
+            mean = np.zeros(d + 1)
+        scatter = None
+        if self.solver != "gd" or isinstance(self.learning_rate, str):
+            XtX, Xty = gram(Xd, yd, check_finite=False)
+            scatter = np.zeros((d + 1, d + 1))
+            scatter[:d, :d] = XtX.copy_to_host()
+            scatter[:d, d] = scatter[d, :d] = Xty.copy_to_host()
+        if self.solver != "gd":
+            coef, intercept = self._solve_gram(N, mean, scatter, eps, result, qr_fallback=False)
+            result["solver_"], result["n_iter_"] = "normal", 1
+            return coef, intercept
+
+        if isinstance(self.learning_rate, str):
+            lam = scipy.linalg.eigvalsh(scatter[:d, :d] / N, subset_by_index=[d - 1, d - 1],
+                                        check_finite=False)[0]
+            step = 1.0 / lam if lam > 0 else 1.0
+        else:
+            step = float(self.learning_rate)
+        w = rt.zeros(d, X.dtype)
+        w_next = cuda.device_array(d, X.dtype)
+        grad = cuda.device_array(d, X.dtype)
+        loss = cuda.device_array(1, np.float64)
+        stats = cuda.device_array(2, np.float64)
+        curve = []
+        g0 = None
+        converged = False
+        for _ in range(self.max_iter):
+            loss_grad_device(Xd, yd, w, grad, loss)
+            _train.gd_step(w, grad, step, w_next, loss, stats)
+            loss_value, sq_norm = stats.copy_to_host()
+            loss_value = float(dt(loss_value))
+            gnorm = math.sqrt(sq_norm) if sq_norm >= 0 else math.nan
+            if not math.isfinite(loss_value) or not math.isfinite(gnorm):
+                raise ValueError(
+                    f"gradient descent diverged at iteration {len(curve) + 1} (loss "
+                    f"{loss_value}): learning_rate={self.learning_rate!r} is too large; "
+                    "use learning_rate='auto' or a smaller step"
+                )
+            curve.append(loss_value)
+            if g0 is None:
+                g0 = gnorm
+            if gnorm <= self.tol * g0:
+                converged = True
+                break
+            w, w_next = w_next, w
+        if not converged:
+            warnings.warn(
+                f"gradient descent stopped at max_iter={self.max_iter} with the gradient norm at "
+                f"{gnorm / g0:.2e} of its start (tol={self.tol}); raise max_iter or use "
+                "solver='auto'",
+                _sk(ConvergenceWarning),
+                stacklevel=3,
+            )
+        result["n_iter_"] = len(curve)
+        result["loss_curve_"] = curve
+        result["solver_"], result["rank_"] = "gd", d
+        coef = w.copy_to_host()
+        intercept = mean[d] - mean[:d] @ coef.astype(np.float64) if self.fit_intercept else 0.0
+        return coef, intercept
 
     # --- predict ----------------------------------------------------------------
 
