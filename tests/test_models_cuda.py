@@ -1,0 +1,202 @@
+"""The models on ``device='cuda'`` against the same models on ``device='cpu'``.
+
+In CI these run under numba's CUDA simulator (``tests/conftest.py``) with the
+tiny blocks of ``tests/test_cuda.py`` (its ``small_blocks`` fixture), so that
+a dozen rows span several blocks. The CPU models are the reference: with the
+same ``random_state`` both devices start from the same weights and take the
+same minibatches, so the weights, ``loss_curve_`` and the predictions must
+agree to rounding (the GPU sums in another order).
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from fusedgrad.kernels.cuda import _runtime as rt
+from fusedgrad.models import LinearRegression, MLPClassifier
+from test_cuda import small_blocks  # noqa: F401  (autouse: tiny blocks, poisoned outputs)
+
+pytestmark = pytest.mark.skipif(rt.cuda is None, reason="numba-cuda is not installed")
+
+TOL = dict(float32=dict(rtol=2e-5, atol=2e-6), float64=dict(rtol=1e-10, atol=1e-12))
+
+
+def blobs(n, d, k, seed):
+    rng = np.random.RandomState(seed)
+    centers = 2.0 * rng.randn(k, d)
+    y = rng.randint(0, k, n)
+    return (centers[y] + rng.randn(n, d)).astype(np.float32), y
+
+
+def fit_both(make, *args, method="fit", **kwargs):
+    models = []
+    for device in ("cpu", "cuda"):
+        model = make(device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            getattr(model, method)(*args, **kwargs)
+        models.append(model)
+    return models
+
+
+def assert_same_mlp(cpu, gpu, dtype="float32"):
+    tol = TOL[dtype]
+    for a, b in zip(cpu.coefs_ + cpu.intercepts_, gpu.coefs_ + gpu.intercepts_):
+        assert isinstance(b, np.ndarray) and b.dtype == a.dtype
+        np.testing.assert_allclose(b, a, **tol)
+    np.testing.assert_allclose(gpu.loss_curve_, cpu.loss_curve_, **tol)
+    assert gpu.n_iter_ == cpu.n_iter_ and gpu.t_ == cpu.t_
+
+
+X_MLP, Y_MLP = blobs(20, 3, 3, seed=0)
+
+MLP_CONFIGS = {
+    "sgd-nesterov-l2": dict(solver="sgd", alpha=0.05, learning_rate_init=0.2),
+    "sgd-momentum-invscaling": dict(solver="sgd", nesterovs_momentum=False,
+                                    learning_rate="invscaling", learning_rate_init=0.5),
+    "sgd-no-momentum": dict(solver="sgd", momentum=0.0, learning_rate_init=0.3),
+    "adam-l2": dict(solver="adam", alpha=0.1, learning_rate_init=0.05),
+    "gd": dict(solver="gd", learning_rate_init=0.5, alpha=0.01),
+    "adam-early-stopping": dict(solver="adam", early_stopping=True, validation_fraction=0.3,
+                                learning_rate_init=0.05),
+    "sgd-float64": dict(solver="sgd", dtype="float64", learning_rate_init=0.2),
+}
+
+
+@pytest.mark.parametrize("name", list(MLP_CONFIGS))
+def test_mlp_fit_matches_cpu(name):
+    config = MLP_CONFIGS[name]
+    cpu, gpu = fit_both(
+        lambda device: MLPClassifier(hidden_layer_sizes=(3,), max_iter=2, batch_size=8,
+                                     random_state=1, device=device, **config),
+        X_MLP, Y_MLP)
+    assert_same_mlp(cpu, gpu, config.get("dtype", "float32"))
+    if config.get("early_stopping"):
+        assert gpu.validation_scores_ == cpu.validation_scores_
+        assert gpu.best_validation_score_ == cpu.best_validation_score_
+
+
+def test_mlp_partial_fit_and_prediction_match_cpu():
+    labels = np.array(["a", "b", "c"])
+    y = labels[Y_MLP]
+
+    def make(device):
+        return MLPClassifier(hidden_layer_sizes=(4,), solver="adam", batch_size=10,
+                             learning_rate_init=0.1, random_state=3, device=device)
+
+    cpu, gpu = fit_both(make, X_MLP[:10], y[:10], method="partial_fit", classes=labels)
+    for model in (cpu, gpu):
+        model.partial_fit(X_MLP[10:], y[10:])  # the optimizer's state carries over
+    assert_same_mlp(cpu, gpu)
+    X_new = X_MLP[::-1] + 0.5
+    np.testing.assert_allclose(gpu.predict_proba(X_new), cpu.predict_proba(X_new), **TOL["float32"])
+    np.testing.assert_allclose(gpu.predict_log_proba(X_new), cpu.predict_log_proba(X_new),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(gpu.predict(X_new), cpu.predict(X_new))
+    assert gpu.score(X_MLP, y) == cpu.score(X_MLP, y)
+    assert gpu.predict_proba(X_new).dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "params,name",
+    [
+        (dict(activation="tanh"), "activation"),
+        (dict(activation="relu"), "activation"),
+        (dict(hidden_layer_sizes=(3, 2)), "hidden_layer_sizes"),
+    ],
+)
+def test_mlp_unsupported_configurations_raise(params, name):
+    model = MLPClassifier(device="cuda", max_iter=1, **params)
+    with pytest.raises(ValueError, match=name + r".*device='cuda'"):
+        model.fit(X_MLP, Y_MLP)
+    # a network fitted on the CPU cannot be moved to the GPU for prediction either
+    cpu = MLPClassifier(max_iter=1, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cpu.fit(X_MLP, Y_MLP)
+    with pytest.raises(ValueError, match=name):
+        cpu.set_params(device="cuda").predict(X_MLP)
+
+
+def test_linear_qr_on_cuda_raises():
+    X, y = X_MLP, X_MLP @ np.array([1.0, -1.0, 2.0], np.float32)
+    with pytest.raises(ValueError, match="solver='qr'.*device='cuda'"):
+        LinearRegression(solver="qr", device="cuda").fit(X, y)
+
+
+def test_without_a_gpu_fit_raises(monkeypatch):
+    monkeypatch.setattr(rt, "_unavailable_reason", lambda: "no CUDA GPU or driver was found")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        MLPClassifier(device="cuda", max_iter=1).fit(X_MLP, Y_MLP)
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        LinearRegression(device="cuda").fit(X_MLP, X_MLP[:, 0])
+
+
+def count_copies(monkeypatch):
+    """Record the size of every device-to-host copy."""
+    sizes = []
+    cls = type(rt.cuda.device_array(1, np.float32))
+    original = cls.copy_to_host
+
+    def counting(self, *args, **kwargs):
+        sizes.append(int(np.prod(self.shape)))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "copy_to_host", counting)
+    return sizes
+
+
+def test_mlp_fit_copies_no_parameters_per_step(monkeypatch):
+    sizes = count_copies(monkeypatch)
+    counts = []
+    for batch_size in (20, 5):  # 1 and 4 steps per epoch
+        del sizes[:]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            MLPClassifier(hidden_layer_sizes=(3,), solver="sgd", batch_size=batch_size,
+                          max_iter=2, random_state=0, device="cuda").fit(X_MLP, Y_MLP)
+        n_params = 3 * 3 + 3 + 3 * 3 + 3
+        # per epoch: the 3 numbers of the loss and checks; once: parameters and velocity
+        assert sorted(sizes) == [3, 3, n_params, n_params], sizes
+        counts.append(len(sizes))
+    assert counts[0] == counts[1]
+
+
+X_LIN = (np.random.RandomState(5).randn(24, 3) + 4.0).astype(np.float32)
+Y_LIN = (X_LIN @ np.array([1.0, -2.0, 0.5]) + 3.0
+         + 0.1 * np.random.RandomState(6).randn(24)).astype(np.float32)
+
+LINEAR_CONFIGS = {
+    "normal": dict(solver="normal"),
+    "auto": dict(solver="auto"),
+    "normal-no-intercept": dict(solver="normal", fit_intercept=False),
+    "gd-auto-step": dict(solver="gd", max_iter=3),
+    "gd-fixed-step-no-intercept": dict(solver="gd", max_iter=3, learning_rate=0.01,
+                                       fit_intercept=False),
+}
+
+
+@pytest.mark.parametrize("name", list(LINEAR_CONFIGS))
+def test_linear_fit_matches_cpu(name):
+    config = LINEAR_CONFIGS[name]
+    cpu, gpu = fit_both(lambda device: LinearRegression(device=device, **config), X_LIN, Y_LIN)
+    assert gpu.coef_.dtype == np.float32 and isinstance(gpu.coef_, np.ndarray)
+    np.testing.assert_allclose(gpu.coef_, cpu.coef_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gpu.intercept_, cpu.intercept_, rtol=1e-4, atol=1e-4)
+    assert (gpu.solver_, gpu.n_iter_, gpu.rank_) == (cpu.solver_, cpu.n_iter_, cpu.rank_)
+    if config["solver"] == "gd":
+        np.testing.assert_allclose(gpu.loss_curve_, cpu.loss_curve_, rtol=1e-5)
+    else:
+        np.testing.assert_allclose(gpu.cond_, cpu.cond_, rtol=1e-3)
+    np.testing.assert_allclose(gpu.predict(X_LIN), cpu.predict(X_LIN), rtol=1e-4, atol=1e-4)
+
+
+def test_linear_gd_copies_two_numbers_per_iteration(monkeypatch):
+    sizes = count_copies(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = LinearRegression(solver="gd", max_iter=3, device="cuda").fit(X_LIN, Y_LIN)
+    # means (d + 1), Gram matrix and X^T y for the step size, 2 per iteration, w at the end
+    d = X_LIN.shape[1]
+    assert sorted(sizes) == sorted([d + 1, d * d, d] + [2] * model.n_iter_ + [d]), sizes
