@@ -168,7 +168,9 @@ def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle):
                     else:
                         gv[jj] = zero
                 for rr in range(MR):
-                    xk = Xs[ti + NI * rr, k]
+                    # rows past the tile's end hold no data (never stored below)
+                    r = ti + NI * rr
+                    xk = Xs[r, k] if r < rows else zero
                     for jj in range(MJ):
                         zt[rr * MJ + jj] += xk * gv[jj]
             for rr in range(MR):
