@@ -37,7 +37,10 @@ What it does:
   repeats: ``mlp_loss_grad`` against a PyTorch float32 step (forward, loss,
   backward of W1, b1, W2, b2; TF32 off) on the same GPU at the issue's four
   shapes, and the row-wise/elementwise kernels' achieved GB/s against a
-  measured device-to-device copy.
+  measured device-to-device copy;
+* **models**: wall-clock ``fit`` of ``MLPClassifier(device='cuda')`` and
+  ``LinearRegression(device='cuda')`` against the same models on
+  ``device='cpu'`` at a few shapes (``--no-models`` skips them).
 
 Other modes:
 
@@ -576,6 +579,79 @@ def environment():
     return info
 
 
+# ---------------------------------------------------------------------------
+# The models: fit on device='cuda' against device='cpu'
+# ---------------------------------------------------------------------------
+
+#: (label, N, d, h, K, MLPClassifier parameters) of the timed model fits: one
+#: epoch each, so a fit is one pass of minibatch steps over the data.
+MODEL_MLP = [
+    ("sgd batch 200", 262144, 64, 128, 10, dict(solver="sgd", batch_size=200)),
+    ("adam batch 1024", 65536, 784, 256, 10, dict(solver="adam", batch_size=1024)),
+    ("gd (full batch)", 1048576, 16, 32, 4, dict(solver="gd")),
+]
+
+#: (label, N, d, LinearRegression parameters) of the timed linear fits.
+MODEL_LINEAR = [
+    ("normal", 4194304, 16, dict(solver="normal")),
+    ("normal", 1048576, 128, dict(solver="normal")),
+    ("gd 50 iterations", 1048576, 128, dict(solver="gd", max_iter=50, tol=0.0)),
+]
+
+
+def run_model_timings(smoke, quick):
+    """Wall-clock seconds of ``fit`` of both models on ``device='cuda'`` and
+    ``'cpu'`` (median of the repeats after one warm-up fit on the device, which
+    compiles). A cuda fit returns after its final copy of the parameters to
+    the host, so the wall clock covers all its GPU work, including copying
+    ``X`` to the GPU."""
+    import warnings
+
+    from fusedgrad.models import LinearRegression, MLPClassifier
+
+    reps = 1 if smoke else (2 if quick else 3)
+    rng = np.random.default_rng(0)
+    mlp = MODEL_MLP if not smoke else [(lab, 40, 3, 4, 2, p) for lab, *_, p in MODEL_MLP]
+    linear = MODEL_LINEAR if not smoke else [(lab, 40, 3, dict(p, max_iter=3) if "max_iter" in p
+                                              else p) for lab, _, _, p in MODEL_LINEAR]
+
+    def timed(make, X, y):
+        times = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            make().fit(X, y)  # warm-up: compiles the kernels of this shape
+            for _ in range(reps):
+                t = time.perf_counter()
+                make().fit(X, y)
+                times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    rows = []
+    for label, N, d, h, K, params in mlp:
+        X = rng.standard_normal((N, d), dtype=np.float32)
+        y = rng.integers(0, K, N)
+        row = dict(model="MLPClassifier", config=label, shape=[N, d, h, K])
+        for device in ("cuda", "cpu"):
+            row[f"{device}_s"] = timed(
+                lambda: MLPClassifier(hidden_layer_sizes=(h,), max_iter=1, random_state=0,
+                                      learning_rate_init=0.01, device=device, **params), X, y)
+        row["cpu_over_cuda"] = row["cpu_s"] / row["cuda_s"]
+        log(f"  MLPClassifier {label} {N}x{d}x{h}x{K}: cuda {row['cuda_s']:.3f} s, "
+            f"cpu {row['cpu_s']:.3f} s")
+        rows.append(row)
+    for label, N, d, params in linear:
+        X = rng.standard_normal((N, d), dtype=np.float32)
+        y = (X @ rng.standard_normal(d, dtype=np.float32) + np.float32(1.0))
+        row = dict(model="LinearRegression", config=label, shape=[N, d])
+        for device in ("cuda", "cpu"):
+            row[f"{device}_s"] = timed(lambda: LinearRegression(device=device, **params), X, y)
+        row["cpu_over_cuda"] = row["cpu_s"] / row["cuda_s"]
+        log(f"  LinearRegression {label} {N}x{d}: cuda {row['cuda_s']:.3f} s, "
+            f"cpu {row['cpu_s']:.3f} s")
+        rows.append(row)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="simulator, tiny shapes, no torch")
@@ -583,6 +659,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--no-checks", action="store_true")
     parser.add_argument("--no-timings", action="store_true")
+    parser.add_argument("--no-models", action="store_true",
+                        help="skip the model fits (device='cuda' against 'cpu')")
     parser.add_argument("--commit", default=os.environ.get("FUSEDGRAD_COMMIT", "unknown"))
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json)")
     args = parser.parse_args(argv)
@@ -612,6 +690,10 @@ def main(argv=None):
             log("timings (CUDA events, medians):")
             result["timings"] = run_timings(args.smoke, args.quick)
             print_tables(result["timings"])
+        if not args.no_models:
+            log("model fits (wall clock, medians):")
+            result["models"] = run_model_timings(args.smoke, args.quick)
+            print_model_table(result["models"])
     result["seconds"] = round(time.perf_counter() - t0, 1)
     out = args.out or (os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT")
                        else None)
@@ -639,6 +721,14 @@ def print_tables(t):
         frac = r.get("fraction_of_copy")
         log(f"| {r['kernel']} | {r['ms']:.3f} | {r['GBps']:.0f} | "
             f"{'-' if frac is None else f'{frac:.0%}'} |")
+
+
+def print_model_table(rows):
+    log("\n| model | fit | shape | cuda s | cpu s | cpu/cuda |")
+    log("|:---|:---|:---|---:|---:|---:|")
+    for r in rows:
+        log(f"| {r['model']} | {r['config']} | {', '.join(map(str, r['shape']))} | "
+            f"{r['cuda_s']:.3f} | {r['cpu_s']:.3f} | {r['cpu_over_cuda']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -710,8 +710,19 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         Precision of the weights and of all computation; ``X`` is converted a
         block of rows at a time.
     device : {'cpu', 'cuda'}, default 'cpu'
-        Where the kernels run. ``'cuda'`` raises until
-        :mod:`fusedgrad.kernels.cuda` provides the kernels.
+        Where the kernels run. ``'cuda'`` (numba-cuda and a CUDA GPU, see
+        :mod:`fusedgrad.kernels.cuda`; ``fit`` raises a RuntimeError without
+        one) trains the lecture's network only: one hidden layer with
+        ``activation='logistic'`` (other networks raise a ValueError naming
+        the parameter), with every solver, schedule, ``alpha`` and
+        ``early_stopping``. ``X`` (converted to ``dtype``) and the labels are
+        copied to the GPU once per ``fit``/``partial_fit`` call, so ``X``
+        must fit in GPU memory; the weights and the optimizer's state stay
+        there for the call, minibatches are gathered there, and one copy of
+        three numbers per epoch comes back (loss and checks), so a
+        divergence is reported at the end of its epoch. ``coefs_`` and
+        ``intercepts_`` are NumPy arrays after the call. ``predict``,
+        ``predict_proba`` and ``score`` run the forward pass on the GPU.
 
     Attributes
     ----------
