@@ -434,7 +434,7 @@ def test_bad_predict_input():
         (dict(max_iter=2.5), ValueError, "max_iter must be"),
         (dict(tol=-1.0), ValueError, "tol must be"),
         (dict(dtype="int32"), ValueError, "dtype must be"),
-        (dict(device="cuda"), ValueError, "device must be 'cpu'"),
+        (dict(device="gpu"), ValueError, "device must be 'cpu' or 'cuda'"),
         (dict(fit_intercept="yes"), TypeError, "fit_intercept must be"),
     ],
 )
