@@ -136,7 +136,7 @@ _L = np.uint8(ord("L"))
 #: OpenBLAS (0.3.x on x86-64 with AVX-512) computes a product of at most this
 #: many multiply-adds, ``m * n * k``, with its small-matrix kernels, which
 #: skip packing the operands into buffers. For the thin layers of the MLP
-#: those run 1.3-2.7x faster than the packed path (measured, single thread:
+#: those run 1.2-2.8x faster than the packed path (measured, single thread:
 #: the (64, 128) weight gradient of a 1024-row chunk 32.3 ms -> 21.6 ms per
 #: 262144 rows in float32, 84.2 -> 45.4 ms in float64), so a long product
 #: whose other two dimensions are small is cut along its long dimension into
