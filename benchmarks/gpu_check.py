@@ -399,9 +399,108 @@ def run_timings(smoke, quick):
 # ---------------------------------------------------------------------------
 
 
-def run_ptx_check(cc=(9, 0)):
+def _ptx_model_runs():
+    """``(label, run)`` pairs: each ``run()`` drives the models' ``device='cuda'``
+    code (fits, ``partial_fit``, predictions) through one solver or option path,
+    at tiny shapes, in both dtypes.
+
+    Under :func:`run_ptx_check` every launch is compiled instead of run and
+    every device array reads back zeros, so a fit sees zero losses and
+    gradients: it converges or stops early (warnings are silenced), but every
+    kernel of its loop has been launched, with the argument types the model
+    code passes (index and label dtypes, slices of device arrays, Python
+    scalars), before it does.
+    """
+    import warnings
+
+    from fusedgrad.models import LinearRegression, MLPClassifier
+
+    rng = np.random.default_rng(0)
+    runs = []
+    mlp_configs = [
+        ("sgd", dict(solver="sgd", momentum=0.0, batch_size=16)),  # plain, gathered batches
+        ("sgd+momentum", dict(solver="sgd", nesterovs_momentum=False, shuffle=False,
+                              batch_size=16)),  # row slices, no gather
+        ("sgd+nesterov+l2", dict(solver="sgd", alpha=0.1, batch_size=16)),
+        ("sgd+invscaling+no_l2", dict(solver="sgd", learning_rate="invscaling", alpha=0.0,
+                                      batch_size=64)),  # one whole-epoch batch
+        ("adam", dict(solver="adam", batch_size=16)),
+        ("adam+early_stopping", dict(solver="adam", early_stopping=True, batch_size=16,
+                                     n_iter_no_change=1)),
+        ("sgd+early_stopping+no_shuffle", dict(solver="sgd", early_stopping=True,
+                                               shuffle=False, batch_size=16)),
+    ]
+    for dtype in ("float32", "float64"):
+        for d, h, K in ((5, 8, 3), (200, 100, 2)):  # fused and layered gradient
+            X = rng.standard_normal((40, d))
+            y = np.arange(40) % K
+            for label, params in mlp_configs:
+                if d > 5 and label not in ("sgd", "adam+early_stopping"):
+                    continue
+
+                def fit(params=params, X=X, y=y, h=h, dtype=dtype):
+                    model = MLPClassifier(hidden_layer_sizes=(h,), max_iter=3, random_state=0,
+                                          dtype=dtype, device="cuda", **params)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        model.fit(X, y)
+                        model.partial_fit(X[:20], y[:20])
+                    model.predict_proba(X)
+                    model.predict_log_proba(X)
+                    model.score(X, y)
+
+                runs.append((f"MLPClassifier {label} {dtype} d={d} h={h} K={K}", fit))
+
+            def partial(X=X, y=y, h=h, K=K, dtype=dtype):
+                model = MLPClassifier(hidden_layer_sizes=(h,), solver="sgd", batch_size=16,
+                                      random_state=0, dtype=dtype, device="cuda")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model.partial_fit(X, y, classes=np.arange(K))
+                    model.partial_fit(X, y)
+                model.predict(X)
+
+            runs.append((f"MLPClassifier partial_fit {dtype} d={d} h={h} K={K}", partial))
+    linear_configs = [
+        dict(solver="normal"),
+        dict(solver="auto", fit_intercept=False),
+        dict(solver="gd", max_iter=3),
+        dict(solver="gd", learning_rate=0.1, max_iter=3, fit_intercept=False),
+    ]
+    for dtype in (np.float32, np.float64):
+        # 12000 features: no row fits in shared memory (the product path of
+        # the gradient); only gd with a numeric step avoids the (d, d) solve.
+        for N, d, configs in ((40, 5, linear_configs),
+                              (20, 12000, [dict(solver="gd", learning_rate=0.1, max_iter=2),
+                                           dict(solver="gd", learning_rate=0.1, max_iter=2,
+                                                fit_intercept=False)])):
+            X = rng.standard_normal((N, d)).astype(dtype)
+            y = rng.standard_normal(N).astype(dtype)
+            for params in configs:
+                def fit(params=params, X=X, y=y):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        LinearRegression(device="cuda", **params).fit(X, y).predict(X)
+
+                runs.append((f"LinearRegression {params} {np.dtype(dtype).name} d={d}", fit))
+    return runs
+
+
+def run_ptx_check(cc=(9, 0), ptx_dir=None):
     """Compile, with the real numba-cuda and the default options, every kernel
-    the wrappers launch on a set of inputs that takes every path."""
+    the wrappers launch on a set of inputs that takes every path, and every
+    kernel the models' ``device='cuda'`` fits and predictions launch.
+
+    ``cuda.jit`` is replaced (before any kernel factory runs; they are cached
+    per option set) by a stand-in whose launches compile the kernel with
+    :func:`numba.cuda.compile_ptx` for the launch's argument types instead of
+    running it, and device arrays are NumPy arrays in disguise. The kernel
+    wrappers and the models then run their real host code unchanged, so the
+    check covers exactly what they launch, with the types they pass, without
+    a list of signatures to keep in step with the code (see
+    :func:`_ptx_model_runs` for the model paths). Everything runs once with
+    warp-shuffle reductions and once without. With ``ptx_dir`` each kernel's
+    PTX is written there as ``NNN_<factory>.ptx`` (NNN: its row in the table)."""
     import re
     import shutil
     import tempfile
@@ -504,6 +603,12 @@ def run_ptx_check(cc=(9, 0)):
                 except Exception as exc:
                     failures.append((name, shape, np.dtype(dtype).name, shuffle, repr(exc)))
                     log(f"FAILED {name} {shape} {np.dtype(dtype).name} shuffle={shuffle}: {exc!r}")
+        for label, run in _ptx_model_runs():
+            try:
+                run()
+            except Exception as exc:
+                failures.append((label, {}, "", shuffle, repr(exc)))
+                log(f"FAILED {label} shuffle={shuffle}: {exc!r}")
     # Kernels the runs above do not launch: NaN fill, contiguous copies, the
     # elementwise epilogues that follow cuBLAS products.
     from fusedgrad.kernels.cuda import _gemm
@@ -521,9 +626,15 @@ def run_ptx_check(cc=(9, 0)):
     ptxas = shutil.which("ptxas")
     f64_ops = re.compile(r"^\s*(?:@%p\d+\s+)?(fma|add|sub|mul|div|ex2|lg2|rcp|sqrt|cvt\.rn\.f32)\S*\.f64",
                          re.M)
-    log(f"{'kernel':<24} {'signature':<70} {'f64 ops':>7} {'regs':>5} {'stack/spill':>11} {'smem B':>7} {'s':>5}")
+    log(f"{'#':>3} {'kernel':<30} {'signature':<64} {'f64 ops':>7} {'regs':>5} {'stack/spill':>11} {'smem B':>7} {'s':>5}")
     rows = []
-    for qualname, sig, ptx, seconds in compiled.values():
+    if ptx_dir:
+        os.makedirs(ptx_dir, exist_ok=True)
+    for i, (qualname, sig, ptx, seconds) in enumerate(compiled.values()):
+        short = qualname.replace(".<locals>", "")
+        if ptx_dir:
+            with open(os.path.join(ptx_dir, f"{i:03d}_{short}.ptx"), "w") as f:
+                f.write(f"// {qualname} ({', '.join(str(t) for t in sig)})\n{ptx}")
         is32 = any(getattr(t, "dtype", None) == types.float32 for t in sig)
         n64 = len(f64_ops.findall(ptx)) if is32 else 0
         regs = spill = smem = ""
@@ -539,8 +650,9 @@ def run_ptx_check(cc=(9, 0)):
             spill = f"{m.group(1)}/{m.group(2)}" if m else "?"
             m = re.search(r"(\d+) bytes smem", txt)
             smem = m.group(1) if m else "0"
-        sig_text = ",".join(str(t) for t in sig)[:70]
-        log(f"{qualname.split('.')[0]:<24} {sig_text:<70} {n64:>7} {regs:>5} {spill:>11} {smem:>7} {seconds:5.1f}")
+        sig_text = ",".join(re.sub(r"array\((\w+), (\d)d, (\w)\)", r"\1[\2d,\3]", str(t))
+                            for t in sig)[:64]
+        log(f"{i:>3} {short[:30]:<30} {sig_text:<64} {n64:>7} {regs:>5} {spill:>11} {smem:>7} {seconds:5.1f}")
         rows.append(dict(kernel=qualname, signature=[str(t) for t in sig], f64_ops_in_f32=n64,
                          registers=regs, stack_and_spill_bytes=spill, shared_bytes=smem))
     log(f"{len(compiled)} kernels compiled for sm_{cc[0]}{cc[1]}, {len(failures)} failures")
@@ -656,6 +768,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="simulator, tiny shapes, no torch")
     parser.add_argument("--ptx", action="store_true", help="compile-only check (no GPU)")
+    parser.add_argument("--ptx-dir", default=None,
+                        help="with --ptx: write each kernel's PTX into this folder")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--no-checks", action="store_true")
     parser.add_argument("--no-timings", action="store_true")
@@ -668,7 +782,7 @@ def main(argv=None):
     result = dict(mode="ptx" if args.ptx else ("smoke" if args.smoke else "gpu"),
                   commit=args.commit)
     if args.ptx:
-        result["ptx"] = run_ptx_check()
+        result["ptx"] = run_ptx_check(ptx_dir=args.ptx_dir)
         ok = not result["ptx"]["failures"]
     else:
         from fusedgrad.kernels import _options as opt
