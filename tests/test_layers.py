@@ -88,7 +88,7 @@ def test_reference_by_hand():
 # The kernels against the reference
 # ---------------------------------------------------------------------------
 
-# 64 to 1024 rows per chunk: 1 row, a few, and 3000 (several chunks and groups)
+# 64 to 2048 rows per chunk: 1 row, a few, and 3000 (several chunks and groups)
 SHAPES = [
     dict(N=1, d=1, h=1),
     dict(N=2, d=3, h=1),
