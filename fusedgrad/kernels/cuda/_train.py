@@ -308,7 +308,11 @@ def logits(X, W1, b1, W2, b2, A, Z):
 
 
 @functools.lru_cache(maxsize=None)
-def _row_kernels():
+def _row_kernels(dtype):
+    # The sum starts from a zero of Z's dtype: ``Z[r, 0] * 0`` (an int64 zero)
+    # would make it, and the divisions, float64 in a float32 kernel.
+    zero = np.dtype(dtype).type(0.0)
+
     @jit()
     def softmax(Z):
         r = cuda.grid(1)
@@ -318,7 +322,7 @@ def _row_kernels():
             m = Z[r, 0]
             for k in range(1, K):
                 m = max(m, Z[r, k])
-            s = Z[r, 0] * 0
+            s = zero
             for k in range(K):
                 e = math.exp(Z[r, k] - m)
                 Z[r, k] = e
@@ -344,14 +348,14 @@ def _row_kernels():
 
 def softmax_rows(Z):
     """The softmax of each row of ``Z``, in place (the row max subtracted first)."""
-    softmax, _ = _row_kernels()
+    softmax, _ = _row_kernels(np.dtype(Z.dtype))
     tpb = opt.CUDA_TPB
     softmax[_blocks(Z.shape[0], tpb), tpb](Z)
 
 
 def argmax_rows(Z, out):
     """``out[r]`` = the first column of the largest entry of row ``r``."""
-    _, argmax = _row_kernels()
+    _, argmax = _row_kernels(np.dtype(Z.dtype))
     tpb = opt.CUDA_TPB
     argmax[_blocks(Z.shape[0], tpb), tpb](Z, out)
 
