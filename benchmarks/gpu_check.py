@@ -59,6 +59,7 @@ Other modes:
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -533,6 +534,7 @@ def run_ptx_check(cc=(9, 0), ptx_dir=None):
             return self.flags.c_contiguous
 
     compiled = {}
+    threads = {}  # the largest block each compiled kernel is launched with
 
     def argtype(a):
         if isinstance(a, np.ndarray):
@@ -545,9 +547,13 @@ def run_ptx_check(cc=(9, 0), ptx_dir=None):
             self.fn, self.options = fn, options
 
         def __getitem__(self, config):
+            block = config[1]
+            block = math.prod(block) if isinstance(block, tuple) else int(block)
+
             def launch(*args):
                 sig = tuple(argtype(a) for a in args)
                 key = (self.fn, sig)
+                threads[key] = max(threads.get(key, 0), block)
                 if key not in compiled:
                     t0 = time.perf_counter()
                     opts = {k: v for k, v in self.options.items() if k in ("fastmath",)}
@@ -626,11 +632,11 @@ def run_ptx_check(cc=(9, 0), ptx_dir=None):
     ptxas = shutil.which("ptxas")
     f64_ops = re.compile(r"^\s*(?:@%p\d+\s+)?(fma|add|sub|mul|div|ex2|lg2|rcp|sqrt|cvt\.rn\.f32)\S*\.f64",
                          re.M)
-    log(f"{'#':>3} {'kernel':<30} {'signature':<64} {'f64 ops':>7} {'regs':>5} {'stack/spill':>11} {'smem B':>7} {'s':>5}")
+    log(f"{'#':>3} {'kernel':<30} {'signature':<64} {'f64 ops':>7} {'tpb':>4} {'regs':>5} {'stack/spill':>11} {'smem B':>7} {'s':>5}")
     rows = []
     if ptx_dir:
         os.makedirs(ptx_dir, exist_ok=True)
-    for i, (qualname, sig, ptx, seconds) in enumerate(compiled.values()):
+    for i, (key, (qualname, sig, ptx, seconds)) in enumerate(compiled.items()):
         short = qualname.replace(".<locals>", "")
         if ptx_dir:
             with open(os.path.join(ptx_dir, f"{i:03d}_{short}.ptx"), "w") as f:
@@ -643,18 +649,31 @@ def run_ptx_check(cc=(9, 0), ptx_dir=None):
                 f.write(ptx)
             out = subprocess.run([ptxas, f"-arch=sm_{cc[0]}{cc[1]}", "-v", f.name, "-o", os.devnull],
                                  capture_output=True, text=True)
+            os.unlink(f.name)
             txt = out.stderr + out.stdout
+            if out.returncode:
+                failures.append((short, [str(t) for t in sig], "", None, "ptxas: " + txt.strip()))
+                log(f"FAILED ptxas {short} {sig}: {txt.strip()}")
             m = re.search(r"Used (\d+) registers", txt)
             regs = m.group(1) if m else "?"
+            if m:
+                # registers are allocated per warp in units of 256
+                per_warp = -(-int(regs) * 32 // 256) * 256
+                need = per_warp * -(-threads[key] // 32)
+                if need > 65536:
+                    msg = (f"{regs} registers x {threads[key]} threads need {need} registers "
+                           "per block, more than the 65536 of a multiprocessor")
+                    failures.append((short, [str(t) for t in sig], "", None, msg))
+                    log(f"FAILED {short} {sig}: {msg}")
             m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", txt)
             spill = f"{m.group(1)}/{m.group(2)}" if m else "?"
             m = re.search(r"(\d+) bytes smem", txt)
             smem = m.group(1) if m else "0"
         sig_text = ",".join(re.sub(r"array\((\w+), (\d)d, (\w)\)", r"\1[\2d,\3]", str(t))
                             for t in sig)[:64]
-        log(f"{i:>3} {short[:30]:<30} {sig_text:<64} {n64:>7} {regs:>5} {spill:>11} {smem:>7} {seconds:5.1f}")
+        log(f"{i:>3} {short[:30]:<30} {sig_text:<64} {n64:>7} {threads[key]:>4} {regs:>5} {spill:>11} {smem:>7} {seconds:5.1f}")
         rows.append(dict(kernel=qualname, signature=[str(t) for t in sig], f64_ops_in_f32=n64,
-                         registers=regs, stack_and_spill_bytes=spill, shared_bytes=smem))
+                         threads_per_block=threads[key], registers=regs, stack_and_spill_bytes=spill, shared_bytes=smem))
     log(f"{len(compiled)} kernels compiled for sm_{cc[0]}{cc[1]}, {len(failures)} failures")
     return dict(kernels=rows, failures=failures)
 
