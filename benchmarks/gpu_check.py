@@ -46,14 +46,22 @@ Other modes:
 
 * ``--smoke``: under numba's CUDA simulator (no GPU, no PyTorch), tiny
   shapes, tiny blocks: exercises the checks and the timing code.
-* ``--ptx``: no GPU needed, but NVVM and NVRTC (``pip install
-  nvidia-nvvm nvidia-cuda-nvrtc`` into a target dir on LD_LIBRARY_PATH):
-  compiles every kernel the wrappers launch, with the default options, to
-  PTX for sm_90 and reports float64 instructions in the float32 kernels (and
-  registers, stack frame and spills when ``ptxas`` is on PATH: ``pip install
-  nvidia-cuda-nvcc`` into a target dir). No numbers come out of this mode, only
-  whether real numba-cuda accepts every kernel (the simulator runs plain Python
-  and cannot tell).
+* ``--ptx``: no GPU needed, but NVVM and NVRTC (and ``ptxas`` for the
+  resource report), matching the installed cuda-bindings (13.5 here)::
+
+      pip install --target /tmp/nv "nvidia-nvvm==13.5.*" \
+          "nvidia-cuda-nvrtc==13.5.*" "nvidia-cuda-nvcc==13.5.*"
+      export PYTHONPATH=/tmp/nv LD_LIBRARY_PATH=/tmp/nv/nvidia/cu13/lib \
+          PATH=/tmp/nv/nvidia/cu13/bin:$PATH
+      unset NUMBA_ENABLE_CUDASIM
+      python benchmarks/gpu_check.py --ptx       # about 70 s
+
+  Compiles every kernel the wrappers and the models' ``device='cuda'`` fits
+  launch, with the default options, to PTX for sm_90 and reports float64
+  instructions in the float32 kernels, and registers, stack frame and spills
+  from ``ptxas``. No numbers come out of this mode, only whether real
+  numba-cuda accepts every kernel (the simulator runs plain Python and cannot
+  tell).
 """
 
 import argparse
