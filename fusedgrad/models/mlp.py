@@ -1128,6 +1128,30 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                 self._fit_stochastic(kernels, X, codes, dtype, rng, incremental)
         return self
 
+    def _epoch_stops(self, optimizer, progress, early_stopping, incremental):
+        """scikit-learn's end-of-epoch stopping rules, shared by the CPU and GPU
+        loops: whether to stop after this epoch (warns when ``max_iter`` is reached)."""
+        if self._no_improvement_count > self.n_iter_no_change:
+            if early_stopping:
+                msg = (f"Validation score did not improve more than tol={self.tol:f} "
+                       f"for {self.n_iter_no_change} consecutive epochs.")
+            else:
+                msg = (f"Training loss did not improve more than tol={self.tol:f} "
+                       f"for {self.n_iter_no_change} consecutive epochs.")
+            if optimizer.trigger_stopping(msg, progress):
+                return True
+            self._no_improvement_count = 0
+        if incremental:
+            return True
+        if self.n_iter_ == self.max_iter:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
+                "and the optimization hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=5,
+            )
+        return False
+
     def _fit_stochastic(self, kernels, X, codes, dtype, rng, incremental):
         """scikit-learn's ``_fit_stochastic``: epochs of minibatch steps, stopping rules."""
         (optimizer, early_stopping, train_idx, val_idx, n_samples, batch_size,
@@ -1178,27 +1202,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                 progress.end_epoch(self.loss_, val_score)
                 self._update_no_improvement_count(early_stopping, val_score)
                 optimizer.iteration_ends(self.t_)
-
-                if self._no_improvement_count > self.n_iter_no_change:
-                    if early_stopping:
-                        msg = (f"Validation score did not improve more than tol={self.tol:f} "
-                               f"for {self.n_iter_no_change} consecutive epochs.")
-                    else:
-                        msg = (f"Training loss did not improve more than tol={self.tol:f} "
-                               f"for {self.n_iter_no_change} consecutive epochs.")
-                    if optimizer.trigger_stopping(msg, progress):
-                        break
-                    self._no_improvement_count = 0
-
-                if incremental:
+                if self._epoch_stops(optimizer, progress, early_stopping, incremental):
                     break
-                if self.n_iter_ == self.max_iter:
-                    warnings.warn(
-                        f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
-                        "and the optimization hasn't converged yet.",
-                        ConvergenceWarning,
-                        stacklevel=4,
-                    )
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.", stacklevel=4)
 
@@ -1312,27 +1317,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                     early_stopping, val_score,
                     save_best=(lambda: _train.copy(p, best)) if early_stopping else None)
                 optimizer.iteration_ends(self.t_)
-
-                if self._no_improvement_count > self.n_iter_no_change:
-                    if early_stopping:
-                        msg = (f"Validation score did not improve more than tol={self.tol:f} "
-                               f"for {self.n_iter_no_change} consecutive epochs.")
-                    else:
-                        msg = (f"Training loss did not improve more than tol={self.tol:f} "
-                               f"for {self.n_iter_no_change} consecutive epochs.")
-                    if optimizer.trigger_stopping(msg, progress):
-                        break
-                    self._no_improvement_count = 0
-
-                if incremental:
+                if self._epoch_stops(optimizer, progress, early_stopping, incremental):
                     break
-                if self.n_iter_ == self.max_iter:
-                    warnings.warn(
-                        f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
-                        "and the optimization hasn't converged yet.",
-                        ConvergenceWarning,
-                        stacklevel=4,
-                    )
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.", stacklevel=4)
         finally:
