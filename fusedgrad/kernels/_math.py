@@ -81,10 +81,8 @@ _C64 = tuple(_F64(1.0 / np.prod(np.arange(1, j + 1, dtype=np.float64))) for j in
 
 
 @njit(**INLINE)
-def _exp32(x):
-    xc = min(max(x, _LO32), _HI32)
-    k = np.floor(xc * _LOG2E32 + _F32(0.5))
-    k = min(max(k, _KMIN32), _KMAX32)
+def _exp_reduced32(xc, k):
+    """``e^r`` for ``r = xc - k ln2`` (``k`` an integer-valued float32)."""
     # The low part of k ln2 is formed from k's integer value: with k itself,
     # fast-math (reassociation with contraction) may fold the two products
     # into k * ln2 and lose the split's accuracy (measured: ~200 ulp in float64).
@@ -96,7 +94,15 @@ def _exp32(x):
     p = p * r + _C32[3]
     p = p * r + _C32[4]
     p = p * r + _C32[5]
-    p = p * (r * r) + r + _F32(1.0)
+    return p * (r * r) + r + _F32(1.0)
+
+
+@njit(**INLINE)
+def _exp32(x):
+    xc = min(max(x, _LO32), _HI32)
+    k = np.floor(xc * _LOG2E32 + _F32(0.5))
+    k = min(max(k, _KMIN32), _KMAX32)
+    p = _exp_reduced32(xc, k)
     # 2^k as (2^(k - 1) * 2 for k > 0): keeps the exponent bits in range at k = 128
     up = k > _F32(0.0)
     kk = np.int32(k) - np.int32(up) + np.int32(127)
@@ -107,10 +113,8 @@ def _exp32(x):
 
 
 @njit(**INLINE)
-def _exp64(x):
-    xc = min(max(x, _LO64), _HI64)
-    k = np.floor(xc * _LOG2E64 + 0.5)
-    k = min(max(k, _KMIN64), _KMAX64)
+def _exp_reduced64(xc, k):
+    """``e^r`` for ``r = xc - k ln2`` (``k`` an integer-valued float64)."""
     ki = np.int64(k)
     r = xc - k * _LN2HI64 - _F64(ki) * _LN2LO64
     p = _C64[0]
@@ -125,7 +129,15 @@ def _exp64(x):
     p = p * r + _C64[9]
     p = p * r + _C64[10]
     p = p * r + _C64[11]
-    p = p * (r * r) + r + 1.0
+    return p * (r * r) + r + 1.0
+
+
+@njit(**INLINE)
+def _exp64(x):
+    xc = min(max(x, _LO64), _HI64)
+    k = np.floor(xc * _LOG2E64 + 0.5)
+    k = min(max(k, _KMIN64), _KMAX64)
+    p = _exp_reduced64(xc, k)
     up = k > 0.0
     kk = np.int64(k) - np.int64(up) + np.int64(1023)
     y = p * _int_bits_as_float(kk << np.int64(52))
@@ -170,16 +182,8 @@ def sigmoid(z):
 def _sigmoid32(z):
     x = min(max(-z, _LO32), -_LO32)
     k = np.floor(x * _LOG2E32 + _F32(0.5))
-    ki = np.int32(k)
-    r = x - k * _LN2HI32 - _F32(ki) * _LN2LO32
-    p = _C32[0]
-    p = p * r + _C32[1]
-    p = p * r + _C32[2]
-    p = p * r + _C32[3]
-    p = p * r + _C32[4]
-    p = p * r + _C32[5]
-    p = p * (r * r) + r + _F32(1.0)
-    e = p * _int_bits_as_float(np.int32((ki + np.int32(127)) << np.int32(23)))
+    e = _exp_reduced32(x, k) * _int_bits_as_float(
+        np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
     s = _F32(1.0) / (_F32(1.0) + e)
     return _F32(0.0) if z < _LO32 else s  # (NaN propagates)
 
@@ -188,22 +192,7 @@ def _sigmoid32(z):
 def _sigmoid64(z):
     x = min(max(-z, _LO64), -_LO64)
     k = np.floor(x * _LOG2E64 + 0.5)
-    ki = np.int64(k)
-    r = x - k * _LN2HI64 - _F64(ki) * _LN2LO64
-    p = _C64[0]
-    p = p * r + _C64[1]
-    p = p * r + _C64[2]
-    p = p * r + _C64[3]
-    p = p * r + _C64[4]
-    p = p * r + _C64[5]
-    p = p * r + _C64[6]
-    p = p * r + _C64[7]
-    p = p * r + _C64[8]
-    p = p * r + _C64[9]
-    p = p * r + _C64[10]
-    p = p * r + _C64[11]
-    p = p * (r * r) + r + 1.0
-    e = p * _int_bits_as_float((ki + np.int64(1023)) << np.int64(52))
+    e = _exp_reduced64(x, k) * _int_bits_as_float((np.int64(k) + np.int64(1023)) << np.int64(52))
     s = 1.0 / (1.0 + e)
     return 0.0 if z < _LO64 else s
 
