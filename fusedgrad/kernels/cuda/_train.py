@@ -222,17 +222,11 @@ def _stat_kernels(tpb):
                 sq += sq_part[b]
             acc[0] += loss[0] * n_rows + half_alpha * sq
 
-    @jit()
-    def nonfinite(a, acc, slot):
-        buf = cuda.shared.array(tpb, dtype=types.int64)
+    @jit(device=True)
+    def _d_add_block_count(buf, count, acc, slot):
+        # acc[slot] += the block's sum of the threads' counts: a shared-memory
+        # tree, then one atomic per block (integers: exact, order-free)
         tid = cuda.threadIdx.x
-        count = 0
-        i = cuda.grid(1)
-        step = cuda.gridsize(1)
-        while i < a.shape[0]:
-            if not math.isfinite(a[i]):
-                count += 1
-            i += step
         buf[tid] = count
         cuda.syncthreads()
         s = tpb // 2
@@ -245,10 +239,21 @@ def _stat_kernels(tpb):
             cuda.atomic.add(acc, slot, np.float64(buf[0]))
 
     @jit()
+    def nonfinite(a, acc, slot):
+        buf = cuda.shared.array(tpb, dtype=types.int64)
+        count = 0
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < a.shape[0]:
+            if not math.isfinite(a[i]):
+                count += 1
+            i += step
+        _d_add_block_count(buf, count, acc, slot)
+
+    @jit()
     def correct(Z, y, acc, slot):
         # rows whose first largest logit is at the label
         buf = cuda.shared.array(tpb, dtype=types.int64)
-        tid = cuda.threadIdx.x
         count = 0
         r = cuda.grid(1)
         step = cuda.gridsize(1)
@@ -260,16 +265,7 @@ def _stat_kernels(tpb):
             if best == y[r]:
                 count += 1
             r += step
-        buf[tid] = count
-        cuda.syncthreads()
-        s = tpb // 2
-        while s > 0:
-            if tid < s:
-                buf[tid] += buf[tid + s]
-            cuda.syncthreads()
-            s //= 2
-        if tid == 0 and buf[0] > 0:
-            cuda.atomic.add(acc, slot, np.float64(buf[0]))
+        _d_add_block_count(buf, count, acc, slot)
 
     return accumulate, nonfinite, correct
 
