@@ -356,6 +356,16 @@ class LinearRegression(RegressorMixin, BaseModel):
             intercept = 0.0
         return coef, intercept
 
+    def _warn_not_converged(self, relative_norm):
+        """The ConvergenceWarning of ``solver='gd'`` (CPU and GPU loops)."""
+        warnings.warn(
+            f"gradient descent stopped at max_iter={self.max_iter} with the gradient norm at "
+            f"{relative_norm:.2e} of its start (tol={self.tol}); raise max_iter or use "
+            "solver='auto'",
+            _sk(ConvergenceWarning),
+            stacklevel=4,
+        )
+
     def _fit_gd(self, X, y, result):
         """Gradient descent on ``w``; with an intercept, ``b = mean(y) - mean(X) w``
         is eliminated exactly (the centred problem), so the step only sees ``X``'s
@@ -398,13 +408,7 @@ class LinearRegression(RegressorMixin, BaseModel):
                 break
             w -= dt(step) * grad
         if not converged:
-            warnings.warn(
-                f"gradient descent stopped at max_iter={self.max_iter} with the gradient norm at "
-                f"{gnorm / g0:.2e} of its start (tol={self.tol}); raise max_iter or use "
-                "solver='auto'",
-                _sk(ConvergenceWarning),
-                stacklevel=3,
-            )
+            self._warn_not_converged(gnorm / g0)
         result["n_iter_"] = len(curve)
         result["loss_curve_"] = curve
         intercept = mean_y - mean_x @ w.astype(np.float64) if self.fit_intercept else 0.0
@@ -488,13 +492,7 @@ class LinearRegression(RegressorMixin, BaseModel):
                 break
             w, w_next = w_next, w
         if not converged:
-            warnings.warn(
-                f"gradient descent stopped at max_iter={self.max_iter} with the gradient norm at "
-                f"{gnorm / g0:.2e} of its start (tol={self.tol}); raise max_iter or use "
-                "solver='auto'",
-                _sk(ConvergenceWarning),
-                stacklevel=3,
-            )
+            self._warn_not_converged(gnorm / g0)
         result["n_iter_"] = len(curve)
         result["loss_curve_"] = curve
         result["solver_"], result["rank_"] = "gd", d

@@ -140,6 +140,13 @@ def _check_cuda_network(hidden, activation):
 # ---------------------------------------------------------------------------
 
 
+def _shuffled(sample_idx, rng):
+    """The epoch's sample order: scikit-learn's ``sklearn.utils.shuffle``, the same draws."""
+    order = np.arange(sample_idx.shape[0], dtype=sample_idx.dtype)
+    rng.shuffle(order)
+    return sample_idx[order]
+
+
 def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
@@ -1165,10 +1172,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             for _ in range(self.max_iter):
                 progress.start_epoch(self.n_iter_ + 1)
                 if shuffle:
-                    # scikit-learn's sklearn.utils.shuffle: the same draws
-                    order = np.arange(n_samples, dtype=sample_idx.dtype)
-                    rng.shuffle(order)
-                    sample_idx = sample_idx[order]
+                    sample_idx = _shuffled(sample_idx, rng)
                 accumulated_loss = 0.0
                 for start in range(0, n_samples, batch_size):
                     stop = min(start + batch_size, n_samples)
@@ -1274,10 +1278,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             for _ in range(self.max_iter):
                 progress.start_epoch(self.n_iter_ + 1)
                 if shuffle:
-                    # the same draws as the CPU loop
-                    order = np.arange(n_samples, dtype=sample_idx.dtype)
-                    rng.shuffle(order)
-                    sample_idx = sample_idx[order]
+                    sample_idx = _shuffled(sample_idx, rng)
                     if batch_size < n_samples or train_idx is not None:
                         rows = sample_idx if train_idx is None else train_idx[sample_idx]
                         rows_d = cuda.to_device(rows)
