@@ -18,6 +18,7 @@ from fusedgrad.kernels import _options as opt
 from fusedgrad.kernels import gram, mlp_loss_grad, ols_loss_grad
 from fusedgrad.kernels._blas import (
     GRAM_GEMM_MIN_ROWS,
+    GRAM_PANELS_MAX_COLS,
     MIN_PIECE_ROWS,
     SMALL_MNK,
     gram_tn,
@@ -114,8 +115,10 @@ def test_tn_over_zero_rows_scales_by_beta(dtype):
     np.testing.assert_array_equal(C, 0.0)
 
 
-# Widths on both sides of the switch from the full product to syrk (62 | 63).
-GRAM_WIDTHS = [1, 16, 62, 63, 100]
+# Widths on both sides of the switches from the full product to the block
+# rows (62 | 63) and from the block rows to syrk (224 | 225); 63 columns make
+# block rows of unequal width (16, 16, 16, 15).
+GRAM_WIDTHS = [1, 16, 62, 63, 100, 224, 225]
 
 
 @pytest.mark.parametrize("p", GRAM_WIDTHS)
@@ -132,11 +135,12 @@ def test_gram_tn_upper_triangle(p, dtype):
         assert rel_error(np.triu(C), np.triu(want)) < TOL[dtype]
     full = SMALL_MNK // (p * p) >= GRAM_GEMM_MIN_ROWS
     assert full == (p <= 62)
+    assert (p <= GRAM_PANELS_MAX_COLS) == (p <= 224)
 
 
 @pytest.mark.parametrize("d", GRAM_WIDTHS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gram_kernel_both_paths(d, dtype):
+def test_gram_kernel_every_path(d, dtype):
     rng = np.random.default_rng(d)
     X, y = _rand(rng, (5000, d), dtype), _rand(rng, 5000, dtype)
     XtX, Xty = gram(X, y)

@@ -227,20 +227,46 @@ def syrk_tn(A, C, beta):
 #: a piece has at least this many rows, i.e. up to 62 columns. Measured, one
 #: thread, float64, 64e6 elements: 8 columns 35 ms against syrk's 71 ms, 16
 #: columns 41 against 87, 32 columns 84 against 107, 48 columns 104 against
-#: 121; at 64 columns the two are even (136 vs 139) and from 96 on syrk wins.
+#: 121; at 64 columns the two are even (136 vs 139).
 GRAM_GEMM_MIN_ROWS = 256
+
+#: Wider than :data:`GRAM_GEMM_MIN_ROWS` allows and up to this many columns,
+#: :func:`gram_tn` fills the upper triangle by :data:`GRAM_PANELS` block rows
+#: (each a product of a column panel with the columns from its own on, 5/8 of
+#: the full product's multiply-adds), again in small-matrix pieces where they
+#: fit; wider, ``syrk``. Measured, 2 threads, float64, 128e6 elements, syrk ->
+#: panels: 64 columns 180 -> 132 ms, 96: 197 -> 157, 128: 234 -> 191, 200:
+#: 286 -> 270; at 256 syrk is faster (325 vs 356).
+GRAM_PANELS_MAX_COLS = 224
+
+#: Block rows of the panel path of :func:`gram_tn` (2, 4 and 8 measured; 4 was
+#: fastest from 96 to 200 columns).
+GRAM_PANELS = 4
 
 
 @njit(**INLINE)
 def gram_tn(A, C, beta):
     """Row-major ``C = A.T @ A + beta * C``, valid at least on the upper triangle of C.
 
-    A (m, p) and C (p, p) C-contiguous. A full product in small-matrix pieces
-    for narrow ``A`` (see :data:`GRAM_GEMM_MIN_ROWS`), else ``syrk``.
+    A (m, p) and C (p, p) C-contiguous. By width (see
+    :data:`GRAM_GEMM_MIN_ROWS` and :data:`GRAM_PANELS_MAX_COLS`): a full
+    product in small-matrix pieces, block rows of the upper triangle, or
+    ``syrk``.
     """
-    p = A.shape[1]
+    m, p = A.shape
     if SMALL_MNK // max(1, p * p) >= GRAM_GEMM_MIN_ROWS:
         mm_tn(A, A, C, beta)
+    elif p <= GRAM_PANELS_MAX_COLS:
+        width = (p + GRAM_PANELS - 1) // GRAM_PANELS
+        for c0 in range(0, p, width):
+            c1 = min(p, c0 + width)
+            # row-major C[c0:c1, c0:] = A[:, c0:c1].T @ A[:, c0:] + beta C[c0:c1, c0:]; in
+            # column-major terms a (p - c0, c1 - c0) block at C[c0, c0] with ldc = p
+            piece = piece_rows(m, (c1 - c0) * (p - c0))
+            for r0 in range(0, max(m, 1), piece):
+                r1 = min(m, r0 + piece)
+                _gemm(_N, _T, p - c0, c1 - c0, r1 - r0, 1.0, A[r0:, c0:], p, A[r0:, c0:], p,
+                      beta if r0 == 0 else 1.0, C[c0:, c0:], p)
     else:
         syrk_tn(A, C, beta)
 
