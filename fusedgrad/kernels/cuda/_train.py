@@ -102,8 +102,20 @@ def _update_kernels(dtype, tpb, shuffle):
     _d_block_sum = helpers(np.dtype(dtype), tpb, shuffle)._d_block_sum
 
     @jit(device=True)
-    def _d_is_weight(i, o1, o2, o3):
-        return i < o1 or (i >= o2 and i < o3)
+    def _d_weight_term(i, pi, gi, l2, o1, o2, o3):
+        # the L2 term added to a weight entry's gradient, and its square (float64)
+        # for the loss; bias entries [o1, o2) and [o3, end) have neither
+        if i < o1 or (i >= o2 and i < o3):
+            if l2 != zero:
+                gi = gi + l2 * pi
+            return gi, np.float64(pi) * np.float64(pi)
+        return gi, 0.0
+
+    @jit(device=True)
+    def _d_store_block_sum(red, sq, sq_part):
+        total = _d_block_sum(red, sq)
+        if cuda.threadIdx.x == 0:
+            sq_part[cuda.blockIdx.x] = total
 
     @jit()
     def sgd(p, g, v, lr, mu, nesterov, l2, o1, o2, o3, sq_part):
@@ -114,10 +126,8 @@ def _update_kernels(dtype, tpb, shuffle):
         while i < p.shape[0]:
             pi = p[i]
             gi = g[i]
-            if _d_is_weight(i, o1, o2, o3):
-                sq += np.float64(pi) * np.float64(pi)
-                if l2 != zero:
-                    gi = gi + l2 * pi
+            gi, w2 = _d_weight_term(i, pi, gi, l2, o1, o2, o3)
+            sq += w2
             gi = gi * lr
             if mu == zero:
                 p[i] = pi - gi
@@ -132,9 +142,7 @@ def _update_kernels(dtype, tpb, shuffle):
                 else:
                     p[i] = pi + vi
             i += step
-        total = _d_block_sum(red, sq)
-        if cuda.threadIdx.x == 0:
-            sq_part[cuda.blockIdx.x] = total
+        _d_store_block_sum(red, sq, sq_part)
 
     @jit()
     def adam(p, g, m, v, neg_lr, b1, b2, one_b1, one_b2, eps, l2, o1, o2, o3, sq_part):
@@ -145,10 +153,8 @@ def _update_kernels(dtype, tpb, shuffle):
         while i < p.shape[0]:
             pi = p[i]
             gi = g[i]
-            if _d_is_weight(i, o1, o2, o3):
-                sq += np.float64(pi) * np.float64(pi)
-                if l2 != zero:
-                    gi = gi + l2 * pi
+            gi, w2 = _d_weight_term(i, pi, gi, l2, o1, o2, o3)
+            sq += w2
             mi = m[i] * b1
             mi = mi + gi * one_b1
             m[i] = mi
@@ -163,9 +169,7 @@ def _update_kernels(dtype, tpb, shuffle):
             s = s / t
             p[i] = pi + s
             i += step
-        total = _d_block_sum(red, sq)
-        if cuda.threadIdx.x == 0:
-            sq_part[cuda.blockIdx.x] = total
+        _d_store_block_sum(red, sq, sq_part)
 
     return sgd, adam
 
@@ -213,7 +217,9 @@ def adam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, l2, weights, sq_part):
 
 
 @functools.lru_cache(maxsize=None)
-def _stat_kernels(tpb):
+def _stat_kernels(tpb, shuffle):
+    _d_block_sum = helpers(np.dtype(np.float64), tpb, shuffle)._d_block_sum
+
     @jit()
     def accumulate(acc, loss, sq_part, n_rows, half_alpha):
         if cuda.grid(1) == 0:
@@ -224,19 +230,11 @@ def _stat_kernels(tpb):
 
     @jit(device=True)
     def _d_add_block_count(buf, count, acc, slot):
-        # acc[slot] += the block's sum of the threads' counts: a shared-memory
-        # tree, then one atomic per block (integers: exact, order-free)
-        tid = cuda.threadIdx.x
-        buf[tid] = count
-        cuda.syncthreads()
-        s = tpb // 2
-        while s > 0:
-            if tid < s:
-                buf[tid] += buf[tid + s]
-            cuda.syncthreads()
-            s //= 2
-        if tid == 0 and buf[0] > 0:
-            cuda.atomic.add(acc, slot, np.float64(buf[0]))
+        # acc[slot] += the block's sum of the threads' counts, one atomic per
+        # block (integers: exact, order-free)
+        total = _d_block_sum(buf, count)
+        if cuda.threadIdx.x == 0 and total > 0:
+            cuda.atomic.add(acc, slot, np.float64(total))
 
     @jit()
     def nonfinite(a, acc, slot):
@@ -273,21 +271,21 @@ def _stat_kernels(tpb):
 def accumulate_loss(acc, loss, sq_part, n_rows, alpha):
     """``acc[0] += n_rows * loss[0] + alpha / 2 * sum(sq_part)``: a batch's
     loss with the L2 term, times its rows (``loss``: the mean cross-entropy)."""
-    accumulate, _, _ = _stat_kernels(opt.CUDA_TPB)
+    accumulate, _, _ = _stat_kernels(opt.CUDA_TPB, rt.use_shuffle())
     accumulate[1, 1](acc, loss, sq_part, float(n_rows), 0.5 * float(alpha))
 
 
 def count_nonfinite(a, acc, slot):
     """``acc[slot] += number of NaN/inf in the 1-D device array a``."""
     tpb = opt.CUDA_TPB
-    _, nonfinite, _ = _stat_kernels(tpb)
+    _, nonfinite, _ = _stat_kernels(tpb, rt.use_shuffle())
     nonfinite[_blocks(a.shape[0], tpb), tpb](a, acc, slot)
 
 
 def count_correct(Z, y, acc, slot):
     """``acc[slot] += number of rows of Z whose (first) largest entry is at y``."""
     tpb = opt.CUDA_TPB
-    _, _, correct = _stat_kernels(tpb)
+    _, _, correct = _stat_kernels(tpb, rt.use_shuffle())
     correct[_blocks(Z.shape[0], tpb), tpb](Z, y, acc, slot)
 
 
