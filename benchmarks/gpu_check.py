@@ -38,9 +38,20 @@ What it does:
   backward of W1, b1, W2, b2; TF32 off) on the same GPU at the issue's four
   shapes, and the row-wise/elementwise kernels' achieved GB/s against a
   measured device-to-device copy;
+* **design alternatives** (``--no-ablations`` skips them): each choice of
+  the kernels timed against the one it replaced, in the same run: the staged
+  softmax-CE tile against one thread per row with strided reads and against
+  one block per row; bias gradients by block partial sums against a global
+  atomic per element; the fused MLP kernel against the layered path (numba
+  and cuBLAS products) at the thin shapes, and the fused kernel's block size,
+  register bound and grid (``FUSED_SWEEP``);
 * **models**: wall-clock ``fit`` of ``MLPClassifier(device='cuda')`` and
   ``LinearRegression(device='cuda')`` against the same models on
   ``device='cpu'`` at a few shapes (``--no-models`` skips them).
+
+The sections run in that order; none starts after ``--budget-s`` seconds
+(450), and the JSON is written after each one, so a run cut off by its time
+limit still returns what it measured.
 
 Other modes:
 
@@ -86,6 +97,7 @@ if SMOKE:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
 import numpy as np  # noqa: E402
+from numba import cuda  # noqa: E402  (after NUMBA_ENABLE_CUDASIM; kernels below need it global)
 
 # ---------------------------------------------------------------------------
 # Shapes
@@ -404,6 +416,152 @@ def run_timings(smoke, quick):
 
 
 # ---------------------------------------------------------------------------
+# Ablations: each design choice against the alternative it replaced
+# ---------------------------------------------------------------------------
+
+#: Option sets of the fused MLP kernel timed at the thin shapes (the first is
+#: the default). ``--ptx`` and ``ptxas -v`` at (64, 128, 10) float32: 256
+#: threads take 179 registers, so one block is resident per multiprocessor
+#: although the grid has two per multiprocessor; a launch bound of two blocks
+#: gives 128 registers without spills; 128 threads take 247 registers (two
+#: resident blocks), 512 threads 128 (one).
+FUSED_SWEEP = [
+    {},
+    {"CUDA_FUSED_MIN_BLOCKS": 2},
+    {"CUDA_FUSED_BLOCKS_PER_SM": 1},
+    {"CUDA_FUSED_TPB": 128},
+    {"CUDA_FUSED_TPB": 128, "CUDA_FUSED_BLOCKS_PER_SM": 4},
+    {"CUDA_FUSED_TPB": 512, "CUDA_FUSED_BLOCKS_PER_SM": 1},
+]
+SMOKE_FUSED_SWEEP = [{}, {"CUDA_FUSED_MIN_BLOCKS": 2}, {"CUDA_FUSED_TPB": 32}]
+
+
+def _naive_kernels():
+    """The designs issue 5 rules out, as plainly as they are usually written:
+    softmax cross-entropy with one thread per row reading its row with a stride
+    of K elements between neighbouring threads, and column sums (bias
+    gradients) with one global atomic add per element."""
+    import numba
+
+    f32 = numba.float32
+
+    @cuda.jit
+    def softmax_ce_per_thread(Z, y, G, row_loss, inv_n):
+        i = cuda.grid(1)
+        if i < Z.shape[0]:
+            K = Z.shape[1]
+            m = Z[i, 0]
+            for k in range(1, K):
+                m = max(m, Z[i, k])
+            s = f32(0.0)
+            for k in range(K):
+                s += math.exp(Z[i, k] - m)
+            t = y[i]
+            for k in range(K):
+                p = math.exp(Z[i, k] - m) / s
+                G[i, k] = (p - f32(1.0) if k == t else p) * inv_n
+            row_loss[i] = math.log(s) + m - Z[i, t]
+
+    @cuda.jit
+    def column_sums_atomic(A, out):
+        i = cuda.grid(1)
+        n, m = A.shape
+        if i < n * m:
+            r = i // m
+            cuda.atomic.add(out, i - r * m, A[r, i - r * m])
+
+    return softmax_ce_per_thread, column_sums_atomic
+
+
+def run_ablations(smoke, quick):
+    """Time each design choice of the CUDA kernels against its alternative in
+    the same run: the staged softmax-CE tile against one thread per row
+    (strided) and one block per row; block partial sums against a global
+    atomic per element; the fused MLP kernel against the layered path (cuBLAS
+    and numba products) at the thin shapes; and the fused kernel's block
+    size, register bound and grid (``FUSED_SWEEP``)."""
+    from numba import cuda
+
+    import fusedgrad.kernels.cuda as kc
+    from fusedgrad.kernels import _options as opt
+    from fusedgrad.kernels.cuda import _gemm
+    from fusedgrad.kernels.cuda.affine import column_sums
+    from fusedgrad.kernels.cuda.mlp import plan_fused
+
+    reps = 1 if smoke else (5 if quick else 10)
+    rng = np.random.default_rng(2)
+    rows = []
+
+    def add(group, variant, fn, nbytes=None, overrides=None, **extra):
+        row = dict(group=group, variant=variant, **extra)
+        try:
+            with Options(opt, overrides or {}):
+                row["ms"] = time_events(fn, reps, 2)
+            if nbytes:
+                row["GBps"] = nbytes / (row["ms"] * 1e-3) / 1e9
+        except Exception as exc:  # a configuration that cannot launch is a result too
+            row["error"] = f"{type(exc).__name__}: {exc}"[:200]
+        rows.append(row)
+        log(f"  {row}")
+
+    softmax_naive, colsum_atomic = _naive_kernels()
+    N = 40 if smoke else 4194304
+    tpb = 8 if smoke else 256
+    for K in (10, 4):
+        Z = cuda.to_device(rng.standard_normal((N, K)).astype(np.float32))
+        y = cuda.to_device(rng.integers(0, K, N))
+        G = cuda.device_array((N, K), np.float32)
+        row_loss = cuda.device_array(N, np.float32)
+        inv_n = np.float32(1.0 / N)
+        nbytes = 2 * N * K * 4 + N * 8
+        group = f"softmax_cross_entropy N={N} K={K} float32"
+        add(group, "staged tile (default)",
+            lambda: kc.softmax_cross_entropy(Z, y, check_finite=False), nbytes)
+        add(group, "one block per row", lambda: kc.softmax_cross_entropy(Z, y, check_finite=False),
+            nbytes, {"CUDA_SOFTMAX_STAGED_MAX_K": 1})
+        add(group, "one thread per row, strided (no loss sum)",
+            lambda: softmax_naive[-(-N // tpb), tpb](Z, y, G, row_loss, inv_n), nbytes)
+        del Z, G
+    for m in ((3,) if smoke else (32, 128)):
+        A = cuda.to_device(rng.standard_normal((N, m)).astype(np.float32))
+        out = cuda.device_array(m, np.float32)
+        group = f"column sums (bias gradient) N={N} m={m} float32"
+        add(group, "block partials + second pass (default)", lambda: column_sums(A, out),
+            N * m * 4)
+        add(group, "one global atomic per element",
+            lambda: colsum_atomic[-(-N * m // tpb), tpb](A, out), N * m * 4)
+        del A
+
+    shapes = [(13, 5, 6, 3)] if smoke else [s for s in MLP_SHAPES if plan_fused(*s[1:], 4)]
+    sweep = SMOKE_FUSED_SWEEP if smoke else FUSED_SWEEP
+    for N, d, h, K in shapes:
+        X = cuda.to_device(rng.standard_normal((N, d)).astype(np.float32))
+        y = cuda.to_device(rng.integers(0, K, N))
+        W1 = cuda.to_device((rng.standard_normal((d, h)) / d ** 0.5).astype(np.float32))
+        b1 = cuda.to_device(rng.standard_normal(h).astype(np.float32))
+        W2 = cuda.to_device((rng.standard_normal((h, K)) / h ** 0.5).astype(np.float32))
+        b2 = cuda.to_device(rng.standard_normal(K).astype(np.float32))
+        group = f"mlp_loss_grad {N}, {d}, {h}, {K} float32"
+
+        def step(path):
+            return lambda: kc.mlp_loss_grad(X, y, W1, b1, W2, b2, check_finite=False,
+                                            _path=path)
+
+        for overrides in sweep:
+            plan = None
+            with Options(opt, overrides):
+                plan = plan_fused(d, h, K, 4)
+            label = ", ".join(f"{k[5:]}={v}" for k, v in overrides.items()) or "defaults"
+            add(group, f"fused: {label}", step("fused"), None, overrides,
+                rows_per_tile=plan and plan["R"])
+        gemms = ["numba"] + (["cupy"] if _gemm._cupy() is not None else [])
+        for g in gemms:
+            add(group, f"layered, {g} products", step("layered"), None, {"CUDA_GEMM": g})
+        del X
+    return rows
+
+
+# ---------------------------------------------------------------------------
 # PTX compile check (no GPU)
 # ---------------------------------------------------------------------------
 
@@ -564,7 +722,8 @@ def run_ptx_check(cc=(9, 0), ptx_dir=None):
                 threads[key] = max(threads.get(key, 0), block)
                 if key not in compiled:
                     t0 = time.perf_counter()
-                    opts = {k: v for k, v in self.options.items() if k in ("fastmath",)}
+                    opts = {k: v for k, v in self.options.items()
+                            if k in ("fastmath", "launch_bounds")}
                     ptx, _ = cuda.compile_ptx(self.fn, sig, cc=cc, **opts)
                     compiled[key] = (self.fn.__qualname__, sig, ptx, time.perf_counter() - t0)
             return launch
@@ -623,6 +782,19 @@ def run_ptx_check(cc=(9, 0), ptx_dir=None):
             except Exception as exc:
                 failures.append((label, {}, "", shuffle, repr(exc)))
                 log(f"FAILED {label} shuffle={shuffle}: {exc!r}")
+    # The fused kernel's variants that run_ablations times (float32, thin shapes).
+    for overrides in FUSED_SWEEP[1:]:
+        with Options(opt, overrides):
+            for shape in (dict(N=300, d=64, h=128, K=10), dict(N=300, d=16, h=32, K=4)):
+                full = dict(shape)
+                args = CASES["mlp_loss_grad"].make_args(full, np.float32, 0)
+                try:
+                    CASES["mlp_loss_grad"].cuda_kernel(
+                        *(np.asarray(a).view(Dev) if isinstance(a, np.ndarray) else a
+                          for a in args), _path="fused")
+                except Exception as exc:
+                    failures.append(("mlp_loss_grad", shape, "float32", overrides, repr(exc)))
+                    log(f"FAILED fused {shape} {overrides}: {exc!r}")
     # Kernels the runs above do not launch: NaN fill, contiguous copies, the
     # elementwise epilogues that follow cuBLAS products.
     from fusedgrad.kernels.cuda import _gemm
@@ -800,14 +972,41 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--no-checks", action="store_true")
     parser.add_argument("--no-timings", action="store_true")
+    parser.add_argument("--no-ablations", action="store_true",
+                        help="skip the design alternatives and the fused kernel's sweep")
     parser.add_argument("--no-models", action="store_true",
                         help="skip the model fits (device='cuda' against 'cpu')")
+    parser.add_argument("--budget-s", type=float, default=450.0,
+                        help="start no further section after this many seconds (default 450)")
     parser.add_argument("--commit", default=os.environ.get("FUSEDGRAD_COMMIT", "unknown"))
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     result = dict(mode="ptx" if args.ptx else ("smoke" if args.smoke else "gpu"),
                   commit=args.commit)
+    out = args.out or (os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT")
+                       else None)
+
+    def save():
+        # after every section, so a run cut off by its time limit keeps what it measured
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        if out:
+            with open(out, "w") as f:
+                json.dump(result, f, indent=1, default=str)
+
+    def section(flag, name, title, fn, printer=None):
+        if flag:
+            return
+        if time.perf_counter() - t0 > args.budget_s:
+            log(f"{title}: skipped, past the {args.budget_s:.0f} s budget")
+            result.setdefault("skipped", []).append(name)
+            return
+        log(f"{title}:")
+        result[name] = fn()
+        if printer:
+            printer(result[name])
+        save()
+
     if args.ptx:
         result["ptx"] = run_ptx_check(ptx_dir=args.ptx_dir)
         ok = not result["ptx"]["failures"]
@@ -821,26 +1020,21 @@ def main(argv=None):
                 setattr(opt, k, v)
         result["environment"] = environment()
         log(f"environment: {result['environment']}")
-        ok = True
-        if not args.no_checks:
-            log("checks (max normwise relative error against the float64 reference):")
-            result["checks"] = run_checks(args.smoke)
-            ok = all(r["status"] in ("ok",) or r["status"].startswith("skipped")
-                     for r in result["checks"])
-        if not args.no_timings:
-            log("timings (CUDA events, medians):")
-            result["timings"] = run_timings(args.smoke, args.quick)
-            print_tables(result["timings"])
-        if not args.no_models:
-            log("model fits (wall clock, medians):")
-            result["models"] = run_model_timings(args.smoke, args.quick)
-            print_model_table(result["models"])
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    out = args.out or (os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT")
-                       else None)
+        save()
+        section(args.no_checks, "checks",
+                "checks (max normwise relative error against the float64 reference)",
+                lambda: run_checks(args.smoke))
+        ok = all(r["status"] in ("ok",) or r["status"].startswith("skipped")
+                 for r in result.get("checks", []))
+        section(args.no_timings, "timings", "timings (CUDA events, medians)",
+                lambda: run_timings(args.smoke, args.quick), print_tables)
+        section(args.no_ablations, "ablations",
+                "design alternatives (CUDA events, medians, float32)",
+                lambda: run_ablations(args.smoke, args.quick), print_ablation_table)
+        section(args.no_models, "models", "model fits (wall clock, medians)",
+                lambda: run_model_timings(args.smoke, args.quick), print_model_table)
+    save()
     if out:
-        with open(out, "w") as f:
-            json.dump(result, f, indent=1, default=str)
         log(f"wrote {out}")
     log(f"{'all checks passed' if ok else 'SOME CHECKS FAILED'} ({result['seconds']} s)")
     return 0 if ok else 1
@@ -862,6 +1056,19 @@ def print_tables(t):
         frac = r.get("fraction_of_copy")
         log(f"| {r['kernel']} | {r['ms']:.3f} | {r['GBps']:.0f} | "
             f"{'-' if frac is None else f'{frac:.0%}'} |")
+
+
+def print_ablation_table(rows):
+    log("\n| work | variant | ms | GB/s | ms / first variant |")
+    log("|:---|:---|---:|---:|---:|")
+    first = {}
+    for r in rows:
+        if "error" in r:
+            log(f"| {r['group']} | {r['variant']} | {r['error']} | | |")
+            continue
+        base = first.setdefault(r["group"], r["ms"])
+        gbps = f"{r['GBps']:.0f}" if "GBps" in r else "-"
+        log(f"| {r['group']} | {r['variant']} | {r['ms']:.3f} | {gbps} | {r['ms'] / base:.2f} |")
 
 
 def print_model_table(rows):

@@ -162,6 +162,13 @@ CUDA_FUSED_MAX_ACC = 64
 CUDA_FUSED_MAX_ROWS = 128
 #: Blocks per multiprocessor of the fused kernel.
 CUDA_FUSED_BLOCKS_PER_SM = 2
+#: Blocks of the fused kernel that must fit on one multiprocessor at once,
+#: passed to the compiler as ``launch_bounds=(CUDA_FUSED_TPB, n)`` (it then
+#: keeps a thread to at most ``65536 / (n * CUDA_FUSED_TPB)`` registers, and
+#: spills beyond), or None (no bound: 160 registers at (64, 128, 10) float32,
+#: so one 256-thread block per multiprocessor). ``benchmarks/gpu_check.py``
+#: times both.
+CUDA_FUSED_MIN_BLOCKS = None
 
 #: Rows per tile of the OLS kernel, at most (fewer when a row is wide).
 CUDA_OLS_MAX_ROWS = 64

@@ -142,7 +142,12 @@ def grid_size(work, per_sm=None):
 
 
 def jit(**extra):
-    """``cuda.jit`` with the options of :mod:`fusedgrad.kernels._options`."""
+    """``cuda.jit`` with the options of :mod:`fusedgrad.kernels._options`.
+
+    ``launch_bounds`` (a register budget for the compiler) is dropped under
+    the simulator, whose ``jit`` does not take it."""
+    if extra.get("launch_bounds") is None or simulator():
+        extra.pop("launch_bounds", None)
     return cuda.jit(**dict(opt.CUDA_JIT, **extra))
 
 

@@ -77,7 +77,7 @@ def plan_fused(D, H, K, itemsize, tpb=None):
 
 
 @functools.lru_cache(maxsize=None)
-def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle):
+def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, min_blocks):
     dt = np.dtype(dtype).type
     nbt = numba.from_dtype(np.dtype(dtype))
     zero = dt(0.0)
@@ -93,7 +93,7 @@ def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle):
     o_w2 = o_b1 + H
     o_b2 = o_w2 + H * K
 
-    @jit()
+    @jit(launch_bounds=None if min_blocks is None else (T, min_blocks))
     def kernel(X, y, W1, b1, W2, b2, inv_n, part, loss_part):
         Xs = cuda.shared.array((R, D1), dtype=nbt)
         As = cuda.shared.array((R, H1), dtype=nbt)  # A, then dZ1
@@ -313,7 +313,8 @@ def _fused(Xd, yd, W1, b1, W2, b2, flat, loss, plan):
     H, K = W2.shape
     dtype = np.dtype(Xd.dtype)
     kernel = _fused_kernel(dtype, D, H, K, plan["T"], plan["NI"], plan["NJ"], plan["MI"],
-                           plan["MJ"], plan["MR"], plan["R"], plan["w1_shared"], rt.use_shuffle())
+                           plan["MJ"], plan["MR"], plan["R"], plan["w1_shared"], rt.use_shuffle(),
+                           opt.CUDA_FUSED_MIN_BLOCKS)
     blocks = rt.grid_size(-(-N // plan["R"]), opt.CUDA_FUSED_BLOCKS_PER_SM)
     part = cuda.device_array((blocks, flat.shape[0]), dtype)
     loss_part = cuda.device_array(blocks, np.float64)
