@@ -1,0 +1,242 @@
+"""Loss and gradients of a multi-layer perceptron of any depth, fused over row chunks.
+
+:func:`network_loss_grad` is :func:`fusedgrad.kernels.mlp_loss_grad` for any
+number of hidden layers and any of the activations of
+:mod:`fusedgrad.kernels.layers`: the whole forward pass, the softmax
+cross-entropy and the whole backward pass of a chunk of rows run while the
+chunk's activations are in cache, and each group of chunks sums its weight
+gradients into its own buffer. One call does what the layer-by-layer kernels
+do in ``2 L + 1`` calls, without storing any activation of the whole batch.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from fusedgrad import _validate
+from fusedgrad.kernels import _options as opt
+from fusedgrad.kernels._blas import mm_nn, mm_nt, mm_tn, single_threaded_blas
+from fusedgrad.kernels._partition import add_column_sums, chunk_range, plan, sum_groups
+from fusedgrad.kernels.layers import _IDENTITY, ACTIVATIONS, _activate_rows, _delta_rows
+from fusedgrad.kernels.softmax import softmax_ce_rows
+
+__all__ = ["HIDDEN_ACTIVATIONS", "network_loss_grad"]
+
+#: The activations of the hidden layers of :func:`network_loss_grad`.
+HIDDEN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
+
+
+@njit(**opt.INLINE)
+def _units(buf, offsets, layer, rows, chunk):
+    """The ``(rows, width)`` activations of hidden ``layer`` in a chunk buffer
+    where each hidden layer owns ``chunk * width`` elements from
+    ``chunk * offsets[layer]`` on."""
+    start = chunk * offsets[layer]
+    width = offsets[layer + 1] - offsets[layer]
+    return buf[start:start + rows * width].reshape((rows, width))
+
+
+@njit(**opt.PARALLEL)
+def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW, db,
+                       chunk, groups):
+    """Jitted core: writes the gradients of all weights into the flat ``dW`` (the
+    matrices one after the other, row-major) and of all biases into ``db``,
+    returns the loss.
+
+    Assumes valid, C-contiguous input of one float dtype, labels in range, a
+    hidden activation code and single-threaded BLAS (see
+    :func:`network_loss_grad`). ``w_off``, ``b_off``: offsets of each layer's
+    weights and biases in ``dW``, ``db``; ``u_off``: of each hidden layer's
+    units in a row of hidden activations.
+
+    For a chunk of ``m`` rows, with ``A_0`` the chunk of ``X``:
+
+    1. ``A_l = f(A_{l-1} W_l + b_l)`` for the hidden layers, ``Z = A W_L + b_L``
+       (gemm, then bias and activation in place);
+    2. loss and ``dZ = (softmax(Z) - Y) / N``, in place of ``Z``;
+    3. from the last layer down: ``dW_l += A_{l-1}^T dZ``, ``db_l += sum dZ``;
+       below the first layer, ``dZ <- (dZ W_l^T) * f'(A_{l-1})``, written in
+       place of ``A_{l-1}`` (no longer needed).
+    """
+    L = len(Ws)
+    N = rows.shape[0] if gather else X.shape[0]
+    d = X.shape[1]
+    K = Ws[L - 1].shape[1]
+    dt = X.dtype.type
+    inv_n = dt(1.0) / dt(N)
+    n_chunks = (N + chunk - 1) // chunk
+    hidden = u_off[L - 1]
+    widest = 1
+    for l in range(L - 1):
+        widest = max(widest, u_off[l + 1] - u_off[l])
+    n_w = w_off[L]
+    n_b = b_off[L]
+    # written (beta = 0) by each group's first chunk: no serial zeroing
+    pW = np.empty((groups, n_w), X.dtype)
+    pb = np.zeros((groups, n_b), X.dtype)
+    ploss = np.zeros(groups, np.float64)
+    for g in prange(groups):
+        acts = np.empty(chunk * max(hidden, 1), X.dtype)
+        Z = np.empty((chunk, K), X.dtype)
+        dA = np.empty(chunk * widest, X.dtype)
+        Xg = np.empty((chunk if gather else 0, d), X.dtype)
+        first, stop = chunk_range(g, groups, n_chunks)
+        for c in range(first, stop):
+            r0 = c * chunk
+            r1 = min(N, r0 + chunk)
+            m = r1 - r0
+            if gather:
+                for i in range(m):
+                    r = rows[r0 + i]
+                    for j in range(d):
+                        Xg[i, j] = X[r, j]
+                Xc = Xg[:m]
+            else:
+                Xc = X[r0:r1]
+            Zc = Z[:m]
+            A_in = Xc
+            for l in range(L - 1):
+                A_out = _units(acts, u_off, l, m, chunk)
+                mm_nn(A_in, Ws[l], A_out, 0.0)
+                _activate_rows(A_out, bs[l], m, act)
+                A_in = A_out
+            mm_nn(A_in, Ws[L - 1], Zc, 0.0)
+            _activate_rows(Zc, bs[L - 1], m, _IDENTITY)
+            ploss[g] += softmax_ce_rows(Zc, Zc, y[r0:r1], m, inv_n)
+            beta = 0.0 if c == first else 1.0
+            dZ = Zc
+            for l in range(L - 1, -1, -1):
+                n_in, n_out = Ws[l].shape
+                add_column_sums(dZ, m, pb[g][b_off[l]:b_off[l + 1]])
+                gW = pW[g][w_off[l]:w_off[l + 1]].reshape((n_in, n_out))
+                if l == 0:
+                    mm_tn(Xc, dZ, gW, beta)
+                else:
+                    A_prev = _units(acts, u_off, l - 1, m, chunk)
+                    mm_tn(A_prev, dZ, gW, beta)
+                    dAc = dA[:m * n_in].reshape((m, n_in))
+                    mm_nt(dZ, Ws[l], dAc, 0.0)
+                    if act == _IDENTITY:
+                        for i in range(m):
+                            for j in range(n_in):
+                                A_prev[i, j] = dAc[i, j]
+                    else:
+                        _delta_rows(A_prev, dAc, A_prev, m, act)
+                    dZ = A_prev
+    sum_groups(pW, dW)
+    sum_groups(pb, db)
+    total = 0.0
+    for g in range(groups):
+        total += ploss[g]
+    return dt(total / N)
+
+
+_NO_ROWS = np.zeros(0, np.intp)
+
+
+def _layer_list(name, values):
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"{name} must be a list or tuple of arrays, one per layer, "
+                        f"got {type(values).__name__}")
+    if len(values) == 0:
+        raise ValueError(f"{name} must hold at least one array (the output layer)")
+    return list(values)
+
+
+def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, check_finite=True,
+                      _max_chunk_rows=None):
+    r"""Loss and gradients of a multi-layer perceptron classifier, forward and backward fused.
+
+    The network :math:`A_0 = X`, :math:`A_l = f(A_{l-1} W_l + b_l)` for the
+    hidden layers :math:`l = 1 \dots L-1`, :math:`\hat Y = \operatorname{softmax}(A_{L-1} W_L + b_L)`,
+    with mean categorical cross-entropy; :func:`~fusedgrad.kernels.mlp_loss_grad`
+    is the case of one logistic hidden layer. The backward pass:
+
+    .. math::
+        \delta_L = \frac{\hat Y - Y}{N}, \quad
+        \frac{\partial L}{\partial W_l} = A_{l-1}^T \delta_l, \quad
+        \frac{\partial L}{\partial b_l} = \textstyle\sum_{\text{rows}} \delta_l, \quad
+        \delta_{l-1} = \delta_l W_l^T \odot f'(A_{l-1})
+
+    with :math:`f'` written in terms of the activations, as in
+    :func:`~fusedgrad.kernels.layers.affine_activation_backward`. ``X`` is
+    processed in row chunks, one group of chunks per thread, every layer of a
+    chunk while it is in cache: the extra memory is
+    ``O(groups * (chunk * sum(units) + n_weights))``, independent of
+    ``n_samples``, and the result is bit-identical for any number of threads.
+
+    Parameters
+    ----------
+    X : array_like, shape (n_samples, n_features), float32 or float64
+    y : array_like of int, shape (n_samples,) or (n_rows,)
+        Class labels in ``[0, n_classes)``: of the rows of ``X``, or of the
+        rows ``X[rows]`` when ``rows`` is given.
+    coefs : list or tuple of array_like
+        The weight matrices ``W_1 ... W_L``, shapes ``(n_features, n_1)``,
+        ``(n_1, n_2)``, ..., ``(n_{L-1}, n_classes)``.
+    intercepts : list or tuple of array_like
+        The biases ``b_1 ... b_L``, shapes ``(n_1,)``, ..., ``(n_classes,)``.
+    activation : {'identity', 'logistic', 'tanh', 'relu'}
+        The activation ``f`` of the hidden layers (keyword only, required).
+    rows : array_like of int, shape (n_rows,), optional
+        Compute the loss and gradients of the samples ``X[rows]`` without
+        forming ``X[rows]`` (gathered a chunk at a time into a buffer that
+        stays in cache); the result equals that of ``X[rows]``, bit for bit.
+    check_finite : bool, default True
+        Reject NaN/inf in the inputs (one extra pass over all of ``X``).
+
+    Returns
+    -------
+    loss : scalar of X's dtype
+    coef_grads : list of ndarray
+        Shaped like ``coefs``, in X's dtype.
+    intercept_grads : list of ndarray
+        Shaped like ``intercepts``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument (``coefs[1]``, ``intercepts[0]``, ...), before any
+        compiled loop runs.
+    """
+    if not isinstance(activation, str) or activation not in HIDDEN_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {HIDDEN_ACTIVATIONS}, got {activation!r}")
+    coefs = _layer_list("coefs", coefs)
+    intercepts = _layer_list("intercepts", intercepts)
+    if len(coefs) != len(intercepts):
+        raise ValueError(f"coefs and intercepts must have one array per layer, got "
+                         f"{len(coefs)} and {len(intercepts)}")
+    L = len(coefs)
+    units = ["n_features"] + [f"n_units[{i}]" for i in range(1, L)] + ["n_classes"]
+    specs = [("X", X, ("n_samples", "n_features"))]
+    specs += [(f"coefs[{i}]", W, (units[i], units[i + 1])) for i, W in enumerate(coefs)]
+    specs += [(f"intercepts[{i}]", b, (units[i + 1],)) for i, b in enumerate(intercepts)]
+    gather = rows is not None
+    X, *arrays = _validate.float_arrays(specs, check_finite,
+                                        labels=None if gather else ("y", y))
+    Ws, bs = tuple(arrays[:L]), tuple(arrays[L:2 * L])
+    N, d = X.shape
+    K = Ws[-1].shape[1]
+    if gather:
+        rows = _validate.indices("rows", rows, N)
+        N = rows.shape[0]
+        y = _validate.labels("y", y, N, K)
+    else:
+        rows = _NO_ROWS
+        y = arrays[2 * L]
+    widths = [W.shape[1] for W in Ws]
+    w_off = np.cumsum([0] + [W.size for W in Ws]).astype(np.intp)
+    b_off = np.cumsum([0] + widths).astype(np.intp)
+    u_off = np.cumsum([0] + widths[:-1]).astype(np.intp)
+    item = X.itemsize
+    hidden = int(u_off[-1])
+    widest = max(widths[:-1], default=0)
+    chunk, groups = plan(N, (d + hidden + widest + K) * item,
+                         int(w_off[-1] + b_off[-1]) * item, _max_chunk_rows)
+    dW = np.empty(int(w_off[-1]), X.dtype)
+    db = np.empty(int(b_off[-1]), X.dtype)
+    with single_threaded_blas():
+        loss = _network_loss_grad(X, y, rows, gather, Ws, bs, ACTIVATIONS.index(activation),
+                                  w_off, b_off, u_off, dW, db, chunk, groups)
+    coef_grads = [dW[w_off[i]:w_off[i + 1]].reshape(W.shape) for i, W in enumerate(Ws)]
+    intercept_grads = [db[b_off[i]:b_off[i + 1]] for i in range(L)]
+    return X.dtype.type(loss), coef_grads, intercept_grads
