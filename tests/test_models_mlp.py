@@ -302,36 +302,46 @@ def test_gradient_matches_finite_differences(hidden, activation):
     model = MLPClassifier(hidden, activation=activation, alpha=0.3, dtype="float64",
                           random_state=0)
     fit_quietly(model.set_params(max_iter=1, learning_rate_init=1e-300), X, y)
-    kernels = mlp_module._device_kernels("cpu")
+    step = _step(model)
     codes = np.searchsorted(model.classes_, y)
     rows = slice(0, len(y))
     params = params_of(model)
-    _, grads = model._loss_grad(kernels, X, codes, rows, len(y), np.dtype(np.float64))
+    _, grads = model._loss_grad(step, X, codes, rows, len(y), np.dtype(np.float64))
+    grads = [g.copy() for g in grads]  # the step reuses its gradient arrays
     for p, g in zip(params, grads):
         def loss_at(value, p=p):
             saved = p.copy()
             p[...] = value
             try:
-                return model._loss_grad(kernels, X, codes, rows, len(y), np.dtype(np.float64))[0]
+                return model._loss_grad(step, X, codes, rows, len(y), np.dtype(np.float64))[0]
             finally:
                 p[...] = saved
         np.testing.assert_allclose(g, numerical_grad(loss_at, p.copy()), rtol=1e-5, atol=1e-8)
 
 
+def _step(model):
+    """The fit's loss-and-gradient step of ``model``'s current parameters."""
+    kernels = mlp_module._device_kernels("cpu")
+    return kernels.loss_grad(model.coefs_, model.intercepts_, model.activation)
+
+
 def test_blocks_give_the_same_gradient(monkeypatch):
-    """Batches larger than a block are summed block by block: same loss and gradient."""
+    """Rows that must be converted go through in blocks: same loss and gradient as one
+    call on the native array."""
     X, y = blobs(100, d=4, k=3, seed=10)
     codes = np.searchsorted(np.unique(y), y)
-    kernels = mlp_module._device_kernels("cpu")
     for hidden, activation in (((6,), "logistic"), ((5, 4), "tanh")):
         model = fit_quietly(MLPClassifier(hidden, activation=activation, alpha=0.1,
                                           dtype="float64", max_iter=1, random_state=0), X, y)
+        step = _step(model)
+        copied = lambda result: (result[0], [g.copy() for g in result[1]])  # noqa: E731
         rows = np.random.default_rng(0).permutation(100)
-        whole = model._loss_grad(kernels, X, codes, rows, 100, np.dtype(np.float64))
+        whole = copied(model._loss_grad(step, X, codes, rows, 100, np.dtype(np.float64)))
         monkeypatch.setattr(mlp_module, "_BLOCK_ROWS", 7)
-        blocked = model._loss_grad(kernels, X, codes, rows, 100, np.dtype(np.float64))
-        sliced = model._loss_grad(kernels, np.asfortranarray(X), codes, slice(0, 100), 100,
-                                  np.dtype(np.float64))
+        blocked = copied(model._loss_grad(step, np.asfortranarray(X), codes, rows, 100,
+                                          np.dtype(np.float64)))
+        sliced = copied(model._loss_grad(step, np.asfortranarray(X), codes, slice(0, 100), 100,
+                                         np.dtype(np.float64)))
         monkeypatch.undo()
         assert blocked[0] == pytest.approx(whole[0], rel=1e-13)
         assert sliced[0] == pytest.approx(whole[0], rel=1e-13)
@@ -521,27 +531,30 @@ def test_memmap_peak_memory_bounded(tmp_path, monkeypatch, x_dtype, solver):
     assert len(model.loss_curve_) == 2 and np.isfinite(model.loss_)
 
 
-def test_batches_are_views_or_gathered_in_the_kernel(monkeypatch):
+@pytest.mark.parametrize("hidden, activation", [((5,), "logistic"), ((5, 4), "relu")])
+def test_batches_are_views_or_gathered_in_the_kernel(monkeypatch, hidden, activation):
     """The fused kernel gets a view of consecutive rows, or X itself and the row
-    indices of a shuffled batch: no copy of X or of a batch of it is made."""
-    import fusedgrad.kernels
+    indices of a shuffled batch: no copy of X or of a batch of it is made, for
+    the lecture's network and for any other."""
+    from fusedgrad.kernels import network
 
     X, y = blobs(1000, d=4, k=3, seed=21, dtype=np.float32)
     calls = []
-    real = fusedgrad.kernels.mlp_loss_grad
+    real = network.PreparedLossGrad.__call__
 
-    def spy(X_, y_, *params, rows=None, **options):
+    def spy(self, X_, y_, rows=None):
         calls.append((np.shares_memory(X_, X), X_.shape[0], None if rows is None else len(rows)))
-        return real(X_, y_, *params, rows=rows, **options)
+        return real(self, X_, y_, rows)
 
-    monkeypatch.setattr(fusedgrad.kernels, "mlp_loss_grad", spy)
-    fit_quietly(MLPClassifier((5,), solver="sgd", batch_size=100, shuffle=False, max_iter=1), X, y)
+    monkeypatch.setattr(network.PreparedLossGrad, "__call__", spy)
+    net = dict(hidden_layer_sizes=hidden, activation=activation, max_iter=1)
+    fit_quietly(MLPClassifier(solver="sgd", batch_size=100, shuffle=False, **net), X, y)
     assert calls == [(True, 100, None)] * 10
     calls.clear()
-    fit_quietly(MLPClassifier((5,), solver="sgd", batch_size=300, shuffle=True, max_iter=1), X, y)
+    fit_quietly(MLPClassifier(solver="sgd", batch_size=300, shuffle=True, **net), X, y)
     assert calls == [(True, 1000, 300)] * 3 + [(True, 1000, 100)]
     calls.clear()
-    fit_quietly(MLPClassifier((5,), solver="gd", shuffle=True, max_iter=1), X, y)
+    fit_quietly(MLPClassifier(solver="gd", shuffle=True, **net), X, y)
     assert calls == [(True, 1000, None)]
 
 

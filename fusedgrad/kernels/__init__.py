@@ -9,6 +9,7 @@ for any number of threads.
 from fusedgrad.kernels.affine import affine_sigmoid, affine_sigmoid_backward
 from fusedgrad.kernels.layers import affine_activation, affine_activation_backward
 from fusedgrad.kernels.mlp import mlp_loss_grad
+from fusedgrad.kernels.network import network_loss_grad
 from fusedgrad.kernels.ols import gram, ols_loss_grad
 from fusedgrad.kernels.softmax import softmax_cross_entropy
 
@@ -21,4 +22,5 @@ __all__ = [
     "gram",
     "affine_activation",
     "affine_activation_backward",
+    "network_loss_grad",
 ]

@@ -83,6 +83,11 @@ ROWS_PER_PARTIAL_BYTE = 1024
 MIN_CHUNK_ROWS = 64
 MAX_CHUNK_ROWS = 2048  # fat layers: (16384, 784, 1024, 10) f32 175-185 ms vs 186-192 at 1024
 
+#: Partial sums of at most this many elements (all groups together) are
+#: added serially by ``sum_groups``: below it, starting the worker threads
+#: costs more than the additions.
+SERIAL_SUM_ELEMENTS = 1 << 16
+
 # ---------------------------------------------------------------------------
 # CUDA kernels (fusedgrad.kernels.cuda)
 # ---------------------------------------------------------------------------

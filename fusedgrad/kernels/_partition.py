@@ -61,11 +61,22 @@ def add_column_sums(M, rows, acc):
 @njit(**opt.PARALLEL)
 def sum_groups(partials, out):
     """``out = partials.sum(axis=0)`` over a C-contiguous (groups, ...) array,
-    adding the groups in order (so the result does not depend on threads)."""
+    adding the groups in order (so the result does not depend on threads).
+
+    Up to :data:`~fusedgrad.kernels._options.SERIAL_SUM_ELEMENTS` elements
+    of ``partials`` are added on the calling thread: starting the threads
+    costs more (7.6 us measured for one group of 7,400) than the sum."""
     groups = partials.shape[0]
     P = partials.reshape(groups, -1)
     flat = out.reshape(-1)
     size = flat.shape[0]
+    if groups * size <= opt.SERIAL_SUM_ELEMENTS:
+        for j in range(size):
+            flat[j] = P[0, j]
+        for g in range(1, groups):
+            for j in range(size):
+                flat[j] += P[g, j]
+        return
     block = 2048
     for b in prange((size + block - 1) // block):
         j0 = b * block

@@ -7,22 +7,23 @@ stopping rules and fitted attributes, and the same use of the random state,
 so that with the same ``random_state`` it starts from the same weights and
 takes the same minibatches. The arithmetic is done by :mod:`fusedgrad.kernels`:
 
-* one hidden layer with the logistic activation (the lecture's network) takes
-  the fused :func:`~fusedgrad.kernels.mlp_loss_grad`, the whole forward and
-  backward pass in one call;
-* any other network goes layer by layer through
-  :func:`~fusedgrad.kernels.layers.affine_activation`,
-  :func:`~fusedgrad.kernels.softmax_cross_entropy` and
-  :func:`~fusedgrad.kernels.layers.affine_activation_backward`.
+* each training step is one call of a fused kernel, the whole forward and
+  backward pass of the batch: :func:`~fusedgrad.kernels.mlp_loss_grad` for
+  one hidden layer with the logistic activation (the lecture's network),
+  :func:`~fusedgrad.kernels.network_loss_grad` for any other depth and
+  activation. The model checks the data and the parameters once per fit and
+  calls the kernels' compiled cores directly
+  (:class:`~fusedgrad.kernels.network.PreparedLossGrad`);
+* prediction goes layer by layer through
+  :func:`~fusedgrad.kernels.layers.affine_activation`.
 
 Only the optimizer's elementwise updates (a few NumPy operations on the
 parameters) run outside the kernels.
 
 Large data: ``X`` is never copied or converted as a whole. A minibatch of
-consecutive rows is a view; a shuffled minibatch of the lecture's network is
-gathered by the fused kernel a cache-sized chunk at a time
-(``mlp_loss_grad(..., rows=)``), other networks gather only the batch; rows
-in another dtype are converted a block of :data:`_BLOCK_ROWS` rows at a time.
+consecutive rows is a view; a shuffled minibatch is gathered by the fused
+kernel a cache-sized chunk at a time (the kernels' ``rows=``); rows in another
+dtype are converted a block of :data:`_BLOCK_ROWS` rows at a time.
 ``X`` may therefore be an ``np.memmap`` larger than memory: besides one block,
 a fit keeps about 9 bytes per sample in memory (the shuffled row order, 2 x 4
 bytes, and the class index of each label, 1 byte for fewer than 256 classes).
@@ -65,23 +66,21 @@ _BLOCK_ROWS = 16384
 class _CpuKernels:
     """The kernels of ``device='cpu'`` (:mod:`fusedgrad.kernels`).
 
-    A device provides ``mlp_loss_grad``, ``softmax_cross_entropy``,
-    ``affine_activation``, ``affine_activation_backward`` (the signatures of
-    the CPU kernels) and ``session()``, a context manager entered once around
-    a whole fit or prediction.
+    A device provides ``loss_grad(coefs, intercepts, activation)``, which
+    returns the fit's loss-and-gradient step
+    (:class:`~fusedgrad.kernels.network.PreparedLossGrad`),
+    ``affine_activation`` (prediction, layer by layer) and ``session()``, a
+    context manager entered once around a whole fit or prediction.
     """
 
     name = "cpu"
 
     def __init__(self):
-        from fusedgrad import kernels
-        from fusedgrad.kernels import layers
+        from fusedgrad.kernels import layers, network
         from fusedgrad.kernels._blas import single_threaded_blas
 
-        self.mlp_loss_grad = kernels.mlp_loss_grad
-        self.softmax_cross_entropy = kernels.softmax_cross_entropy
+        self.loss_grad = network.PreparedLossGrad
         self.affine_activation = layers.affine_activation
-        self.affine_activation_backward = layers.affine_activation_backward
         # Every kernel limits BLAS to one thread while it runs; entering the
         # limit once around the whole loop makes the kernels' own entries free.
         self.session = single_threaded_blas
@@ -925,49 +924,23 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             self.validation_scores_ = None
             self.best_validation_score_ = None
 
-    def _block_loss_grad(self, kernels, Xb, yb, rows=None):
-        """Mean cross-entropy of the rows ``Xb`` (C-contiguous, model dtype), or of
-        ``Xb[rows]`` (the fused kernel only), and its gradients
-        ``coef_grads + intercept_grads``, without the L2 term."""
-        W, b = self.coefs_, self.intercepts_
-        if self._fused():
-            loss, dW1, db1, dW2, db2 = kernels.mlp_loss_grad(Xb, yb, W[0], b[0], W[1], b[1],
-                                                            rows=rows, check_finite=False)
-            return float(loss), [dW1, dW2, db1, db2]
-        L = len(W)
-        acts = [Xb]
-        for i in range(L - 1):
-            acts.append(kernels.affine_activation(acts[-1], W[i], b[i],
-                                                  activation=self.activation, check_finite=False))
-        Z = kernels.affine_activation(acts[-1], W[-1], b[-1], activation="identity",
-                                      check_finite=False)
-        loss, dA = kernels.softmax_cross_entropy(Z, yb, check_finite=False)
-        coef_grads, intercept_grads = [None] * L, [None] * L
-        A, activation = Z, "identity"
-        for i in range(L - 1, -1, -1):
-            dW, db, dA = kernels.affine_activation_backward(
-                acts[i], A, dA, W[i] if i > 0 else None, activation=activation,
-                check_finite=False)
-            coef_grads[i], intercept_grads[i] = dW, db
-            A, activation = acts[i], self.activation
-        return float(loss), coef_grads + intercept_grads
-
-    def _loss_grad(self, kernels, X, codes, rows, n_rows, dtype):
+    def _loss_grad(self, step, X, codes, rows, n_rows, dtype):
         """Loss and gradients (L2 term included) of the minibatch ``X[rows]``.
 
-        ``rows`` is a slice or an index array. The lecture's network takes the
-        whole batch in one fused call, however many rows: a view of
+        ``step`` is the fit's :class:`~fusedgrad.kernels.network.PreparedLossGrad`
+        and ``rows`` a slice or an index array. The whole batch goes through
+        the fused kernel in one call, however many rows: a view of
         consecutive rows, or ``X`` itself with the batch's row indices, which
-        the kernel gathers a cache-sized chunk at a time. Otherwise (other
-        networks, or ``X`` to be converted) the batch goes through the
-        kernels in blocks of at most :data:`_BLOCK_ROWS` rows, whose means
+        the kernel gathers a cache-sized chunk at a time. Only where ``X``
+        must be converted (another dtype, not C-contiguous) is the batch
+        converted in blocks of at most :data:`_BLOCK_ROWS` rows, whose means
         are combined with weights ``n_block / n_rows``.
         """
-        if self._fused() and _is_native(X, dtype):
+        if _is_native(X, dtype):
             if isinstance(rows, slice):
-                loss, grads = self._block_loss_grad(kernels, np.asarray(X[rows]), codes[rows])
+                loss, grads = step(X[rows], codes[rows].astype(np.intp))
             else:
-                loss, grads = self._block_loss_grad(kernels, np.asarray(X), codes[rows], rows)
+                loss, grads = step(X, codes[rows].astype(np.intp), rows.astype(np.intp))
             return self._add_l2(loss, grads, n_rows)
         if isinstance(rows, slice):
             blocks = [slice(s, min(s + _BLOCK_ROWS, rows.stop))
@@ -976,14 +949,14 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             blocks = [rows[s:s + _BLOCK_ROWS] for s in range(0, n_rows, _BLOCK_ROWS)]
         loss, grads = 0.0, None
         for block in blocks:
-            Xb, yb = _rows(X, block, dtype), codes[block]
-            block_loss, block_grads = self._block_loss_grad(kernels, Xb, yb)
+            Xb, yb = _rows(X, block, dtype), codes[block].astype(np.intp)
+            block_loss, block_grads = step(Xb, yb)
             if len(blocks) == 1:
                 loss, grads = block_loss, block_grads
                 break
             weight = Xb.shape[0] / n_rows
             loss += weight * block_loss
-            if grads is None:
+            if grads is None:  # a copy: step reuses its gradient arrays
                 grads = [g * dtype.type(weight) for g in block_grads]
             else:
                 for g, gb in zip(grads, block_grads):
@@ -1164,6 +1137,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         (optimizer, early_stopping, train_idx, val_idx, n_samples, batch_size,
          shuffle) = self._stochastic_setup(X.shape[0], rng, incremental)
         params = self.coefs_ + self.intercepts_
+        step = kernels.loss_grad(self.coefs_, self.intercepts_, self.activation)
         sample_idx = np.arange(n_samples, dtype=_index_dtype(n_samples))
         progress = _Progress(self.verbose, 1 if incremental else self.max_iter, n_samples)
 
@@ -1186,7 +1160,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                         # consecutive rows: a view; also a whole shuffled epoch in one
                         # batch, whose gradient does not depend on the order
                         rows = slice(start, stop)
-                    loss, grads = self._loss_grad(kernels, X, codes, rows, stop - start, dtype)
+                    loss, grads = self._loss_grad(step, X, codes, rows, stop - start, dtype)
                     if not math.isfinite(loss):
                         self._diverged(loss)
                     accumulated_loss += loss * (stop - start)
