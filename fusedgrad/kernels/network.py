@@ -109,6 +109,7 @@ def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW,
             ploss[g] += softmax_ce_rows(Zc, Zc, y[r0:r1], m, inv_n)
             beta = 0.0 if c == first else 1.0
             dZ = Zc
+            dz_in_da = False  # with the identity, dZ alternates between dA and dZh
             for l in range(L - 1, -1, -1):
                 n_in, n_out = Ws[l].shape
                 add_column_sums(dZ, m, pb[g][b_off[l]:b_off[l + 1]])
@@ -118,14 +119,18 @@ def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW,
                 else:
                     A_prev = _units(acts, u_off, l - 1, m, chunk)
                     mm_tn(A_prev, dZ, gW, beta)
-                    dAc = dA[:m * n_in].reshape((m, n_in))
-                    mm_nt(dZ, Ws[l], dAc, 0.0)
                     if act == _IDENTITY:
-                        dZ = dAc
+                        # dZ W^T is the next dZ: written to the buffer dZ is not in
+                        out = dZh if dz_in_da else dA
+                        dZn = out[:m * n_in].reshape((m, n_in))
+                        mm_nt(dZ, Ws[l], dZn, 0.0)
+                        dz_in_da = not dz_in_da
                     else:
-                        dZc = dZh[:m * n_in].reshape((m, n_in))
-                        _delta_rows(A_prev, dAc, dZc, m, act)
-                        dZ = dZc
+                        dAc = dA[:m * n_in].reshape((m, n_in))
+                        mm_nt(dZ, Ws[l], dAc, 0.0)
+                        dZn = dZh[:m * n_in].reshape((m, n_in))
+                        _delta_rows(A_prev, dAc, dZn, m, act)
+                    dZ = dZn
     sum_groups(pW, dW)
     sum_groups(pb, db)
     total = 0.0
