@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Time per epoch of MLPClassifier.fit: fusedgrad against scikit-learn and a PyTorch loop.
 
-The same network (``d``-``h``-``K``, logistic hidden layer, softmax output,
+The same network (``d``-``h``-``K``, logistic hidden layer, or ``--hidden`` and
+``--activation``, softmax output,
 mean cross-entropy), data and batch size for all three, float32:
 
 * ``fusedgrad``: ``fusedgrad.models.MLPClassifier(solver='sgd')``;
@@ -50,8 +51,12 @@ def make_data(n_samples, n_features, n_classes, seed=0):
     return X, y.astype(np.int64)
 
 
+#: Activation of the hidden layers (``--activation``).
+ACTIVATION = "logistic"
+
+
 def _settings(hidden, batch_size, epochs, learning_rate):
-    return dict(hidden_layer_sizes=(hidden,), activation="logistic", solver="sgd",
+    return dict(hidden_layer_sizes=tuple(hidden), activation=ACTIVATION, solver="sgd",
                 batch_size=batch_size, learning_rate_init=learning_rate, max_iter=epochs,
                 tol=0.0, n_iter_no_change=10**9, random_state=0)
 
@@ -84,8 +89,13 @@ def torch_fit(X, y, hidden, batch_size, epochs, learning_rate):
     torch.manual_seed(0)
     n, d = X.shape
     K = int(y.max()) + 1
-    model = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.Sigmoid(),
-                                torch.nn.Linear(hidden, K))
+    act = {"logistic": torch.nn.Sigmoid, "relu": torch.nn.ReLU, "tanh": torch.nn.Tanh,
+           "identity": torch.nn.Identity}[ACTIVATION]
+    layers, width = [], d
+    for units in hidden:
+        layers += [torch.nn.Linear(width, units), act()]
+        width = units
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(width, K))
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     loss_sum = 0.0
@@ -202,7 +212,10 @@ def parse_args(argv=None):
                    help="small shapes (N=20,000, d=16, h=32, K=4), 2 epochs, 1 repeat")
     p.add_argument("--n-samples", type=int, default=200_000)
     p.add_argument("--n-features", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--hidden", type=int, nargs="+", default=[128],
+                   help="units of each hidden layer")
+    p.add_argument("--activation", default="logistic",
+                   choices=["logistic", "relu", "tanh", "identity"])
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[4096, 0],
                    help="minibatch sizes; 0 is the full batch (default: 4096 0)")
@@ -214,7 +227,7 @@ def parse_args(argv=None):
                    help="threads of numba, BLAS and PyTorch (default 2, the machine's cores)")
     args = p.parse_args(argv)
     if args.quick:
-        args.n_samples, args.n_features, args.hidden, args.classes = 20_000, 16, 32, 4
+        args.n_samples, args.n_features, args.hidden, args.classes = 20_000, 16, [32], 4
         args.epochs, args.repeat = 2, 1
     return args
 
@@ -231,14 +244,17 @@ def set_threads(threads):
 
 
 def main(argv=None):
+    global ACTIVATION
     args = parse_args(argv)
+    ACTIVATION = args.activation
     set_threads(args.threads)
     print(format_machine(machine_info()) + "\n", flush=True)
     names, skipped = available(args.only)
     X, y = make_data(args.n_samples, args.n_features, args.classes)
     N, d, h, K = args.n_samples, args.n_features, args.hidden, args.classes
-    print(f"MLPClassifier.fit, solver='sgd', activation='logistic', float32, "
-          f"N={N:,}, d={d}, h={h}, K={K}, {args.threads} threads: median ms per epoch "
+    print(f"MLPClassifier.fit, solver='sgd', activation='{ACTIVATION}', float32, "
+          f"N={N:,}, d={d}, hidden={tuple(h)}, K={K}, {args.threads} threads: median ms per "
+          "epoch "
           f"({args.epochs} epochs per fit, {args.repeat} fits)\n", flush=True)
     rows = []
     for batch in args.batch_sizes:
@@ -259,10 +275,11 @@ def main(argv=None):
         print(f"  batch {label}: " + ", ".join(f"{n} {ms[n]:.1f} ms (last loss "
                                                 f"{losses[n]:.4f})" for n in names), flush=True)
     print()
-    batch = next((b for b in args.batch_sizes if 0 < b < N), min(4096, N))
-    for line in overhead(X, y, h, batch):
-        print(line)
-    print()
+    if ACTIVATION == "logistic" and len(h) == 1:  # the lecture's network: mlp_loss_grad
+        batch = next((b for b in args.batch_sizes if 0 < b < N), min(4096, N))
+        for line in overhead(X, y, h[0], batch):
+            print(line)
+        print()
     print(markdown_table(["batch size", "fusedgrad", "sklearn", "torch", "sklearn/fusedgrad",
                           "torch/fusedgrad"], rows))
     for name, reason in skipped.items():

@@ -414,3 +414,87 @@ LAYER_CASES = {case.name: case for case in _layer_cases()}
 
 _exported = set(getattr(importlib.import_module("fusedgrad.kernels"), "__all__", ()))
 CASES.update({name: case for name, case in LAYER_CASES.items() if case.function in _exported})
+
+
+# ---------------------------------------------------------------------------
+# network_loss_grad: rows with two hidden layers, one per hidden activation
+# ---------------------------------------------------------------------------
+
+#: Hidden activations of the ``network_loss_grad`` rows.
+NETWORK_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
+
+
+def network_args(shape, dtype, seed):
+    """``(X, y, W1, b1, W2, b2, W3, b3)``: a network ``d -> h -> h2 -> K`` with
+    ``h2 = h // 2 + 1`` (so the two hidden widths differ)."""
+    N, d, h, K = (shape[s] for s in ("N", "d", "h", "K"))
+    h2 = h // 2 + 1
+    rng = np.random.default_rng(seed)
+    X = _normal(rng, (N, d), dtype)
+    y = rng.integers(0, K, size=N)
+    args = [X, y]
+    for n_in, n_out in ((d, h), (h, h2), (h2, K)):
+        args += [_normal(rng, (n_in, n_out), dtype, 1.5 / np.sqrt(n_in)),
+                 _normal(rng, n_out, dtype, 0.5)]
+    return tuple(args)
+
+
+def network_loss_grad_reference(X, y, *params, activation):
+    """Loss and gradients of ``softmax(f(... f(X W1 + b1) ...) WL + bL)``, layer by
+    layer (the lecture's recursion, :func:`activation_derivative_reference`);
+    ``params`` are ``W1, b1, ..., WL, bL``, the result ``(loss, dW1, db1, ...)``."""
+    Ws, bs = params[0::2], params[1::2]
+    acts = [X]
+    for W, b in zip(Ws[:-1], bs[:-1]):
+        acts.append(activation_reference(acts[-1] @ W + b, activation))
+    loss, dZ = reference.softmax_cross_entropy(acts[-1] @ Ws[-1] + bs[-1], y)
+    grads = [None] * (2 * len(Ws))
+    for layer in range(len(Ws) - 1, -1, -1):
+        grads[2 * layer] = acts[layer].T @ dZ
+        grads[2 * layer + 1] = dZ.sum(axis=0)
+        if layer > 0:
+            dZ = activation_derivative_reference(acts[layer], dZ @ Ws[layer].T, activation)
+    return (loss, *grads)
+
+
+@dataclass(frozen=True)
+class NetworkCase(Case):
+    """A row of :func:`fusedgrad.kernels.network_loss_grad` with its activation bound
+    and its lists flattened: the row's kernel takes ``(X, y, W1, b1, W2, b2, ...)``
+    and returns ``(loss, dW1, db1, dW2, db2, ...)``, like every other row."""
+
+    activation: str = "relu"
+
+    @property
+    def reference(self):
+        activation = self.activation
+        return lambda X, y, *params: network_loss_grad_reference(X, y, *params,
+                                                                 activation=activation)
+
+    @property
+    def kernel(self):
+        fn = getattr(importlib.import_module("fusedgrad.kernels"), self.function)
+        activation = self.activation
+
+        def bound(X, y, *params, **options):
+            loss, dWs, dbs = fn(X, y, list(params[0::2]), list(params[1::2]),
+                                activation=activation, **options)
+            return (loss, *(g for pair in zip(dWs, dbs) for g in pair))
+
+        return bound
+
+    @property
+    def cuda_kernel(self):
+        return None  # no CUDA twin
+
+
+NETWORK_CASES = {
+    case.name: case
+    for case in (
+        NetworkCase(f"network_loss_grad/{act}", "network_loss_grad", ("N", "d", "h", "K"),
+                    network_args, kernel_options=({}, {"_max_chunk_rows": 64}),
+                    activation=act)
+        for act in NETWORK_ACTIVATIONS
+    )
+}
+CASES.update({name: case for name, case in NETWORK_CASES.items() if case.function in _exported})

@@ -760,3 +760,37 @@ def test_load_rejects_inconsistent_arrays(tmp_path):
         load(write({**arrays, "classes_": arrays["classes_"][::-1].copy()}))
     with pytest.raises(ValueError, match=r"bad\.npz.*NaN"):
         load(write({**arrays, "coefs_0": np.full_like(arrays["coefs_0"], np.nan)}))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("solver, options", [
+    ("sgd", dict(momentum=0.0)), ("sgd", dict(momentum=0.9, nesterov=False)),
+    ("sgd", dict(momentum=0.9, nesterov=True)), ("adam", {}),
+])
+def test_compiled_updates_are_the_numpy_updates_bit_for_bit(dtype, solver, options):
+    """The optimizers' compiled loops (C-contiguous parameters) against their NumPy
+    operations (scikit-learn's sequence, taken for parameters that are not
+    contiguous), over several steps of the same gradients."""
+    rng = np.random.default_rng(30)
+    shapes = [(7, 5), (5, 3), (5,), (3,)]
+    start = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(4)]
+
+    def run(contiguous):
+        if contiguous:
+            params = [p.copy() for p in start]
+        else:  # every other element of a wider array: a strided view
+            params = [np.repeat(p, 2, axis=-1)[..., ::2] for p in start]
+            assert not any(p.flags.c_contiguous for p in params)
+        if solver == "sgd":
+            opt = mlp_module._SGDOptimizer(params, 0.05, "constant", options["momentum"],
+                                           options.get("nesterov", False), 0.5)
+        else:
+            opt = mlp_module._AdamOptimizer(params, 0.05, 0.9, 0.999, 1e-8)
+        for step in grads:
+            opt.update_params(params, [g.copy() for g in step])
+        return params
+
+    for a, b in zip(run(True), run(False)):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(a, b)

@@ -1,8 +1,9 @@
 """``network_loss_grad`` (any depth, any hidden activation) against a NumPy reference.
 
-The reference below is the lecture's backward pass written layer by layer in
-float64 NumPy; it is checked first against central finite differences of its
-own loss. The kernel is then compared with it over depths 1-4, every hidden
+The reference (``network_loss_grad_reference`` in ``tests/cases.py``, also the
+oracle of the network rows of the comparison table) is the lecture's backward
+pass written layer by layer in float64 NumPy; it is checked first against
+central finite differences of its own loss. The kernel is then compared with it over depths 1-4, every hidden
 activation, both dtypes and chunk sizes that make the rows span many chunks
 and groups; with :func:`mlp_loss_grad` on the lecture's network; for
 ``rows=``, the thread count, the dtype of the outputs and every input check.
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from _numdiff import numerical_grad
-from cases import TOLERANCE, rel_error
+from cases import TOLERANCE, network_loss_grad_reference, rel_error
 from fusedgrad import reference as ref
 from fusedgrad.kernels import mlp_loss_grad, network_loss_grad
 from fusedgrad.kernels._blas import single_threaded_blas
@@ -27,33 +28,13 @@ SHAPES = {
 }
 
 
-def _forward_f(activation, Z):
-    return {"identity": lambda z: z, "logistic": ref.sigmoid, "tanh": np.tanh,
-            "relu": lambda z: np.maximum(z, 0.0)}[activation](Z)
-
-
-def _derivative(activation, A):
-    """f'(z) in terms of A = f(z)."""
-    return {"identity": np.ones_like, "logistic": lambda a: a * (1.0 - a),
-            "tanh": lambda a: 1.0 - a * a, "relu": lambda a: (a > 0).astype(a.dtype)}[activation](A)
-
-
 def network_reference(X, y, coefs, intercepts, activation):
-    """Loss and gradients in float64, one layer at a time (the lecture's recursion)."""
-    X = np.asarray(X, np.float64)
-    Ws = [np.asarray(W, np.float64) for W in coefs]
-    bs = [np.asarray(b, np.float64) for b in intercepts]
-    acts = [X]
-    for W, b in zip(Ws[:-1], bs[:-1]):
-        acts.append(_forward_f(activation, acts[-1] @ W + b))
-    loss, dZ = ref.softmax_cross_entropy(acts[-1] @ Ws[-1] + bs[-1], y)
-    dWs, dbs = [None] * len(Ws), [None] * len(Ws)
-    for layer in range(len(Ws) - 1, -1, -1):
-        dWs[layer] = acts[layer].T @ dZ
-        dbs[layer] = dZ.sum(axis=0)
-        if layer > 0:
-            dZ = (dZ @ Ws[layer].T) * _derivative(activation, acts[layer])
-    return loss, dWs, dbs
+    """Loss and gradients in float64, one layer at a time (the lecture's recursion:
+    ``cases.network_loss_grad_reference``), in the kernel's list form."""
+    params = [np.asarray(a, np.float64) for pair in zip(coefs, intercepts) for a in pair]
+    out = network_loss_grad_reference(np.asarray(X, np.float64), y, *params,
+                                      activation=activation)
+    return out[0], list(out[1::2]), list(out[2::2])
 
 
 def make_network(sizes, N, dtype, seed):
@@ -244,6 +225,27 @@ def test_bad_layers_name_the_array():
     coefs[1][2, 3] = np.nan
     with pytest.raises(ValueError, match=r"coefs\[1\]"):
         network_loss_grad(**dict(args, coefs=coefs))
+
+
+def test_bad_arrays_in_the_lists_are_named():
+    args = _good()
+    for bad, error in ((np.ma.masked_array(args["coefs"][0]), TypeError),
+                       (args["coefs"][0].astype(np.complex128), TypeError),
+                       (args["coefs"][0][None], ValueError),
+                       ("weights", TypeError)):
+        coefs = list(args["coefs"])
+        coefs[0] = bad
+        with pytest.raises(error, match=r"coefs\[0\]"):
+            network_loss_grad(**dict(args, coefs=coefs))
+    intercepts = list(args["intercepts"])
+    intercepts[1] = np.full(6, np.inf)
+    with pytest.raises(ValueError, match=r"intercepts\[1\]"):
+        network_loss_grad(**dict(args, intercepts=intercepts))
+    X = args["X"].copy()
+    X[3, 1] = np.nan
+    with pytest.raises(ValueError, match="X"):
+        network_loss_grad(**dict(args, X=X))
+    network_loss_grad(**dict(args, X=X), check_finite=False)  # the caller's choice
 
 
 def test_bad_labels_and_rows():

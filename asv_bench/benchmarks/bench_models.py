@@ -77,13 +77,15 @@ def linear_regression(impl, dtype, solver="auto"):
     return _require("fusedgrad.models", "LinearRegression")(solver=solver, dtype=dtype)
 
 
-def mlp_classifier(impl, solver, size, dtype, max_iter=None):
-    """An unfitted MLP classifier of implementation ``impl`` doing ``EPOCHS[solver]`` epochs."""
+def mlp_classifier(impl, solver, size, dtype, max_iter=None, activation="logistic",
+                   hidden=None):
+    """An unfitted MLP classifier of implementation ``impl`` doing ``EPOCHS[solver]`` epochs
+    (``hidden``: the hidden layer sizes, default one layer of ``SIZES[size]["h"]``)."""
     N, h = SIZES[size]["N"], SIZES[size]["h"]
     epochs = EPOCHS[solver] if max_iter is None else max_iter
     common_kw = dict(
-        hidden_layer_sizes=(h,),
-        activation="logistic",
+        hidden_layer_sizes=(h,) if hidden is None else hidden,
+        activation=activation,
         learning_rate_init=0.1,
         max_iter=epochs,
         tol=0.0,
@@ -182,6 +184,30 @@ class MLPClassifierFit:
         self.make().fit(self.X, self.y)
 
     def peakmem_fit(self, impl, solver, size, dtype):
+        self.make().fit(self.X, self.y)
+
+
+class MLPClassifierFitNetworks:
+    """``MLPClassifier.fit`` (``'sgd'``, minibatches of 200) of networks other than the
+    lecture's: ReLU and tanh, one hidden layer of ``h`` units or two of ``h`` and
+    ``h / 2``, each step through ``network_loss_grad`` (scikit-learn: its NumPy
+    backpropagation)."""
+
+    params = [["sklearn", "fused"], ["relu", "tanh"], ["1 hidden", "2 hidden"],
+              ["small", "large-batch"], common.DTYPES]
+    param_names = ["implementation", "activation", "layers", "size", "dtype"]
+    timeout = 180
+
+    def setup(self, impl, activation, layers, size, dtype):
+        _quiet()
+        self.X, self.y = classification_data(size, dtype)
+        h = SIZES[size]["h"]
+        hidden = (h,) if layers == "1 hidden" else (h, h // 2)
+        self.make = functools.partial(mlp_classifier, impl, "sgd", size, dtype,
+                                      activation=activation, hidden=hidden)
+        _warm_up((impl, activation, layers, size, dtype), self.make, self.X, self.y)
+
+    def time_fit(self, impl, activation, layers, size, dtype):
         self.make().fit(self.X, self.y)
 
 

@@ -58,6 +58,11 @@ PARALLEL = dict(JIT, parallel=not SERIAL)
 #: Options of a small device-free helper meant to be inlined into its caller.
 INLINE = dict(JIT, inline="always")
 
+#: Options of a loop that must round every operation as NumPy does (no FMA
+#: contraction, no reciprocal for a division): the optimizers' updates, which
+#: reproduce scikit-learn's NumPy arithmetic bit for bit.
+EXACT = dict(JIT, fastmath=False)
+
 # Work partition. Rows are cut into chunks of ``chunk_rows`` rows; the chunks
 # are dealt, as contiguous runs, to a fixed number of groups that does not
 # depend on the number of threads; each group accumulates its sums in its own

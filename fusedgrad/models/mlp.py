@@ -17,8 +17,9 @@ takes the same minibatches. The arithmetic is done by :mod:`fusedgrad.kernels`:
 * prediction goes layer by layer through
   :func:`~fusedgrad.kernels.layers.affine_activation`.
 
-Only the optimizer's elementwise updates (a few NumPy operations on the
-parameters) run outside the kernels.
+The optimizers' elementwise updates are compiled loops too
+(:mod:`fusedgrad.kernels._optim`, one call per parameter, scikit-learn's
+operations in its order, so the same bits).
 
 Large data: ``X`` is never copied or converted as a whole. A minibatch of
 consecutive rows is a view; a shuffled minibatch is gathered by the fused
@@ -41,6 +42,7 @@ import warnings
 import numpy as np
 
 from fusedgrad._validate import all_finite
+from fusedgrad.kernels._optim import adam_update, sgd_update
 from fusedgrad.models import _persist
 from fusedgrad.models._base import BaseModel, ClassifierMixin, ConvergenceWarning, check_array
 
@@ -401,19 +403,23 @@ class _SGDOptimizer:
         self.nesterov = nesterov
         self.power_t = power_t
         self.velocities = [np.zeros_like(p) for p in params]
-        self._tmp = [np.empty_like(p) for p in params] if nesterov else None
 
     def update_params(self, params, grads):
+        # per element: g *= lr; then p -= g (the velocity is -lr g: the same
+        # step), or v = mu v - g and p += v, or p += mu v - g (Nesterov)
         lr, mu = self.learning_rate, self.momentum
-        for i, (p, g, v) in enumerate(zip(params, grads, self.velocities)):
+        for p, g, v in zip(params, grads, self.velocities):
+            if _flat_views(p, g, v):
+                sgd_update(p.reshape(-1), g.reshape(-1), v.reshape(-1), lr, mu, self.nesterov)
+                continue
             g *= lr
             if mu == 0.0:
-                p -= g  # the velocity is -lr g: the same step
+                p -= g
                 continue
             v *= mu
             v -= g
             if self.nesterov:
-                step = np.multiply(v, mu, out=self._tmp[i])
+                step = v * mu
                 step -= g
                 p += step
             else:
@@ -435,6 +441,14 @@ class _SGDOptimizer:
         return False
 
 
+def _flat_views(*arrays):
+    """Whether the compiled updates can take these arrays (as 1-D views):
+    C-contiguous, writeable, of one float dtype."""
+    dtype = arrays[0].dtype
+    return all(a.flags.c_contiguous and a.flags.writeable and a.dtype == dtype
+               for a in arrays) and dtype in _DTYPES
+
+
 class _AdamOptimizer:
     """Adam, as scikit-learn's ``AdamOptimizer`` (same operations, same order)."""
 
@@ -453,6 +467,10 @@ class _AdamOptimizer:
         self.learning_rate = (self.learning_rate_init * math.sqrt(1 - b2**self.t)
                               / (1 - b1**self.t))
         for p, g, m, v, tmp in zip(params, grads, self.ms, self.vs, self._tmp):
+            if _flat_views(p, g, m, v):
+                adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
+                            b1, b2, self.epsilon, self.learning_rate)
+                continue
             m *= b1
             m += np.multiply(g, 1 - b1, out=tmp)
             v *= b2
