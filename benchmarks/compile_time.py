@@ -13,7 +13,7 @@ import sys
 import tempfile
 
 KERNELS = ["affine_sigmoid", "affine_sigmoid_backward", "softmax_cross_entropy",
-           "mlp_loss_grad", "ols_loss_grad", "gram"]
+           "mlp_loss_grad", "ols_loss_grad", "gram", "network_loss_grad"]
 
 _PROBE = r"""
 import json, sys, time
@@ -37,9 +37,13 @@ args = {
     "mlp_loss_grad": (X, y, W, b, rng.standard_normal((3, 3)).astype(dt), b),
     "ols_loss_grad": (X, X[:, 0].copy(), np.zeros(5, dt)),
     "gram": (X, X[:, 0].copy()),
+    "network_loss_grad": (X, y, [W, rng.standard_normal((3, 4)).astype(dt),
+                                 rng.standard_normal((4, 3)).astype(dt)],
+                          [b, np.zeros(4, dt), b]),
 }[sys.argv[1]]
+options = {"activation": "relu"} if sys.argv[1] == "network_loss_grad" else {}
 t3 = time.perf_counter()
-getattr(k, sys.argv[1])(*args)
+getattr(k, sys.argv[1])(*args, **options)
 t4 = time.perf_counter()
 print(json.dumps({"numba_import": t1 - t0, "fusedgrad_import": t2 - t1, "first_call": t4 - t3}))
 """
