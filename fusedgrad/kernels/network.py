@@ -144,6 +144,19 @@ def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW,
 _NO_ROWS = np.zeros(0, np.intp)
 
 
+def _offsets(Ws):
+    """Offsets of each layer's weights, biases and (hidden) units in the flat
+    gradient buffers and the chunk buffer of hidden activations (``intp``)."""
+    widths = [W.shape[1] for W in Ws]
+    sizes = [W.shape[0] * W.shape[1] for W in Ws]
+    w_off, b_off = [0], [0]
+    for size, width in zip(sizes, widths):
+        w_off.append(w_off[-1] + size)
+        b_off.append(b_off[-1] + width)
+    return (np.array(w_off, np.intp), np.array(b_off, np.intp),
+            np.array(b_off[:-1], np.intp))
+
+
 def _layer_list(name, values):
     if not isinstance(values, (list, tuple)):
         raise TypeError(f"{name} must be a list or tuple of arrays, one per layer, "
@@ -234,11 +247,9 @@ def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, check_f
     else:
         rows = _NO_ROWS
         y = arrays[2 * L]
-    widths = [W.shape[1] for W in Ws]
-    w_off = np.cumsum([0] + [W.size for W in Ws]).astype(np.intp)
-    b_off = np.cumsum([0] + widths).astype(np.intp)
-    u_off = np.cumsum([0] + widths[:-1]).astype(np.intp)
+    w_off, b_off, u_off = _offsets(Ws)
     item = X.itemsize
+    widths = [W.shape[1] for W in Ws]
     hidden = int(u_off[-1])
     widest = max(widths[:-1], default=0)
     chunk, groups = plan(N, (d + hidden + 2 * widest + K) * item,
@@ -289,9 +300,7 @@ class PreparedLossGrad:
         self.lecture = L == 2 and activation == "logistic"
         self.act = ACTIVATIONS.index(activation)
         widths = [W.shape[1] for W in self.Ws]
-        self.w_off = np.cumsum([0] + [W.size for W in self.Ws]).astype(np.intp)
-        self.b_off = np.cumsum([0] + widths).astype(np.intp)
-        self.u_off = np.cumsum([0] + widths[:-1]).astype(np.intp)
+        self.w_off, self.b_off, self.u_off = _offsets(self.Ws)
         dtype = self.Ws[0].dtype
         self.dW = np.empty(int(self.w_off[-1]), dtype)
         self.db = np.empty(int(self.b_off[-1]), dtype)
