@@ -53,10 +53,10 @@ _SOLVERS = ("gd", "sgd", "adam")
 _LEARNING_RATES = ("constant", "invscaling", "adaptive")
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-#: Rows per kernel call where a batch is cut into blocks: networks that go
-#: layer by layer (their activations are stored for the backward pass),
-#: gathered or converted rows, and prediction. Bounds the extra memory of a
-#: call independently of the number of samples.
+#: Rows per kernel call where a batch is cut into blocks: rows that must be
+#: converted (another dtype, not C-contiguous) and prediction, which goes
+#: layer by layer. Bounds the extra memory of a call independently of the
+#: number of samples.
 _BLOCK_ROWS = 16384
 
 
