@@ -30,6 +30,7 @@ __all__ = [
     "softmax_cross_entropy",
     "mlp_forward",
     "mlp_loss_grad",
+    "network_loss_grad",
 ]
 
 
@@ -349,3 +350,55 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2):
     dW1 = X.T @ dZ1
     db1 = dZ1.sum(axis=0)
     return loss, dW1, db1, dW2, db2
+
+
+def network_loss_grad(X, y, coefs, intercepts, activation):
+    r"""Loss and backward pass of an MLP of any depth: the lecture's recursion, layer by layer.
+
+    :math:`A_0 = X`, :math:`A_l = f(A_{l-1} W_l + b_l)` for the hidden layers,
+    :math:`\hat Y = \operatorname{softmax}(A_{L-1} W_L + b_L)`, mean
+    cross-entropy; then from the top down
+
+    .. math::
+        \delta_L = \frac{\hat Y - Y}{N}, \quad
+        \frac{\partial L}{\partial W_l} = A_{l-1}^T \delta_l, \quad
+        \frac{\partial L}{\partial b_l} = \textstyle\sum_i \delta_{l,i}, \quad
+        \delta_{l-1} = \delta_l W_l^T \odot f'(A_{l-1})
+
+    with :math:`f'` in terms of the activations: 1 (identity), :math:`a(1-a)`
+    (logistic), :math:`1-a^2` (tanh), :math:`[a > 0]` (relu).
+    :func:`mlp_loss_grad` is the case of one logistic hidden layer.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n_samples, n_features)
+    y : ndarray of int, shape (n_samples,)
+    coefs : list of ndarray
+        ``W_1 ... W_L``, shapes ``(n_features, n_1), ..., (n_{L-1}, n_classes)``.
+    intercepts : list of ndarray
+        ``b_1 ... b_L``.
+    activation : {'identity', 'logistic', 'tanh', 'relu'}
+
+    Returns
+    -------
+    loss : scalar
+    coef_grads, intercept_grads : lists of ndarrays shaped like ``coefs``, ``intercepts``
+    """
+    f, f_prime = {
+        "identity": (lambda z: z, lambda a: np.ones_like(a)),
+        "logistic": (sigmoid, lambda a: a * (1.0 - a)),
+        "tanh": (np.tanh, lambda a: 1.0 - a * a),
+        "relu": (lambda z: np.maximum(z, 0.0), lambda a: (a > 0).astype(a.dtype)),
+    }[activation]
+    acts = [X]
+    for W, b in zip(coefs[:-1], intercepts[:-1]):
+        acts.append(f(acts[-1] @ W + b))
+    loss, delta = softmax_cross_entropy(acts[-1] @ coefs[-1] + intercepts[-1], y)
+    L = len(coefs)
+    coef_grads, intercept_grads = [None] * L, [None] * L
+    for layer in range(L - 1, -1, -1):
+        coef_grads[layer] = acts[layer].T @ delta
+        intercept_grads[layer] = delta.sum(axis=0)
+        if layer > 0:
+            delta = (delta @ coefs[layer].T) * f_prime(acts[layer])
+    return loss, coef_grads, intercept_grads

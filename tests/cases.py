@@ -440,21 +440,11 @@ def network_args(shape, dtype, seed):
 
 
 def network_loss_grad_reference(X, y, *params, activation):
-    """Loss and gradients of ``softmax(f(... f(X W1 + b1) ...) WL + bL)``, layer by
-    layer (the lecture's recursion, :func:`activation_derivative_reference`);
+    """:func:`fusedgrad.reference.network_loss_grad` with the parameters flat:
     ``params`` are ``W1, b1, ..., WL, bL``, the result ``(loss, dW1, db1, ...)``."""
-    Ws, bs = params[0::2], params[1::2]
-    acts = [X]
-    for W, b in zip(Ws[:-1], bs[:-1]):
-        acts.append(activation_reference(acts[-1] @ W + b, activation))
-    loss, dZ = reference.softmax_cross_entropy(acts[-1] @ Ws[-1] + bs[-1], y)
-    grads = [None] * (2 * len(Ws))
-    for layer in range(len(Ws) - 1, -1, -1):
-        grads[2 * layer] = acts[layer].T @ dZ
-        grads[2 * layer + 1] = dZ.sum(axis=0)
-        if layer > 0:
-            dZ = activation_derivative_reference(acts[layer], dZ @ Ws[layer].T, activation)
-    return (loss, *grads)
+    loss, dWs, dbs = reference.network_loss_grad(X, y, list(params[0::2]), list(params[1::2]),
+                                                 activation)
+    return (loss, *(g for pair in zip(dWs, dbs) for g in pair))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """``network_loss_grad`` (any depth, any hidden activation) against a NumPy reference.
 
-The reference (``network_loss_grad_reference`` in ``tests/cases.py``, also the
-oracle of the network rows of the comparison table) is the lecture's backward
-pass written layer by layer in float64 NumPy; it is checked first against
+The reference (:func:`fusedgrad.reference.network_loss_grad`, also the oracle
+of the network rows of ``tests/cases.py``) is the lecture's backward pass
+written layer by layer in plain NumPy; it is checked first against
 central finite differences of its own loss. The kernel is then compared with it over depths 1-4, every hidden
 activation, both dtypes and chunk sizes that make the rows span many chunks
 and groups; with :func:`mlp_loss_grad` on the lecture's network; for
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from _numdiff import numerical_grad
-from cases import TOLERANCE, network_loss_grad_reference, rel_error
+from cases import TOLERANCE, rel_error
 from fusedgrad import reference as ref
 from fusedgrad.kernels import mlp_loss_grad, network_loss_grad
 from fusedgrad.kernels._blas import single_threaded_blas
@@ -29,12 +29,10 @@ SHAPES = {
 
 
 def network_reference(X, y, coefs, intercepts, activation):
-    """Loss and gradients in float64, one layer at a time (the lecture's recursion:
-    ``cases.network_loss_grad_reference``), in the kernel's list form."""
-    params = [np.asarray(a, np.float64) for pair in zip(coefs, intercepts) for a in pair]
-    out = network_loss_grad_reference(np.asarray(X, np.float64), y, *params,
-                                      activation=activation)
-    return out[0], list(out[1::2]), list(out[2::2])
+    """:func:`fusedgrad.reference.network_loss_grad` in float64."""
+    return ref.network_loss_grad(np.asarray(X, np.float64), y,
+                                 [np.asarray(W, np.float64) for W in coefs],
+                                 [np.asarray(b, np.float64) for b in intercepts], activation)
 
 
 def make_network(sizes, N, dtype, seed):

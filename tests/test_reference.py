@@ -458,6 +458,10 @@ def _dtype_cases():
         "softmax_cross_entropy": lambda r, dt: (arr(r, (4, 3), dt), labels),
         "mlp_forward": mlp_args,
         "mlp_loss_grad": lambda r, dt: (lambda a: (a[0], labels) + a[1:])(mlp_args(r, dt)),
+        "network_loss_grad": lambda r, dt: (
+            arr(r, (4, 3), dt), labels,
+            [arr(r, (3, 5), dt), arr(r, (5, 2), dt), arr(r, (2, 3), dt)],
+            [arr(r, 5, dt), arr(r, 2, dt), arr(r, 3, dt)], "tanh"),
     }
 
 
@@ -469,7 +473,7 @@ def test_dtype_cases_cover_every_public_function():
 
 
 def _flatten(out):
-    if isinstance(out, tuple):
+    if isinstance(out, (tuple, list)):
         for o in out:
             yield from _flatten(o)
     elif out is not None:
