@@ -51,7 +51,18 @@ MLP_SHAPES = [
 OLS_SHAPES = [(4_000_000, 16), (1_000_000, 128)]
 MEMORY_SHAPE = (4_194_304, 16, 32, 4)
 
+#: (N, d, hidden layer sizes, K, activation) of the deeper networks
+#: (``network_loss_grad``), float32.
+NETWORK_SHAPES = [
+    (262144, 64, (128, 64), 10, "relu"),
+    (262144, 64, (128, 64), 10, "tanh"),
+    (65536, 784, (256, 128), 10, "relu"),
+    (1048576, 16, (32, 32), 4, "relu"),
+]
+NETWORK_DTYPE = "float32"
+
 QUICK_MLP_SHAPES = [(4096, 64, 32, 10), (16384, 16, 32, 4)]
+QUICK_NETWORK_SHAPES = [(4096, 32, (32, 16), 10, "relu")]
 QUICK_OLS_SHAPES = [(100_000, 16), (20_000, 128)]
 QUICK_MEMORY_SHAPE = (262_144, 16, 32, 4)
 
@@ -104,6 +115,31 @@ def mlp_data(n_samples, n_features, n_hidden, n_classes, dtype, seed=0):
         "W2": normal((n_hidden, n_classes), n_hidden),
         "b2": normal(n_classes, n_hidden),
     }
+
+
+def network_data(n_samples, n_features, hidden, n_classes, dtype, seed=0):
+    """Seeded inputs and parameters of the network benchmark, drawn as :func:`mlp_data`
+    (weights and biases :math:`N(0, 1/\text{fan\_in})`).
+
+    Returns
+    -------
+    dict
+        ``X``, ``y``, ``coefs`` (list), ``intercepts`` (list).
+    """
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    units = [n_features, *hidden, n_classes]
+    coefs, intercepts = [], []
+    for fan_in, fan_out in zip(units[:-1], units[1:]):
+        W = rng.standard_normal((fan_in, fan_out), dtype=dtype)
+        W *= 1 / math.sqrt(fan_in)
+        b = rng.standard_normal(fan_out, dtype=dtype)
+        b *= 1 / math.sqrt(fan_in)
+        coefs.append(W)
+        intercepts.append(b)
+    return {"X": rng.standard_normal((n_samples, n_features), dtype=dtype),
+            "y": rng.integers(0, n_classes, size=n_samples),
+            "coefs": coefs, "intercepts": intercepts}
 
 
 def _mlp_args(data):
@@ -249,6 +285,104 @@ def _mlp_fused(data):
     return functools.partial(fused("mlp_loss_grad"), *_mlp_args(data))
 
 
+def _network_gemm_floor(data):
+    """The matrix products of the network's gradient alone, into preallocated outputs:
+    ``A_{l-1} W_l`` for every layer, ``A_{l-1}^T dZ_l`` for every layer and
+    ``dZ_l W_l^T`` below the top, on dummy activations of the right shapes."""
+    X, coefs = data["X"], data["coefs"]
+    n = X.shape[0]
+    rng = np.random.default_rng(1)
+    acts = [X] + [rng.random((n, W.shape[1]), dtype=X.dtype) for W in coefs]
+    outs = [np.empty((n, W.shape[1]), X.dtype) for W in coefs]
+    grads = [np.empty_like(W) for W in coefs]
+    dAs = [np.empty((n, W.shape[0]), X.dtype) for W in coefs[1:]]
+
+    def run():
+        for layer, W in enumerate(coefs):
+            np.matmul(acts[layer], W, out=outs[layer])
+        for layer in range(len(coefs) - 1, -1, -1):
+            np.matmul(acts[layer].T, acts[layer + 1], out=grads[layer])
+            if layer > 0:
+                np.matmul(acts[layer + 1], coefs[layer].T, out=dAs[layer - 1])
+
+    return run
+
+
+def _network_numpy(data, activation):
+    """:func:`fusedgrad.reference.network_loss_grad`."""
+    return functools.partial(reference.network_loss_grad, data["X"], data["y"], data["coefs"],
+                             data["intercepts"], activation)
+
+
+def _network_torch(data, activation):
+    """PyTorch CPU autograd, as :func:`_mlp_torch`, layer by layer."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(os.cpu_count())
+    f = {"relu": torch.relu, "tanh": torch.tanh, "logistic": torch.sigmoid,
+         "identity": lambda z: z}[activation]
+    X, y = torch.from_numpy(data["X"]), torch.from_numpy(data["y"])
+    Ws = [torch.from_numpy(W).requires_grad_() for W in data["coefs"]]
+    bs = [torch.from_numpy(b).requires_grad_() for b in data["intercepts"]]
+
+    def run():
+        for p in Ws + bs:
+            p.grad = None
+        A = X
+        for W, b in zip(Ws[:-1], bs[:-1]):
+            A = f(A @ W + b)
+        loss = F.cross_entropy(A @ Ws[-1] + bs[-1], y)
+        loss.backward()
+        return (loss, [W.grad for W in Ws], [b.grad for b in bs])
+
+    return run
+
+
+def _network_jax(data, activation):
+    """``jax.jit(jax.value_and_grad(loss))``, as :func:`_mlp_jax`."""
+    jax = _import_jax()
+    import jax.numpy as jnp
+
+    f = {"relu": jax.nn.relu, "tanh": jnp.tanh, "logistic": jax.nn.sigmoid,
+         "identity": lambda z: z}[activation]
+
+    def loss_fn(params, X, y):
+        Ws, bs = params
+        A = X
+        for W, b in zip(Ws[:-1], bs[:-1]):
+            A = f(A @ W + b)
+        Z = A @ Ws[-1] + bs[-1]
+        return -jnp.take_along_axis(jax.nn.log_softmax(Z), y[:, None], axis=1).mean()
+
+    loss_grad = jax.jit(jax.value_and_grad(loss_fn))
+    params = ([jnp.asarray(W) for W in data["coefs"]],
+              [jnp.asarray(b) for b in data["intercepts"]])
+    X, y = jnp.asarray(data["X"]), jnp.asarray(data["y"])
+
+    def run():
+        loss, (dWs, dbs) = loss_grad(params, X, y)
+        return jax.block_until_ready((loss, dWs, dbs))
+
+    return run
+
+
+def _network_fused(data, activation):
+    """:func:`fusedgrad.kernels.network_loss_grad`."""
+    return functools.partial(fused("network_loss_grad"), data["X"], data["y"], data["coefs"],
+                             data["intercepts"], activation=activation)
+
+
+#: Factories ``(data, activation) -> callable`` of the network section; each
+#: callable returns ``(loss, coef_grads, intercept_grads)`` (the floor: None).
+NETWORK_IMPLEMENTATIONS = {
+    "gemm floor": lambda data, activation: _network_gemm_floor(data),
+    "numpy": _network_numpy,
+    "torch": _network_torch,
+    "jax": _network_jax,
+    "fused": _network_fused,
+}
+
 MLP_IMPLEMENTATIONS = {
     "gemm floor": _mlp_gemm_floor,
     "numpy": _mlp_numpy,
@@ -383,6 +517,23 @@ def bench_mlp(shape, dtype, repeat, pause=PAUSE_S):
         if out is not None and name != "numpy"
     }
     return {"shape": list(shape), "dtype": dtype, "timings": timings, "skipped": skipped, "dW1_rel_diff": checks}
+
+
+def bench_network(shape, repeat, pause=PAUSE_S):
+    """Time every network implementation on one ``(N, d, hidden, K, activation)``
+    (:data:`NETWORK_DTYPE`); as :func:`bench_mlp`, with ``dW1_rel_diff`` the
+    first layer's weight gradient against the NumPy reference's."""
+    N, d, hidden, K, activation = shape
+    data = network_data(N, d, hidden, K, NETWORK_DTYPE)
+    factories = {name: functools.partial(factory, activation=activation)
+                 for name, factory in NETWORK_IMPLEMENTATIONS.items()}
+    callables, skipped = prepare(factories, data)
+    timings, outputs = time_round_robin(callables, repeat, pause)
+    ref_dW1 = outputs["numpy"][1][0]
+    checks = {name: rel_diff(np.asarray(out[1][0]), ref_dW1)
+              for name, out in outputs.items() if out is not None and name != "numpy"}
+    return {"shape": [N, d, list(hidden), K, activation], "dtype": NETWORK_DTYPE,
+            "timings": timings, "skipped": skipped, "dW1_rel_diff": checks}
 
 
 def bench_ols(shape, repeat, pause=PAUSE_S):
@@ -636,6 +787,32 @@ def mlp_report(records, dtype, repeat, pause=0.0):
     return "\n".join(lines) + "\n"
 
 
+def network_report(records, repeat, pause=0.0):
+    """Markdown table, skip notes and sanity lines of the network section."""
+    names = list(NETWORK_IMPLEMENTATIONS)
+    peers = [("numpy/fused", "numpy", "fused"), ("torch/fused", "torch", "fused"),
+             ("jax/fused", "jax", "fused"), ("fused/floor", "fused", "gemm floor")]
+
+    def label(r):
+        N, d, hidden, K, activation = r["shape"]
+        return f"{N}, {'-'.join(map(str, [d, *hidden, K]))}, {activation}"
+
+    rows = [[label(r)] + [_ms_cell(r, name) for name in names]
+            + [_ratio_cell(r, num, den) for _, num, den in peers] for r in records]
+    lines = [
+        f"### Deeper networks (`network_loss_grad`), {NETWORK_DTYPE}: median of {repeat} calls"
+        f"{_pause_note(pause)}, ms",
+        "",
+        markdown_table(["N, layers, activation", *names, *(lab for lab, _, _ in peers)], rows),
+        "",
+        *_skip_notes(records),
+    ]
+    for r in records:
+        diffs = ", ".join(f"{name} {diff:.1e}" for name, diff in r["dW1_rel_diff"].items())
+        lines.append(f"- dW1 vs numpy, max|Δ|/max|ref|, ({label(r)}): {diffs}")
+    return "\n".join(lines) + "\n"
+
+
 def ols_report(records, repeat, pause=0.0):
     """Markdown tables, skip notes and sanity lines of the OLS section."""
     sections = [
@@ -701,6 +878,8 @@ def parse_args(argv=None):
                         help=f"idle time before each timed call, so that one library's spinning "
                         f"worker threads do not slow the next (default {PAUSE_S}; 0 with --quick)")
     parser.add_argument("--mlp", action=argparse.BooleanOptionalAction, default=True, help="MLP section")
+    parser.add_argument("--network", action=argparse.BooleanOptionalAction, default=True,
+                        help="deeper-network section (network_loss_grad, float32)")
     parser.add_argument("--ols", action=argparse.BooleanOptionalAction, default=True, help="OLS section")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                         help="memory section (fresh processes)")
@@ -758,6 +937,14 @@ def main(argv=None):
                 results["mlp"].append(bench_mlp(shape, dtype, repeat, pause))
                 gc.collect()
             print(mlp_report(results["mlp"], dtype, repeat, pause), flush=True)
+
+    if args.network:
+        results["network"] = []
+        for shape in QUICK_NETWORK_SHAPES if args.quick else NETWORK_SHAPES:
+            _log(f"network {shape} {NETWORK_DTYPE} ...")
+            results["network"].append(bench_network(shape, repeat, pause))
+            gc.collect()
+        print(network_report(results["network"], repeat, pause), flush=True)
 
     if args.ols:
         results["ols"] = []
