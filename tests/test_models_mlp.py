@@ -794,3 +794,30 @@ def test_compiled_updates_are_the_numpy_updates_bit_for_bit(dtype, solver, optio
     for a, b in zip(run(True), run(False)):
         assert a.dtype == dtype
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("hidden, activation", [((6,), "logistic"), ((6, 4), "relu")])
+def test_assigned_parameters_in_any_layout_train_as_contiguous_ones(hidden, activation):
+    """coefs_ assigned as transposed copies or read-only views (warm start) train
+    exactly as their C-contiguous equals: the compiled step reads every parameter as
+    C-contiguous, so the model makes them so first."""
+    X, y = blobs(300, d=5, k=3, seed=31, dtype=np.float32)
+    base = fit_quietly(MLPClassifier(hidden, activation=activation, max_iter=2, random_state=0),
+                       X, y)
+    runs = []
+    for layout in ("C", "F", "read-only"):
+        model = MLPClassifier(hidden, activation=activation, max_iter=2, random_state=0,
+                              warm_start=True)
+        model = fit_quietly(model, X, y)  # the same optimizer state in every run
+        coefs = [c.copy() for c in base.coefs_]
+        if layout == "F":
+            coefs = [np.asfortranarray(c) for c in coefs]
+        elif layout == "read-only":
+            for c in coefs:
+                c.flags.writeable = False
+        model.coefs_ = coefs
+        model.intercepts_ = [b.copy() for b in base.intercepts_]
+        runs.append(fit_quietly(model, X, y))
+    for other in runs[1:]:
+        for a, b in zip(params_of(runs[0]), params_of(other)):
+            np.testing.assert_array_equal(a, b)

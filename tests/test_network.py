@@ -256,3 +256,11 @@ def test_bad_labels_and_rows():
         network_loss_grad(**dict(args, y=np.zeros(2, int)), rows=np.array([0, 20]))
     with pytest.raises(ValueError, match="y"):
         network_loss_grad(**dict(args, y=np.zeros(3, int)), rows=np.array([0, 1]))
+
+
+def test_prepared_step_rejects_parameters_it_would_misread():
+    X, y, coefs, intercepts = make_network(SHAPES["two hidden"], 10, np.float32, 13)
+    with pytest.raises(ValueError, match=r"coefs\[1\]"):
+        PreparedLossGrad([coefs[0], np.asfortranarray(coefs[1]), coefs[2]], intercepts, "relu")
+    with pytest.raises(ValueError, match=r"intercepts\[0\]"):
+        PreparedLossGrad(coefs, [intercepts[0].astype(np.float64)] + intercepts[1:], "relu")

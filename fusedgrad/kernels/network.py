@@ -296,12 +296,19 @@ class PreparedLossGrad:
 
         self._mlp = mlp
         self.Ws, self.bs = tuple(coefs), tuple(intercepts)
+        dtype = self.Ws[0].dtype
+        for name, arrays in (("coefs", self.Ws), ("intercepts", self.bs)):
+            for i, a in enumerate(arrays):
+                if not (a.flags.c_contiguous and a.dtype == dtype and a.dtype.kind == "f"):
+                    # the compiled core reads every array as C-contiguous
+                    raise ValueError(f"{name}[{i}] must be a C-contiguous array of "
+                                     f"{dtype} (got {a.dtype}, C-contiguous: "
+                                     f"{a.flags.c_contiguous})")
         L = len(self.Ws)
         self.lecture = L == 2 and activation == "logistic"
         self.act = ACTIVATIONS.index(activation)
         widths = [W.shape[1] for W in self.Ws]
         self.w_off, self.b_off, self.u_off = _offsets(self.Ws)
-        dtype = self.Ws[0].dtype
         self.dW = np.empty(int(self.w_off[-1]), dtype)
         self.db = np.empty(int(self.b_off[-1]), dtype)
         self.grads = ([self.dW[self.w_off[i]:self.w_off[i + 1]].reshape(W.shape)

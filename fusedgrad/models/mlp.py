@@ -1117,6 +1117,10 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             self.intercepts_ = [b.astype(dtype) for b in self.intercepts_]
             if hasattr(self, "_optimizer"):
                 del self._optimizer
+        # The training step and the optimizers update the parameters in place
+        # as C-contiguous arrays (assigned ones may be transposed or read-only).
+        self.coefs_ = [np.require(c, dtype, ("C", "W")) for c in self.coefs_]
+        self.intercepts_ = [np.require(b, dtype, ("C", "W")) for b in self.intercepts_]
         # Overflow in the optimizer's NumPy steps means divergence, which the loss
         # check reports with its cause; no RuntimeWarning on the way.
         with kernels.session(), np.errstate(over="ignore", invalid="ignore"):
