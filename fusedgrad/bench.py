@@ -762,48 +762,20 @@ def _pause_note(pause):
     return f" (each after {pause:g} s idle)" if pause else ""
 
 
-def mlp_report(records, dtype, repeat, pause=0.0):
-    """Markdown table, skip notes and sanity lines of the MLP section for one dtype."""
-    records = [r for r in records if r["dtype"] == dtype]
-    names = list(MLP_IMPLEMENTATIONS)
-    peers = [("numpy/fused", "numpy", "fused"), ("torch/fused", "torch", "fused"),
-             ("jax/fused", "jax", "fused"), ("fused/floor", "fused", "gemm floor")]
-    rows = [
-        [", ".join(map(str, r["shape"]))]
-        + [_ms_cell(r, name) for name in names]
-        + [_ratio_cell(r, num, den) for _, num, den in peers]
-        for r in records
-    ]
-    lines = [
-        f"### MLP loss and gradient, {dtype}: median of {repeat} calls{_pause_note(pause)}, ms",
-        "",
-        markdown_table(["N, d, h, K", *names, *(label for label, _, _ in peers)], rows),
-        "",
-        *_skip_notes(records),
-    ]
-    for r in records:
-        diffs = ", ".join(f"{name} {diff:.1e}" for name, diff in r["dW1_rel_diff"].items())
-        lines.append(f"- dW1 vs numpy, max|Δ|/max|ref|, ({', '.join(map(str, r['shape']))}): {diffs}")
-    return "\n".join(lines) + "\n"
+#: The ratio columns of the MLP and network tables: (header, numerator, denominator).
+_PEER_RATIOS = [("numpy/fused", "numpy", "fused"), ("torch/fused", "torch", "fused"),
+                ("jax/fused", "jax", "fused"), ("fused/floor", "fused", "gemm floor")]
 
 
-def network_report(records, repeat, pause=0.0):
-    """Markdown table, skip notes and sanity lines of the network section."""
-    names = list(NETWORK_IMPLEMENTATIONS)
-    peers = [("numpy/fused", "numpy", "fused"), ("torch/fused", "torch", "fused"),
-             ("jax/fused", "jax", "fused"), ("fused/floor", "fused", "gemm floor")]
-
-    def label(r):
-        N, d, hidden, K, activation = r["shape"]
-        return f"{N}, {'-'.join(map(str, [d, *hidden, K]))}, {activation}"
-
+def _peer_report(title, first_header, label, names, records):
+    """Markdown table (one row per record, labelled by ``label(record)``), skip notes
+    and the dW1 sanity lines of the MLP and network sections."""
     rows = [[label(r)] + [_ms_cell(r, name) for name in names]
-            + [_ratio_cell(r, num, den) for _, num, den in peers] for r in records]
+            + [_ratio_cell(r, num, den) for _, num, den in _PEER_RATIOS] for r in records]
     lines = [
-        f"### Deeper networks (`network_loss_grad`), {NETWORK_DTYPE}: median of {repeat} calls"
-        f"{_pause_note(pause)}, ms",
+        title,
         "",
-        markdown_table(["N, layers, activation", *names, *(lab for lab, _, _ in peers)], rows),
+        markdown_table([first_header, *names, *(head for head, _, _ in _PEER_RATIOS)], rows),
         "",
         *_skip_notes(records),
     ]
@@ -811,6 +783,27 @@ def network_report(records, repeat, pause=0.0):
         diffs = ", ".join(f"{name} {diff:.1e}" for name, diff in r["dW1_rel_diff"].items())
         lines.append(f"- dW1 vs numpy, max|Δ|/max|ref|, ({label(r)}): {diffs}")
     return "\n".join(lines) + "\n"
+
+
+def mlp_report(records, dtype, repeat, pause=0.0):
+    """Markdown table, skip notes and sanity lines of the MLP section for one dtype."""
+    return _peer_report(
+        f"### MLP loss and gradient, {dtype}: median of {repeat} calls{_pause_note(pause)}, ms",
+        "N, d, h, K", lambda r: ", ".join(map(str, r["shape"])), list(MLP_IMPLEMENTATIONS),
+        [r for r in records if r["dtype"] == dtype])
+
+
+def network_report(records, repeat, pause=0.0):
+    """Markdown table, skip notes and sanity lines of the network section."""
+
+    def label(r):
+        N, d, hidden, K, activation = r["shape"]
+        return f"{N}, {'-'.join(map(str, [d, *hidden, K]))}, {activation}"
+
+    return _peer_report(
+        f"### Deeper networks (`network_loss_grad`), {NETWORK_DTYPE}: median of {repeat} calls"
+        f"{_pause_note(pause)}, ms",
+        "N, layers, activation", label, list(NETWORK_IMPLEMENTATIONS), records)
 
 
 def ols_report(records, repeat, pause=0.0):

@@ -14,7 +14,7 @@ from numba import njit, prange
 
 from fusedgrad.kernels import _options as opt
 
-__all__ = ["plan", "chunk_range", "add_column_sums", "sum_groups"]
+__all__ = ["plan", "chunk_range", "chunk_of", "add_column_sums", "sum_groups"]
 
 
 def plan(n_rows, row_bytes, group_bytes, max_chunk_rows=None):
@@ -54,6 +54,20 @@ def plan(n_rows, row_bytes, group_bytes, max_chunk_rows=None):
 def chunk_range(group, groups, n_chunks):
     """The chunks ``[first, stop)`` of one group: contiguous, balanced, fixed."""
     return group * n_chunks // groups, (group + 1) * n_chunks // groups
+
+
+@njit(**opt.INLINE)
+def chunk_of(X, rows, gather, buf, r0, r1):
+    """The samples ``r0 .. r1`` of a chunk: the rows ``X[r0:r1]`` (a view) or, when
+    ``gather``, the rows ``X[rows[r0:r1]]`` copied into the chunk buffer ``buf``."""
+    if not gather:
+        return X[r0:r1]
+    m = r1 - r0
+    for i in range(m):
+        r = rows[r0 + i]
+        for j in range(X.shape[1]):
+            buf[i, j] = X[r, j]
+    return buf[:m]
 
 
 @njit(**opt.INLINE)

@@ -7,7 +7,13 @@ from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
 from fusedgrad.kernels._blas import mm_nn, mm_nt, mm_tn, single_threaded_blas
 from fusedgrad.kernels._math import sigmoid
-from fusedgrad.kernels._partition import add_column_sums, chunk_range, plan, sum_groups
+from fusedgrad.kernels._partition import (
+    add_column_sums,
+    chunk_of,
+    chunk_range,
+    plan,
+    sum_groups,
+)
 from fusedgrad.kernels.softmax import softmax_ce_rows
 
 __all__ = ["mlp_loss_grad"]
@@ -56,14 +62,7 @@ def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk
             r0 = c * chunk
             r1 = min(N, r0 + chunk)
             m = r1 - r0
-            if gather:
-                for i in range(m):
-                    r = rows[r0 + i]
-                    for j in range(d):
-                        Xg[i, j] = X[r, j]
-                Xc = Xg[:m]
-            else:
-                Xc = X[r0:r1]
+            Xc = chunk_of(X, rows, gather, Xg, r0, r1)
             Ac, Z2c, dZ1c = A[:m], Z2[:m], dZ1[:m]
             mm_nn(Xc, W1, Ac, 0.0)
             for i in range(m):

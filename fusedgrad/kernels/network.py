@@ -15,7 +15,13 @@ from numba import njit, prange
 from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
 from fusedgrad.kernels._blas import mm_nn, mm_nt, mm_tn, single_threaded_blas
-from fusedgrad.kernels._partition import add_column_sums, chunk_range, plan, sum_groups
+from fusedgrad.kernels._partition import (
+    add_column_sums,
+    chunk_of,
+    chunk_range,
+    plan,
+    sum_groups,
+)
 from fusedgrad.kernels.layers import _IDENTITY, ACTIVATIONS, _activate_rows, _delta_rows
 from fusedgrad.kernels.softmax import softmax_ce_rows
 
@@ -91,14 +97,7 @@ def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW,
             r0 = c * chunk
             r1 = min(N, r0 + chunk)
             m = r1 - r0
-            if gather:
-                for i in range(m):
-                    r = rows[r0 + i]
-                    for j in range(d):
-                        Xg[i, j] = X[r, j]
-                Xc = Xg[:m]
-            else:
-                Xc = X[r0:r1]
+            Xc = chunk_of(X, rows, gather, Xg, r0, r1)
             Zc = Z[:m]
             A_in = Xc
             for l in range(L - 1):
