@@ -678,7 +678,9 @@ class MLPClassifier(ClassifierMixin, BaseModel):
     activation : {'logistic', 'tanh', 'relu', 'identity'}, default 'logistic'
         Activation of the hidden layers. One hidden layer with ``'logistic'``
         is the lecture's network and trains through the fused
-        :func:`~fusedgrad.kernels.mlp_loss_grad`.
+        :func:`~fusedgrad.kernels.mlp_loss_grad`; every other network through
+        the fused :func:`~fusedgrad.kernels.network_loss_grad` (one call per
+        step either way).
     solver : {'adam', 'sgd', 'gd'}, default 'adam'
         ``'gd'``: full-batch gradient descent as in the lecture,
         :math:`W \leftarrow W - \eta \nabla L` once per epoch on all training
