@@ -78,31 +78,38 @@ def add_column_sums(M, rows, acc):
             acc[j] += M[i, j]
 
 
+@njit(**opt.INLINE)
+def _sum_block(P, flat, j0, j1):
+    """``flat[j0:j1] = P[:, j0:j1].sum(axis=0)``, the groups added in order in
+    ``P``'s dtype (float64 partials into a float32 ``flat`` round once)."""
+    acc = P[0, j0:j1].copy()
+    for g in range(1, P.shape[0]):
+        pg = P[g, j0:j1]
+        for j in range(j1 - j0):
+            acc[j] += pg[j]
+    f = flat[j0:j1]
+    for j in range(j1 - j0):
+        f[j] = acc[j]
+
+
 @njit(**opt.PARALLEL)
 def sum_groups(partials, out):
     """``out = partials.sum(axis=0)`` over a C-contiguous (groups, ...) array,
     adding the groups in order (so the result does not depend on threads).
 
     Up to :data:`~fusedgrad.kernels._options.SERIAL_SUM_ELEMENTS` elements
-    of ``partials`` are added on the calling thread: starting the threads
-    costs more (7.6 us measured for one group of 7,400) than the sum."""
+    of ``partials`` are added on the calling thread, where starting the
+    threads would cost more than the sum; above, blocks of 16,384 columns in
+    parallel, each added through contiguous row slices (which vectorise:
+    3.6x faster than indexing ``P[g, j]`` in the parallel loop, measured at
+    8 groups of 803,000)."""
     groups = partials.shape[0]
     P = partials.reshape(groups, -1)
     flat = out.reshape(-1)
     size = flat.shape[0]
     if groups * size <= opt.SERIAL_SUM_ELEMENTS:
-        for j in range(size):
-            flat[j] = P[0, j]
-        for g in range(1, groups):
-            for j in range(size):
-                flat[j] += P[g, j]
+        _sum_block(P, flat, 0, size)
         return
-    block = 2048
+    block = 16384
     for b in prange((size + block - 1) // block):
-        j0 = b * block
-        j1 = min(size, j0 + block)
-        for j in range(j0, j1):
-            flat[j] = P[0, j]
-        for g in range(1, groups):
-            for j in range(j0, j1):
-                flat[j] += P[g, j]
+        _sum_block(P, flat, b * block, min(size, (b + 1) * block))
