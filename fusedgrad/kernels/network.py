@@ -99,14 +99,14 @@ def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW,
             m = r1 - r0
             Xc = chunk_of(X, rows, gather, Xg, r0, r1)
             Zc = Z[:m]
+            # one call site per BLAS product and per activation: each is inlined
+            # with its loop over pieces, and the compile time grows with each site
             A_in = Xc
-            for l in range(L - 1):
-                A_out = _units(acts, u_off, l, m, chunk)
+            for l in range(L):
+                A_out = Zc if l == L - 1 else _units(acts, u_off, l, m, chunk)
                 mm_nn(A_in, Ws[l], A_out, 0.0)
-                _activate_rows(A_out, bs[l], m, act)
+                _activate_rows(A_out, bs[l], m, _IDENTITY if l == L - 1 else act)
                 A_in = A_out
-            mm_nn(A_in, Ws[L - 1], Zc, 0.0)
-            _activate_rows(Zc, bs[L - 1], m, _IDENTITY)
             ploss[g] += softmax_ce_rows(Zc, Zc, y[r0:r1], m, inv_n)
             beta = 0.0 if c == first else 1.0
             dZ = Zc
@@ -115,23 +115,21 @@ def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW,
                 n_in, n_out = Ws[l].shape
                 add_column_sums(dZ, m, pb[g][b_off[l]:b_off[l + 1]])
                 gW = pW[g][w_off[l]:w_off[l + 1]].reshape((n_in, n_out))
-                if l == 0:
-                    mm_tn(Xc, dZ, gW, beta)
-                else:
-                    A_prev = _units(acts, u_off, l - 1, m, chunk)
-                    mm_tn(A_prev, dZ, gW, beta)
+                A_prev = Xc if l == 0 else _units(acts, u_off, l - 1, m, chunk)
+                mm_tn(A_prev, dZ, gW, beta)
+                if l > 0:
+                    # dA = dZ W^T; with the identity it is the next dZ, written to
+                    # the buffer dZ is not in
+                    out = dZh if act == _IDENTITY and dz_in_da else dA
+                    dAc = out[:m * n_in].reshape((m, n_in))
+                    mm_nt(dZ, Ws[l], dAc, 0.0)
                     if act == _IDENTITY:
-                        # dZ W^T is the next dZ: written to the buffer dZ is not in
-                        out = dZh if dz_in_da else dA
-                        dZn = out[:m * n_in].reshape((m, n_in))
-                        mm_nt(dZ, Ws[l], dZn, 0.0)
+                        dZ = dAc
                         dz_in_da = not dz_in_da
                     else:
-                        dAc = dA[:m * n_in].reshape((m, n_in))
-                        mm_nt(dZ, Ws[l], dAc, 0.0)
                         dZn = dZh[:m * n_in].reshape((m, n_in))
                         _delta_rows(A_prev, dAc, dZn, m, act)
-                    dZ = dZn
+                        dZ = dZn
     sum_groups(pW, dW)
     sum_groups(pb, db)
     total = 0.0
