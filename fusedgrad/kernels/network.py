@@ -23,6 +23,7 @@ from fusedgrad.kernels._partition import (
     sum_groups,
 )
 from fusedgrad.kernels.layers import _IDENTITY, ACTIVATIONS, _activate_rows, _delta_rows
+from fusedgrad.kernels.mlp import _mlp_loss_grad
 from fusedgrad.kernels.softmax import softmax_ce_rows
 
 __all__ = ["HIDDEN_ACTIVATIONS", "network_loss_grad"]
@@ -289,9 +290,6 @@ class PreparedLossGrad:
     """
 
     def __init__(self, coefs, intercepts, activation):
-        from fusedgrad.kernels import mlp
-
-        self._mlp = mlp
         self.Ws, self.bs = tuple(coefs), tuple(intercepts)
         dtype = self.Ws[0].dtype
         for name, arrays in (("coefs", self.Ws), ("intercepts", self.bs)):
@@ -330,9 +328,8 @@ class PreparedLossGrad:
         rows = rows if gather else _NO_ROWS
         if self.lecture:
             dW1, dW2, db1, db2 = self.grads
-            loss = self._mlp._mlp_loss_grad(X, y, rows, gather, self.Ws[0], self.bs[0],
-                                            self.Ws[1], self.bs[1], dW1, db1, dW2, db2,
-                                            chunk, groups)
+            loss = _mlp_loss_grad(X, y, rows, gather, self.Ws[0], self.bs[0], self.Ws[1],
+                                  self.bs[1], dW1, db1, dW2, db2, chunk, groups)
         else:
             loss = _network_loss_grad(X, y, rows, gather, self.Ws, self.bs, self.act,
                                       self.w_off, self.b_off, self.u_off, self.dW, self.db,
