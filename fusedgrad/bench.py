@@ -893,6 +893,17 @@ def _log(message):
     print(message, file=sys.stderr, flush=True)
 
 
+def _timed_shapes(section, shapes, dtype, bench):
+    """``[bench(shape) for shape in shapes]``, logging each shape and collecting
+    garbage between them (the previous shape's arrays are large)."""
+    records = []
+    for shape in shapes:
+        _log(f"{section} {shape} {dtype} ...")
+        records.append(bench(shape))
+        gc.collect()
+    return records
+
+
 def main(argv=None):
     """Run the benchmark and print its markdown report.
 
@@ -925,26 +936,20 @@ def main(argv=None):
     if args.mlp:
         results["mlp"] = []
         for dtype in args.dtype:
-            for shape in mlp_shapes:
-                _log(f"mlp {shape} {dtype} ...")
-                results["mlp"].append(bench_mlp(shape, dtype, repeat, pause))
-                gc.collect()
+            results["mlp"] += _timed_shapes(
+                "mlp", mlp_shapes, dtype, lambda shape: bench_mlp(shape, dtype, repeat, pause))
             print(mlp_report(results["mlp"], dtype, repeat, pause), flush=True)
 
     if args.network:
-        results["network"] = []
-        for shape in QUICK_NETWORK_SHAPES if args.quick else NETWORK_SHAPES:
-            _log(f"network {shape} {NETWORK_DTYPE} ...")
-            results["network"].append(bench_network(shape, repeat, pause))
-            gc.collect()
+        results["network"] = _timed_shapes(
+            "network", QUICK_NETWORK_SHAPES if args.quick else NETWORK_SHAPES, NETWORK_DTYPE,
+            lambda shape: bench_network(shape, repeat, pause))
         print(network_report(results["network"], repeat, pause), flush=True)
 
     if args.ols:
-        results["ols"] = []
-        for shape in QUICK_OLS_SHAPES if args.quick else OLS_SHAPES:
-            _log(f"ols {shape} {OLS_DTYPE} ...")
-            results["ols"].append(bench_ols(shape, repeat, pause))
-            gc.collect()
+        results["ols"] = _timed_shapes(
+            "ols", QUICK_OLS_SHAPES if args.quick else OLS_SHAPES, OLS_DTYPE,
+            lambda shape: bench_ols(shape, repeat, pause))
         print(ols_report(results["ols"], repeat, pause), flush=True)
 
     if args.memory:

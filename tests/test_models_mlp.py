@@ -9,6 +9,7 @@ holds, without copying it).
 """
 
 import io
+import math
 import pickle
 import tracemalloc
 import warnings
@@ -768,30 +769,45 @@ def test_load_rejects_inconsistent_arrays(tmp_path):
     ("sgd", dict(momentum=0.9, nesterov=True)), ("adam", {}),
 ])
 def test_compiled_updates_are_the_numpy_updates_bit_for_bit(dtype, solver, options):
-    """The optimizers' compiled loops (C-contiguous parameters) against their NumPy
-    operations (scikit-learn's sequence, taken for parameters that are not
-    contiguous), over several steps of the same gradients."""
+    """The optimizers' compiled loops against scikit-learn's sequence of NumPy
+    operations (written out below), over several steps of the same gradients."""
     rng = np.random.default_rng(30)
     shapes = [(7, 5), (5, 3), (5,), (3,)]
     start = [rng.standard_normal(s).astype(dtype) for s in shapes]
     grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(4)]
+    lr, mu, nesterov = 0.05, options.get("momentum", 0.0), options.get("nesterov", False)
+    b1, b2, eps = 0.9, 0.999, 1e-8
 
-    def run(contiguous):
-        if contiguous:
-            params = [p.copy() for p in start]
-        else:  # every other element of a wider array: a strided view
-            params = [np.repeat(p, 2, axis=-1)[..., ::2] for p in start]
-            assert not any(p.flags.c_contiguous for p in params)
-        if solver == "sgd":
-            opt = mlp_module._SGDOptimizer(params, 0.05, "constant", options["momentum"],
-                                           options.get("nesterov", False), 0.5)
-        else:
-            opt = mlp_module._AdamOptimizer(params, 0.05, 0.9, 0.999, 1e-8)
-        for step in grads:
-            opt.update_params(params, [g.copy() for g in step])
-        return params
+    params = [p.copy() for p in start]
+    if solver == "sgd":
+        opt = mlp_module._SGDOptimizer(params, lr, "constant", mu, nesterov, 0.5)
+    else:
+        opt = mlp_module._AdamOptimizer(params, lr, b1, b2, eps)
+    for step in grads:
+        opt.update_params(params, [g.copy() for g in step])
 
-    for a, b in zip(run(True), run(False)):
+    want = [p.copy() for p in start]
+    first = [np.zeros_like(p) for p in start]  # velocities, or Adam's m
+    second = [np.zeros_like(p) for p in start]  # Adam's v
+    for t, step in enumerate(grads, 1):
+        rate = lr * math.sqrt(1 - b2**t) / (1 - b1**t)  # a Python float, as the model's
+        for p, g, m, v in zip(want, [g.copy() for g in step], first, second):
+            if solver == "sgd":
+                g *= lr
+                if mu == 0.0:
+                    p -= g
+                    continue
+                m *= mu
+                m -= g
+                p += (m * mu - g) if nesterov else m
+            else:
+                m *= b1
+                m += g * (1 - b1)
+                v *= b2
+                v += (g * g) * (1 - b2)
+                p += (m * -rate) / (np.sqrt(v) + eps)
+
+    for a, b in zip(params, want):
         assert a.dtype == dtype
         np.testing.assert_array_equal(a, b)
 

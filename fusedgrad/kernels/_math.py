@@ -179,20 +179,30 @@ def sigmoid(z):
 
 
 @njit(**INLINE)
-def _sigmoid32(z):
-    x = min(max(-z, _LO32), -_LO32)
+def _exp_clamped32(x):
+    """``e^x`` for ``x`` already clamped to ``[LO, -LO]`` (no range checks)."""
     k = np.floor(x * _LOG2E32 + _F32(0.5))
-    e = _exp_reduced32(x, k) * _int_bits_as_float(
+    return _exp_reduced32(x, k) * _int_bits_as_float(
         np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
+
+
+@njit(**INLINE)
+def _exp_clamped64(x):
+    """``e^x`` for ``x`` already clamped to ``[LO, -LO]`` (no range checks)."""
+    k = np.floor(x * _LOG2E64 + 0.5)
+    return _exp_reduced64(x, k) * _int_bits_as_float((np.int64(k) + np.int64(1023)) << np.int64(52))
+
+
+@njit(**INLINE)
+def _sigmoid32(z):
+    e = _exp_clamped32(min(max(-z, _LO32), -_LO32))
     s = _F32(1.0) / (_F32(1.0) + e)
     return _F32(0.0) if z < _LO32 else s  # (NaN propagates)
 
 
 @njit(**INLINE)
 def _sigmoid64(z):
-    x = min(max(-z, _LO64), -_LO64)
-    k = np.floor(x * _LOG2E64 + 0.5)
-    e = _exp_reduced64(x, k) * _int_bits_as_float((np.int64(k) + np.int64(1023)) << np.int64(52))
+    e = _exp_clamped64(min(max(-z, _LO64), -_LO64))
     s = 1.0 / (1.0 + e)
     return 0.0 if z < _LO64 else s
 
@@ -219,19 +229,14 @@ def tanh(z):
 
 @njit(**INLINE)
 def _tanh32(z):
-    x = max(_F32(-2.0) * abs(z), _LO32)
-    k = np.floor(x * _LOG2E32 + _F32(0.5))
-    e = _exp_reduced32(x, k) * _int_bits_as_float(
-        np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
+    e = _exp_clamped32(max(_F32(-2.0) * abs(z), _LO32))
     t = (_F32(1.0) - e) / (_F32(1.0) + e)
     return -t if z < _F32(0.0) else t
 
 
 @njit(**INLINE)
 def _tanh64(z):
-    x = max(-2.0 * abs(z), _LO64)
-    k = np.floor(x * _LOG2E64 + 0.5)
-    e = _exp_reduced64(x, k) * _int_bits_as_float((np.int64(k) + np.int64(1023)) << np.int64(52))
+    e = _exp_clamped64(max(-2.0 * abs(z), _LO64))
     t = (1.0 - e) / (1.0 + e)
     return -t if z < 0.0 else t
 

@@ -23,7 +23,7 @@ from fusedgrad.kernels._partition import (
     sum_groups,
 )
 from fusedgrad.kernels.layers import _IDENTITY, ACTIVATIONS, _activate_rows, _delta_rows
-from fusedgrad.kernels.mlp import _mlp_loss_grad
+from fusedgrad.kernels.mlp import _NO_ROWS, _mlp_loss_grad
 from fusedgrad.kernels.softmax import softmax_ce_rows
 
 __all__ = ["HIDDEN_ACTIVATIONS", "network_loss_grad"]
@@ -138,8 +138,6 @@ def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW,
         total += ploss[g]
     return dt(total / N)
 
-
-_NO_ROWS = np.zeros(0, np.intp)
 
 
 def _offsets(Ws):

@@ -386,6 +386,15 @@ def _label_codes(y, classes):
 # ---------------------------------------------------------------------------
 
 
+def _flat(a):
+    """``a`` as a 1-D view, for the compiled updates, which write it in place (the
+    model keeps parameters, gradients and optimizer state C-contiguous; a
+    reshape of anything else would be a copy, and the update would be lost)."""
+    if not a.flags.c_contiguous:
+        raise ValueError("the optimizer's arrays must be C-contiguous")
+    return a.reshape(-1)
+
+
 class _SGDOptimizer:
     """Stochastic gradient descent with momentum, as scikit-learn's ``SGDOptimizer``.
 
@@ -407,23 +416,9 @@ class _SGDOptimizer:
     def update_params(self, params, grads):
         # per element: g *= lr; then p -= g (the velocity is -lr g: the same
         # step), or v = mu v - g and p += v, or p += mu v - g (Nesterov)
-        lr, mu = self.learning_rate, self.momentum
         for p, g, v in zip(params, grads, self.velocities):
-            if _flat_views(p, g, v):
-                sgd_update(p.reshape(-1), g.reshape(-1), v.reshape(-1), lr, mu, self.nesterov)
-                continue
-            g *= lr
-            if mu == 0.0:
-                p -= g
-                continue
-            v *= mu
-            v -= g
-            if self.nesterov:
-                step = v * mu
-                step -= g
-                p += step
-            else:
-                p += v
+            sgd_update(_flat(p), _flat(g), _flat(v), self.learning_rate, self.momentum,
+                       self.nesterov)
 
     def iteration_ends(self, time_step):
         if self.lr_schedule == "invscaling":
@@ -441,14 +436,6 @@ class _SGDOptimizer:
         return False
 
 
-def _flat_views(*arrays):
-    """Whether the compiled updates can take these arrays (as 1-D views):
-    C-contiguous, writeable, of one float dtype."""
-    dtype = arrays[0].dtype
-    return all(a.flags.c_contiguous and a.flags.writeable and a.dtype == dtype
-               for a in arrays) and dtype in _DTYPES
-
-
 class _AdamOptimizer:
     """Adam, as scikit-learn's ``AdamOptimizer`` (same operations, same order)."""
 
@@ -459,29 +446,15 @@ class _AdamOptimizer:
         self.t = 0
         self.ms = [np.zeros_like(p) for p in params]
         self.vs = [np.zeros_like(p) for p in params]
-        self._tmp = [np.empty_like(p) for p in params]
 
     def update_params(self, params, grads):
         self.t += 1
         b1, b2 = self.beta_1, self.beta_2
         self.learning_rate = (self.learning_rate_init * math.sqrt(1 - b2**self.t)
                               / (1 - b1**self.t))
-        for p, g, m, v, tmp in zip(params, grads, self.ms, self.vs, self._tmp):
-            if _flat_views(p, g, m, v):
-                adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
-                            b1, b2, self.epsilon, self.learning_rate)
-                continue
-            m *= b1
-            m += np.multiply(g, 1 - b1, out=tmp)
-            v *= b2
-            tmp = np.multiply(g, g, out=tmp)
-            tmp *= 1 - b2
-            v += tmp
-            tmp = np.sqrt(v, out=tmp)
-            tmp += self.epsilon
-            step = np.multiply(m, -self.learning_rate, out=g)
-            step /= tmp
-            p += step
+        for p, g, m, v in zip(params, grads, self.ms, self.vs):
+            adam_update(_flat(p), _flat(g), _flat(m), _flat(v), b1, b2, self.epsilon,
+                        self.learning_rate)
 
     def iteration_ends(self, time_step):
         pass

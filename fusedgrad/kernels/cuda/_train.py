@@ -237,18 +237,6 @@ def _stat_kernels(tpb, shuffle):
             cuda.atomic.add(acc, slot, np.float64(total))
 
     @jit()
-    def nonfinite(a, acc, slot):
-        buf = cuda.shared.array(tpb, dtype=types.int64)
-        count = 0
-        i = cuda.grid(1)
-        step = cuda.gridsize(1)
-        while i < a.shape[0]:
-            if not math.isfinite(a[i]):
-                count += 1
-            i += step
-        _d_add_block_count(buf, count, acc, slot)
-
-    @jit()
     def correct(Z, y, acc, slot):
         # rows whose first largest logit is at the label
         buf = cuda.shared.array(tpb, dtype=types.int64)
@@ -265,27 +253,29 @@ def _stat_kernels(tpb, shuffle):
             r += step
         _d_add_block_count(buf, count, acc, slot)
 
-    return accumulate, nonfinite, correct
+    return accumulate, correct
 
 
 def accumulate_loss(acc, loss, sq_part, n_rows, alpha):
     """``acc[0] += n_rows * loss[0] + alpha / 2 * sum(sq_part)``: a batch's
     loss with the L2 term, times its rows (``loss``: the mean cross-entropy)."""
-    accumulate, _, _ = _stat_kernels(opt.CUDA_TPB, rt.use_shuffle())
+    accumulate, _ = _stat_kernels(opt.CUDA_TPB, rt.use_shuffle())
     accumulate[1, 1](acc, loss, sq_part, float(n_rows), 0.5 * float(alpha))
 
 
 def count_nonfinite(a, acc, slot):
-    """``acc[slot] += number of NaN/inf in the 1-D device array a``."""
+    """``acc[slot] += number of NaN/inf in the 1-D device array a``: the input
+    checks' kernel (:func:`fusedgrad.kernels.cuda._runtime._check_kernels`),
+    whose integer atomic add is converted to ``acc``'s float64."""
     tpb = opt.CUDA_TPB
-    _, nonfinite, _ = _stat_kernels(tpb, rt.use_shuffle())
+    nonfinite, _ = rt._check_kernels(tpb)
     nonfinite[_blocks(a.shape[0], tpb), tpb](a, acc, slot)
 
 
 def count_correct(Z, y, acc, slot):
     """``acc[slot] += number of rows of Z whose (first) largest entry is at y``."""
     tpb = opt.CUDA_TPB
-    _, _, correct = _stat_kernels(tpb, rt.use_shuffle())
+    _, correct = _stat_kernels(tpb, rt.use_shuffle())
     correct[_blocks(Z.shape[0], tpb), tpb](Z, y, acc, slot)
 
 
