@@ -461,9 +461,7 @@ class NetworkCase(Case):
         return lambda X, y, *params: network_loss_grad_reference(X, y, *params,
                                                                  activation=activation)
 
-    @property
-    def kernel(self):
-        fn = getattr(importlib.import_module("fusedgrad.kernels"), self.function)
+    def _bind_lists(self, fn):
         activation = self.activation
 
         def bound(X, y, *params, **options):
@@ -474,8 +472,18 @@ class NetworkCase(Case):
         return bound
 
     @property
+    def kernel(self):
+        return self._bind_lists(getattr(importlib.import_module("fusedgrad.kernels"),
+                                        self.function))
+
+    @property
     def cuda_kernel(self):
-        return None  # no CUDA twin
+        try:
+            cuda = importlib.import_module("fusedgrad.kernels.cuda")
+        except ImportError:
+            return None
+        fn = getattr(cuda, self.function, None)
+        return None if fn is None else self._bind_lists(fn)
 
 
 NETWORK_CASES = {

@@ -101,7 +101,7 @@ SHAPES = [
 
 def _params():
     for case in CASES.values():
-        if case.cuda_kernel is None:  # the layer kernels have no CUDA twin yet
+        if case.cuda_kernel is None:
             continue
         seen = set()
         for shape in SHAPES:
@@ -434,3 +434,152 @@ def test_fused_path_at_benchmark_widths(dtype):
         assert plan_fused(d, h, K, np.dtype(dtype).itemsize) is not None
         compare(case, kc.mlp_loss_grad(*args, _path="fused"), case.reference(*as_float64(args)),
                 dtype)
+
+
+# ---------------------------------------------------------------------------
+# network_loss_grad and the layer kernels
+# ---------------------------------------------------------------------------
+
+
+def _network(units, dtype, seed, n=13):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, units[0])).astype(dtype)
+    y = rng.integers(0, units[-1], n)
+    Ws = [(rng.standard_normal((a, b)) * 1.5 / np.sqrt(a)).astype(dtype)
+          for a, b in zip(units[:-1], units[1:])]
+    bs = [(rng.standard_normal(b) * 0.5).astype(dtype) for b in units[1:]]
+    return X, y, Ws, bs
+
+
+def _network_reference(X, y, Ws, bs, activation, rows=None):
+    X64 = X.astype(np.float64)
+    if rows is not None:
+        X64 = X64[rows]
+    return ref.network_loss_grad(X64, y, [W.astype(np.float64) for W in Ws],
+                                 [b.astype(np.float64) for b in bs], activation)
+
+
+def _compare_network(got, want, dtype, rtol=None):
+    tol = rtol if rtol is not None else (2e-5 if np.dtype(dtype) == np.float32 else 1e-12)
+    loss, dWs, dbs = got
+    assert np.asarray(loss).dtype == np.dtype(dtype)
+    np.testing.assert_allclose(loss, want[0], rtol=tol)
+    for g, w in zip(dWs + dbs, want[1] + want[2]):
+        g = g.copy_to_host() if getattr(g, "__cuda_ndarray__", False) else g
+        assert g.dtype == np.dtype(dtype) and g.shape == w.shape
+        # normwise: a gradient entry near zero has no relative accuracy to test
+        assert np.linalg.norm(g - w) <= tol * max(np.linalg.norm(w), 1e-30) * 10
+
+
+@pytest.mark.parametrize("units", [[5, 3], [5, 6, 3], [4, 7, 5, 6, 3]],
+                         ids=["no-hidden", "one-hidden", "three-hidden"])
+@pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_network_depths_and_activations(units, activation, dtype):
+    X, y, Ws, bs = _network(units, dtype, 10)
+    got = kc.network_loss_grad(X, y, Ws, bs, activation=activation)
+    _compare_network(got, _network_reference(X, y, Ws, bs, activation), dtype)
+
+
+@pytest.mark.parametrize("activation", ["logistic", "relu"])
+def test_network_lecture_path_and_layered_path_agree(monkeypatch, activation):
+    """One logistic hidden layer runs mlp_loss_grad's kernels; the general
+    layered path, forced, gives the same result within rounding."""
+    from fusedgrad.kernels.cuda import network as kn
+
+    X, y, Ws, bs = _network([5, 6, 3], np.float64, 11)
+    want = _network_reference(X, y, Ws, bs, activation)
+    _compare_network(kc.network_loss_grad(X, y, Ws, bs, activation=activation), want,
+                     np.float64)
+    monkeypatch.setattr(kn, "_is_lecture", lambda Ws, activation: False)
+    _compare_network(kc.network_loss_grad(X, y, Ws, bs, activation=activation), want,
+                     np.float64)
+
+
+@pytest.mark.parametrize("activation", ["logistic", "tanh", "relu"])
+def test_network_raw_products_branch(monkeypatch, activation):
+    """With cuBLAS the backward products are stored raw and the derivative is
+    applied by the bias-sum pass; the simulator has no cuBLAS, so that branch
+    runs here on the numba products."""
+    from fusedgrad.kernels.cuda import network as kn
+
+    monkeypatch.setattr(kn, "_raw_products", lambda: True)
+    X, y, Ws, bs = _network([4, 7, 5, 3], np.float64, 12)
+    _compare_network(kc.network_loss_grad(X, y, Ws, bs, activation=activation),
+                     _network_reference(X, y, Ws, bs, activation), np.float64)
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+@pytest.mark.parametrize("units", [[5, 6, 3], [4, 7, 5, 3]], ids=["lecture", "two-hidden"])
+def test_network_rows(on_device, units):
+    activation = "logistic"
+    X, y_all, Ws, bs = _network(units, np.float64, 13, n=9)
+    rows = np.array([8, 0, 3, 3, 7, 1, 2, 5, 4, 6, 0, 8, 2])
+    y = y_all[rows]
+    args = (X, y, Ws, bs, rows)
+    if on_device:
+        X, y, rows = (rt.cuda.to_device(a) for a in (X, y, rows))
+        Ws = [rt.cuda.to_device(W) for W in Ws]
+        bs = [rt.cuda.to_device(b) for b in bs]
+    got = kc.network_loss_grad(X, y, Ws, bs, activation=activation, rows=rows)
+    X0, y0, Ws0, bs0, rows0 = args
+    _compare_network(got, _network_reference(X0, y0, Ws0, bs0, activation, rows0), np.float64)
+    # X[rows] itself gives the same numbers
+    direct = kc.network_loss_grad(X0[rows0], y0, Ws0, bs0, activation=activation)
+    _compare_network(got, (float(direct[0]), direct[1], direct[2]), np.float64, rtol=1e-13)
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_network_errors_name_the_argument(on_device):
+    X, y, Ws, bs = _network([5, 6, 4, 3], np.float64, 14, n=6)
+    dev = (lambda a: rt.cuda.to_device(a)) if on_device else (lambda a: a)
+    Xd, yd = dev(X), dev(y)
+    Wd, bd = [dev(W) for W in Ws], [dev(b) for b in bs]
+    with pytest.raises(ValueError, match=r"coefs\[1\]"):
+        kc.network_loss_grad(Xd, yd, [Wd[0], dev(np.zeros((5, 4))), Wd[2]], bd,
+                             activation="relu")
+    with pytest.raises(ValueError, match=r"intercepts\[2\]"):
+        kc.network_loss_grad(Xd, yd, Wd, [bd[0], bd[1], dev(np.zeros(4))], activation="relu")
+    with pytest.raises(ValueError, match="activation"):
+        kc.network_loss_grad(Xd, yd, Wd, bd, activation="softmax")
+    with pytest.raises(ValueError, match="rows holds index 6"):
+        kc.network_loss_grad(Xd, dev(y[:2]), Wd, bd, activation="relu",
+                             rows=dev(np.array([0, 6])))
+    with pytest.raises(ValueError, match="rows holds index -1"):
+        kc.network_loss_grad(Xd, dev(y[:2]), Wd, bd, activation="relu",
+                             rows=dev(np.array([-1, 2])))
+    with pytest.raises(TypeError, match="rows must hold integer"):
+        kc.network_loss_grad(Xd, dev(y[:2]), Wd, bd, activation="relu",
+                             rows=dev(np.array([0.0, 1.0])))
+    with pytest.raises(ValueError, match="y"):
+        kc.network_loss_grad(Xd, yd, Wd, bd, activation="relu", rows=dev(np.array([0, 1])))
+    with pytest.raises(ValueError, match="y holds label 3"):
+        kc.network_loss_grad(Xd, dev(np.array([0, 1, 2, 3, 0, 1])), Wd, bd, activation="relu")
+    with pytest.raises(ValueError, match="coefs and intercepts"):
+        kc.network_loss_grad(Xd, yd, Wd, bd[:2], activation="relu")
+
+
+@pytest.mark.parametrize("name", ["network_loss_grad/relu", "affine_activation/tanh",
+                                  "affine_activation_backward/softmax"])
+def test_layer_and_network_device_outputs(name):
+    case = CASES[name]
+    args = case.make_args(dict(N=13, d=5, h=6, K=3), np.float32, 15)
+    got = case.cuda_kernel(*to_device(args))
+    for o in outputs(got):
+        if o is None or isinstance(o, (np.generic, float)):
+            continue
+        assert getattr(o, "__cuda_ndarray__", False), f"{type(o)} is not a device array"
+    compare(case, host(got), case.reference(*as_float64(args)), np.float32)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "softmax"])
+def test_affine_activation_out(activation):
+    X, W, b = CASES["affine_sigmoid"].make_args(dict(N=13, d=5, h=6), np.float64, 16)
+    out = rt.cuda.device_array((13, 6), np.float64)
+    got = kc.affine_activation(X, W, b, out, activation=activation)
+    assert got is out
+    from cases import affine_activation_reference
+
+    np.testing.assert_allclose(out.copy_to_host(),
+                               affine_activation_reference(X, W, b, activation=activation),
+                               rtol=1e-12, atol=1e-15)

@@ -98,25 +98,50 @@ def test_mlp_partial_fit_and_prediction_match_cpu():
     assert gpu.predict_proba(X_new).dtype == np.float32
 
 
-@pytest.mark.parametrize(
-    "params,name",
-    [
-        (dict(activation="tanh"), "activation"),
-        (dict(activation="relu"), "activation"),
-        (dict(hidden_layer_sizes=(3, 2)), "hidden_layer_sizes"),
-    ],
-)
-def test_mlp_unsupported_configurations_raise(params, name):
-    model = MLPClassifier(device="cuda", max_iter=1, **params)
-    with pytest.raises(ValueError, match=name + r".*device='cuda'"):
-        model.fit(X_MLP, Y_MLP)
-    # a network fitted on the CPU cannot be moved to the GPU for prediction either
-    cpu = MLPClassifier(max_iter=1, **params)
+NETWORK_CONFIGS = {
+    "relu-adam": dict(activation="relu", hidden_layer_sizes=(4,), solver="adam",
+                      learning_rate_init=0.05, alpha=0.01),
+    "tanh-sgd": dict(activation="tanh", hidden_layer_sizes=(4,), solver="sgd",
+                     learning_rate_init=0.2),
+    "identity-sgd": dict(activation="identity", hidden_layer_sizes=(3,), solver="sgd",
+                         learning_rate_init=0.1),
+    "two-hidden-relu-early-stopping": dict(activation="relu", hidden_layer_sizes=(5, 3),
+                                           solver="adam", learning_rate_init=0.05,
+                                           early_stopping=True, validation_fraction=0.3),
+    "three-hidden-logistic-l2": dict(activation="logistic", hidden_layer_sizes=(4, 3, 5),
+                                     solver="sgd", learning_rate_init=0.5, alpha=0.05),
+    "no-hidden-float64": dict(hidden_layer_sizes=(), solver="sgd", learning_rate_init=0.2,
+                              dtype="float64"),
+}
+
+
+@pytest.mark.parametrize("name", list(NETWORK_CONFIGS))
+def test_other_networks_match_cpu(name):
+    """Any depth and hidden activation trains on the GPU (the layered path)
+    as on the CPU; prediction runs the same network's forward pass."""
+    config = NETWORK_CONFIGS[name]
+    cpu, gpu = fit_both(
+        lambda device: MLPClassifier(max_iter=2, batch_size=8, random_state=2, device=device,
+                                     **config),
+        X_MLP, Y_MLP)
+    assert len(gpu.coefs_) == len(config["hidden_layer_sizes"]) + 1
+    assert_same_mlp(cpu, gpu, config.get("dtype", "float32"))
+    if config.get("early_stopping"):
+        assert gpu.validation_scores_ == cpu.validation_scores_
+    tol = TOL[config.get("dtype", "float32")]
+    np.testing.assert_allclose(gpu.predict_proba(X_MLP), cpu.predict_proba(X_MLP), **tol)
+    np.testing.assert_array_equal(gpu.predict(X_MLP), cpu.predict(X_MLP))
+
+
+def test_network_fitted_on_cpu_predicts_on_gpu():
+    cpu = MLPClassifier(hidden_layer_sizes=(5, 4), activation="tanh", max_iter=3,
+                        random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cpu.fit(X_MLP, Y_MLP)
-    with pytest.raises(ValueError, match=name):
-        cpu.set_params(device="cuda").predict(X_MLP)
+    want = cpu.predict_proba(X_MLP)
+    got = cpu.set_params(device="cuda").predict_proba(X_MLP)
+    np.testing.assert_allclose(got, want, **TOL["float32"])
 
 
 def test_linear_qr_on_cuda_raises():

@@ -89,14 +89,16 @@ class _CpuKernels:
 
 
 class _CudaKernels:
-    """The device ``'cuda'``: the lecture's network on the GPU.
+    """The device ``'cuda'``: any of the networks on the GPU.
 
-    Training and prediction do not go through the layer-by-layer interface
-    of :class:`_CpuKernels`: the model runs its own loop
+    Training and prediction do not go through the interface of
+    :class:`_CpuKernels`: the model runs its own loop
     (:meth:`MLPClassifier._fit_cuda`) on device arrays with
-    :func:`fusedgrad.kernels.cuda.mlp.loss_grad_device` and the update
-    kernels of :mod:`fusedgrad.kernels.cuda._train`. Creating it checks
-    nothing; :meth:`require` raises when no GPU (nor the simulator) is usable.
+    :func:`fusedgrad.kernels.cuda.network.loss_grad_device` (the fused
+    kernel of :func:`~fusedgrad.kernels.cuda.mlp_loss_grad` for the lecture's
+    network) and the update kernels of :mod:`fusedgrad.kernels.cuda._train`.
+    Creating it checks nothing; :meth:`require` raises when no GPU (nor the
+    simulator) is usable.
     """
 
     name = "cuda"
@@ -120,20 +122,6 @@ def _device_kernels(device):
     if device == "cuda":
         return _CudaKernels()
     raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-
-
-def _check_cuda_network(hidden, activation):
-    """The networks ``device='cuda'`` trains: one hidden layer, logistic."""
-    if len(hidden) != 1:
-        raise ValueError(
-            f"hidden_layer_sizes={hidden}: device='cuda' trains one hidden layer only "
-            "(the CUDA kernels fuse the 2-layer network); use device='cpu'"
-        )
-    if activation != "logistic":
-        raise ValueError(
-            f"activation={activation!r}: device='cuda' supports activation='logistic' only "
-            "(the CUDA kernels fuse the sigmoid); use device='cpu'"
-        )
 
 
 # ---------------------------------------------------------------------------
@@ -474,19 +462,29 @@ _CUDA_BLOCK_ROWS = 1 << 18
 
 
 def _pack(params, dtype):
-    """``[W1, W2, b1, b2]`` (the order of ``coefs_ + intercepts_``) as one flat
-    host vector ``[W1 | b1 | W2 | b2]`` of ``dtype`` (the layout of the CUDA
-    gradients)."""
-    W1, W2, b1, b2 = params
-    return np.concatenate([np.ravel(W1), np.ravel(b1), np.ravel(W2), np.ravel(b2)]).astype(
-        dtype, copy=False)
+    """``[W1, ..., WL, b1, ..., bL]`` (the order of ``coefs_ + intercepts_``) as
+    one flat host vector ``[W1 | b1 | W2 | b2 | ...]`` of ``dtype`` (the
+    layout of the CUDA gradients, :func:`fusedgrad.kernels.cuda.network.split_flat`)."""
+    L = len(params) // 2
+    pairs = [np.ravel(a) for W, b in zip(params[:L], params[L:]) for a in (W, b)]
+    return np.concatenate(pairs).astype(dtype, copy=False)
 
 
-def _unpack(flat, D, H, K):
-    """The inverse of :func:`_pack`: new arrays ``[W1, W2, b1, b2]``."""
-    o1, o2, o3 = D * H, D * H + H, D * H + H + H * K
-    return [flat[:o1].reshape(D, H).copy(), flat[o2:o3].reshape(H, K).copy(),
-            flat[o1:o2].copy(), flat[o3:].copy()]
+def _units(params):
+    """``[n_features, n_1, ..., n_classes]`` of ``coefs_ + intercepts_``."""
+    L = len(params) // 2
+    return [params[0].shape[0]] + [W.shape[1] for W in params[:L]]
+
+
+def _unpack(flat, units):
+    """The inverse of :func:`_pack`: new arrays ``[W1, ..., WL, b1, ..., bL]``."""
+    Ws, bs, o = [], [], 0
+    for n_in, n_out in zip(units[:-1], units[1:]):
+        Ws.append(flat[o:o + n_in * n_out].reshape(n_in, n_out).copy())
+        o += n_in * n_out
+        bs.append(flat[o:o + n_out].copy())
+        o += n_out
+    return Ws + bs
 
 
 def _rows_to_device(X, dtype):
@@ -522,7 +520,7 @@ class _CudaOptimizerState:
         self.host = lists
         self.arrays = [cuda.to_device(_pack(a, dtype)) for a in lists]
 
-    def update(self, p, g, l2, weights, sq_part):
+    def update(self, p, g, l2, biases, sq_part):
         """One optimizer step on the flat parameters ``p`` with gradients ``g``."""
         from fusedgrad.kernels.cuda import _train
 
@@ -533,18 +531,15 @@ class _CudaOptimizerState:
                                / (1 - o.beta_1**o.t))
             m, v = self.arrays
             _train.adam_update(p, g, m, v, o.learning_rate, o.beta_1, o.beta_2, o.epsilon, l2,
-                               weights, sq_part)
+                               biases, sq_part)
         else:
             _train.sgd_update(p, g, self.arrays[0], o.learning_rate, o.momentum, o.nesterov,
-                              l2, weights, sq_part)
+                              l2, biases, sq_part)
 
     def download(self):
         """Write the device state back into the CPU optimizer's arrays."""
         for lst, dev in zip(self.host, self.arrays):
-            W1, W2 = lst[0], lst[1]
-            D, H = W1.shape
-            K = W2.shape[1]
-            for dst, src in zip(lst, _unpack(dev.copy_to_host(), D, H, K)):
+            for dst, src in zip(lst, _unpack(dev.copy_to_host(), _units(lst))):
                 dst[...] = src
 
 
@@ -711,10 +706,11 @@ class MLPClassifier(ClassifierMixin, BaseModel):
     device : {'cpu', 'cuda'}, default 'cpu'
         Where the kernels run. ``'cuda'`` (numba-cuda and a CUDA GPU, see
         :mod:`fusedgrad.kernels.cuda`; ``fit`` raises a RuntimeError without
-        one) trains the lecture's network only: one hidden layer with
-        ``activation='logistic'`` (other networks raise a ValueError naming
-        the parameter), with every solver, schedule, ``alpha`` and
-        ``early_stopping``. ``X`` (converted to ``dtype``) and the labels are
+        one) trains the same networks (any ``hidden_layer_sizes`` and
+        ``activation``) with every solver, schedule, ``alpha`` and
+        ``early_stopping``; the lecture's network (one logistic hidden layer)
+        takes one fused kernel per step on thin layers, any other one product
+        per layer and direction. ``X`` (converted to ``dtype``) and the labels are
         copied to the GPU once per ``fit``/``partial_fit`` call, so ``X``
         must fit in GPU memory; the weights and the optimizer's state stay
         there for the call, minibatches are gathered there, and one copy of
@@ -875,8 +871,6 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         dtype = _check_dtype(self.dtype)
         _check_random_state(self.random_state)
         kernels = _device_kernels(self.device)
-        if kernels.name == "cuda":
-            _check_cuda_network(hidden, self.activation)
         return hidden, dtype, kernels
 
     # --- the network ------------------------------------------------------------
@@ -1194,10 +1188,12 @@ class MLPClassifier(ClassifierMixin, BaseModel):
 
         ``X`` (in the model's dtype), the class indices and the parameters are
         copied to the device once per call, the parameters as one flat vector
-        ``[W1 | b1 | W2 | b2]`` with the optimizer's state beside it. Each step
-        gathers its minibatch on the device (from the epoch's row order,
-        uploaded once per epoch), runs the fused
-        :func:`~fusedgrad.kernels.cuda.mlp.loss_grad_device` and updates the
+        ``[W1 | b1 | W2 | b2 | ...]`` with the optimizer's state beside it.
+        Each step gathers its minibatch on the device (from the epoch's row
+        order, uploaded once per epoch), runs
+        :func:`~fusedgrad.kernels.cuda.network.loss_grad_device` (one fused
+        kernel for the lecture's network on thin layers, else one product per
+        layer and direction with the activations fused in) and updates the
         parameters in place by one elementwise kernel with the CPU
         optimizers' formulas; the batch losses are summed on the device. Per
         epoch one copy of three numbers comes back (the summed loss, a count
@@ -1207,20 +1203,22 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         """
         from fusedgrad.kernels.cuda import _runtime as rt
         from fusedgrad.kernels.cuda import _train
-        from fusedgrad.kernels.cuda.mlp import loss_grad_device, split_flat
+        from fusedgrad.kernels.cuda.network import loss_grad_device, split_flat
 
         cuda = rt.cuda
         (optimizer, early_stopping, train_idx, val_idx, n_samples, batch_size,
          shuffle) = self._stochastic_setup(X.shape[0], rng, incremental)
-        D, H = self.coefs_[0].shape
-        K = self.coefs_[1].shape[1]
-        n_params = D * H + H + H * K + K
-        weights = (D * H, D * H + H, D * H + H + H * K)
+        units = _units(self.coefs_ + self.intercepts_)
+        D = units[0]
+        n_params = sum((a + 1) * b for a, b in zip(units[:-1], units[1:]))
+        biases = _train.bias_ranges(units)
+        activation = self.activation
+        work = {}  # the activation buffers, kept across the steps
 
         Xd = _rows_to_device(X, dtype)
         yd = cuda.to_device(codes)
         p = cuda.to_device(_pack(self.coefs_ + self.intercepts_, dtype))
-        W1, b1, W2, b2 = split_flat(p, D, H, K)
+        Ws, bs = split_flat(p, units)
         grad = cuda.device_array(n_params, dtype)
         loss = cuda.device_array(1, np.float64)
         sq_part = cuda.device_array(_train.update_blocks(n_params), np.float64)
@@ -1238,8 +1236,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             Xv = cuda.device_array((n_val, D), dtype)
             yv = cuda.device_array(n_val, codes.dtype)
             _train.gather_rows(Xd, yd, cuda.to_device(val_idx), Xv, yv)
-            Av = cuda.device_array((n_val, H), dtype)
-            Zv = cuda.device_array((n_val, K), dtype)
+            Avs = [cuda.device_array((n_val, h), dtype) for h in units[1:-1]]
+            Zv = cuda.device_array((n_val, units[-1]), dtype)
             best = cuda.device_array(n_params, dtype)
 
         sample_idx = np.arange(n_samples, dtype=_index_dtype(n_samples))
@@ -1264,13 +1262,13 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                         _train.gather_rows(Xd, yd, rows_d[start:stop], Xs, ys)
                     else:
                         Xs, ys = Xd[start:stop], yd[start:stop]
-                    loss_grad_device(Xs, ys, W1, b1, W2, b2, grad, loss)
-                    state.update(p, grad, self.alpha / m, weights, sq_part)
+                    loss_grad_device(Xs, ys, Ws, bs, activation, grad, loss, work=work)
+                    state.update(p, grad, self.alpha / m, biases, sq_part)
                     _train.accumulate_loss(acc, loss, sq_part, m, self.alpha)
                     progress.batch(stop)
                 _train.count_nonfinite(p, acc, 1)
                 if early_stopping:
-                    _train.logits(Xv, W1, b1, W2, b2, Av, Zv)
+                    _train.logits(Xv, Ws, bs, activation, Avs, Zv)
                     _train.count_correct(Zv, yv, acc, 2)
                 total, nonfinite, hits = (float(v) for v in acc.copy_to_host())
                 if not math.isfinite(total):
@@ -1295,13 +1293,14 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             warnings.warn("Training interrupted by user.", stacklevel=4)
         finally:
             # the parameters and the optimizer's state back to the host, once
-            params = _unpack(p.copy_to_host(), D, H, K)
-            self.coefs_, self.intercepts_ = params[:2], params[2:]
+            params = _unpack(p.copy_to_host(), units)
+            L = len(units) - 1
+            self.coefs_, self.intercepts_ = params[:L], params[L:]
             state.download()
 
         if early_stopping:
-            params = _unpack(best.copy_to_host(), D, H, K)
-            self.coefs_, self.intercepts_ = params[:2], params[2:]
+            params = _unpack(best.copy_to_host(), units)
+            self.coefs_, self.intercepts_ = params[:L], params[L:]
             # the optimizer's state belongs to the last weights, not the best
             self._best_coefs = [c.copy() for c in self.coefs_]
             self._best_intercepts = [b.copy() for b in self.intercepts_]
@@ -1392,11 +1391,6 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         self._check_is_fitted()
         kernels = _device_kernels(self.device)
         if kernels.name == "cuda":
-            _check_cuda_network(self._hidden_sizes(), self.activation)
-            if len(self.coefs_) != 2:
-                raise ValueError(
-                    f"the fitted network has {len(self.coefs_) - 1} hidden layers: device='cuda' "
-                    "predicts with one hidden layer only; use device='cpu'")
             kernels.require()
         dtype = self.coefs_[0].dtype
         X = _feature_matrix(X, dtype)
@@ -1417,12 +1411,11 @@ class MLPClassifier(ClassifierMixin, BaseModel):
 
         cuda = rt.cuda
         N = X.shape[0]
-        (W1, W2), (b1, b2) = self.coefs_, self.intercepts_
-        H, K = W2.shape
-        W1, b1, W2, b2 = (cuda.to_device(np.ascontiguousarray(a, dtype=dtype))
-                          for a in (W1, b1, W2, b2))
+        Ws, bs = ([cuda.to_device(np.ascontiguousarray(a, dtype=dtype)) for a in arrays]
+                  for arrays in (self.coefs_, self.intercepts_))
+        K = Ws[-1].shape[1]
         rows = min(N, _CUDA_BLOCK_ROWS)
-        A = cuda.device_array((rows, H), dtype)
+        As = [cuda.device_array((rows, W.shape[1]), dtype) for W in Ws[:-1]]
         Z = cuda.device_array((rows, K), dtype)
         if what == "codes":
             out = np.empty(N, np.intp)
@@ -1433,7 +1426,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             e = min(N, s + _CUDA_BLOCK_ROWS)
             m = e - s
             Xd = _rows_to_device(X[s:e], dtype)
-            _train.logits(Xd, W1, b1, W2, b2, A[:m], Z[:m])
+            _train.logits(Xd, Ws, bs, self.activation, [A[:m] for A in As], Z[:m])
             if what == "codes":
                 _train.argmax_rows(Z[:m], codes[:m])
                 out[s:e] = codes[:m].copy_to_host()

@@ -14,7 +14,9 @@ kernels can run; without numba-cuda or a CUDA GPU every kernel raises a
 
 from fusedgrad.kernels.cuda._runtime import is_available
 from fusedgrad.kernels.cuda.affine import affine_sigmoid, affine_sigmoid_backward
+from fusedgrad.kernels.cuda.layers import affine_activation, affine_activation_backward
 from fusedgrad.kernels.cuda.mlp import mlp_loss_grad
+from fusedgrad.kernels.cuda.network import network_loss_grad
 from fusedgrad.kernels.cuda.ols import gram, ols_loss_grad
 from fusedgrad.kernels.cuda.softmax import softmax_cross_entropy
 
@@ -26,4 +28,7 @@ __all__ = [
     "mlp_loss_grad",
     "ols_loss_grad",
     "gram",
+    "affine_activation",
+    "affine_activation_backward",
+    "network_loss_grad",
 ]

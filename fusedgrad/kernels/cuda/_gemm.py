@@ -19,6 +19,7 @@ so results do not depend on scheduling.
 """
 
 import functools
+import math
 
 import numba
 import numpy as np
@@ -29,12 +30,66 @@ from fusedgrad.kernels.cuda import _runtime as rt
 from fusedgrad.kernels.cuda._device import helpers
 from fusedgrad.kernels.cuda._runtime import cuda, jit
 
-__all__ = ["EPI_NONE", "EPI_BIAS", "EPI_BIAS_SIGMOID", "EPI_DSIGMOID", "matmul", "backend"]
+__all__ = ["EPI_NONE", "EPI_BIAS", "EPI_BIAS_SIGMOID", "EPI_DSIGMOID", "EPI_BIAS_TANH",
+           "EPI_BIAS_RELU", "EPI_DTANH", "EPI_DRELU", "FORWARD_EPI", "BACKWARD_EPI", "matmul",
+           "epilogue", "backend"]
 
+# The epilogues, applied to each element ``v`` of the product as it is stored.
+# The derivative ones take the activation ``a = aux[m, n]`` (the layer's
+# output; ``aux`` may be ``C`` itself with the numba kernel, which reads it
+# before writing), as in :mod:`fusedgrad.kernels.layers`.
 EPI_NONE = 0  #: C = product
 EPI_BIAS = 1  #: C = product + bias
 EPI_BIAS_SIGMOID = 2  #: C = sigmoid(product + bias)
-EPI_DSIGMOID = 3  #: C = product * aux * (1 - aux)  (aux: the activation; may be C itself)
+EPI_DSIGMOID = 3  #: C = product * a * (1 - a)
+EPI_BIAS_TANH = 4  #: C = tanh(product + bias)
+EPI_BIAS_RELU = 5  #: C = max(product + bias, 0)
+EPI_DTANH = 6  #: C = product * (1 - a) * (1 + a)
+EPI_DRELU = 7  #: C = product where a > 0, else 0
+
+#: The epilogue of a hidden layer's forward product ``A W + b``, by activation.
+FORWARD_EPI = {"identity": EPI_BIAS, "logistic": EPI_BIAS_SIGMOID, "tanh": EPI_BIAS_TANH,
+               "relu": EPI_BIAS_RELU}
+#: The epilogue of the backward product ``delta W^T``, times ``f'`` of the
+#: layer below, by that layer's activation.
+BACKWARD_EPI = {"identity": EPI_NONE, "logistic": EPI_DSIGMOID, "tanh": EPI_DTANH,
+                "relu": EPI_DRELU}
+
+_NEEDS_BIAS = (EPI_BIAS, EPI_BIAS_SIGMOID, EPI_BIAS_TANH, EPI_BIAS_RELU)
+_NEEDS_AUX = (EPI_DSIGMOID, EPI_DTANH, EPI_DRELU)
+
+
+@functools.lru_cache(maxsize=None)
+def _epilogue_fn(dtype, epi):
+    """The device function ``f(v, bias, aux, m, n)`` of epilogue ``epi`` for
+    element ``(m, n)`` of a product (``epi`` is a compile-time constant)."""
+    dt = np.dtype(dtype).type
+    one = dt(1.0)
+    zero = dt(0.0)
+    _d_sigmoid = helpers(np.dtype(dtype), 32, False)._d_sigmoid
+
+    @jit(device=True)
+    def _d_epilogue(v, bias, aux, m, n):
+        if epi == EPI_BIAS:
+            v += bias[n]
+        elif epi == EPI_BIAS_SIGMOID:
+            v = _d_sigmoid(v + bias[n])
+        elif epi == EPI_BIAS_TANH:
+            v = math.tanh(v + bias[n])
+        elif epi == EPI_BIAS_RELU:
+            v += bias[n]
+            v = zero if v < zero else v  # NaN propagates, as on the CPU
+        elif epi == EPI_DSIGMOID:
+            a = aux[m, n]
+            v = v * a * (one - a)
+        elif epi == EPI_DTANH:
+            a = aux[m, n]
+            v = v * ((one - a) * (one + a))  # as the CPU kernels: exact near |a| = 1
+        elif epi == EPI_DRELU:
+            v = v if aux[m, n] > zero else zero
+        return v
+
+    return _d_epilogue
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,13 +119,12 @@ def backend():
 def _gemm_kernel(dtype, ta, tb, epi, aug, partial, BM, BN, BK, TM, TN):
     dt = np.dtype(dtype).type
     nbt = numba.from_dtype(np.dtype(dtype))
-    one = dt(1.0)
     zero = dt(0.0)
     NTM = BM // TM
     NTN = BN // TN
     T = NTM * NTN
     BM1, BN1, TMN = BM + 1, BN + 1, TM * TN  # shapes must be compile-time constants
-    _d_sigmoid = helpers(np.dtype(dtype), T, False)._d_sigmoid
+    _d_epilogue = _epilogue_fn(np.dtype(dtype), epi)
 
     @jit()
     def kernel(A, B, bvec, C, bias, aux, M, Nc, Kd, k_chunk, accumulate):
@@ -157,14 +211,7 @@ def _gemm_kernel(dtype, ta, tb, epi, aug, partial, BM, BN, BK, TM, TN):
                             else:
                                 if accumulate:
                                     v += C[m, n]
-                                if epi == EPI_BIAS:
-                                    v += bias[n]
-                                elif epi == EPI_BIAS_SIGMOID:
-                                    v = _d_sigmoid(v + bias[n])
-                                elif epi == EPI_DSIGMOID:
-                                    a = aux[m, n]
-                                    v = v * a * (one - a)
-                                C[m, n] = v
+                                C[m, n] = _d_epilogue(v, bias, aux, m, n)
             tile += cuda.gridDim.x
 
     return kernel, T
@@ -172,9 +219,7 @@ def _gemm_kernel(dtype, ta, tb, epi, aug, partial, BM, BN, BK, TM, TN):
 
 @functools.lru_cache(maxsize=None)
 def _epilogue_kernel(dtype, epi):
-    dt = np.dtype(dtype).type
-    one = dt(1.0)
-    _d_sigmoid = helpers(np.dtype(dtype), 32, False)._d_sigmoid
+    _d_epilogue = _epilogue_fn(np.dtype(dtype), epi)
 
     @jit()
     def kernel(C, bias, aux):
@@ -184,15 +229,7 @@ def _epilogue_kernel(dtype, epi):
         while i < C.shape[0] * n_cols:
             r = i // n_cols
             c = i - r * n_cols
-            v = C[r, c]
-            if epi == EPI_BIAS:
-                v += bias[c]
-            elif epi == EPI_BIAS_SIGMOID:
-                v = _d_sigmoid(v + bias[c])
-            elif epi == EPI_DSIGMOID:
-                a = aux[r, c]
-                v = v * a * (one - a)
-            C[r, c] = v
+            C[r, c] = _d_epilogue(C[r, c], bias, aux, r, c)
             i += step
 
     return kernel
@@ -242,7 +279,10 @@ def matmul(A, B, C, *, ta=False, tb=False, epi=EPI_NONE, bias=None, aux=None, bv
         ``EPI_NONE``).
     epi : int
         One of the ``EPI_*`` constants; ``bias`` (N,) and ``aux`` (M, N) as
-        it needs. ``aux`` may be ``C`` itself.
+        it needs. ``aux`` may be ``C`` itself (the product is then computed
+        by the numba kernel, which reads each element of ``aux`` before it
+        stores the same element of ``C``; cuBLAS would overwrite ``aux``
+        before the epilogue reads it).
     bvec : device array (K,), optional
         Appended to ``op(B)`` as one more column (only without ``tb``): C then
         has one more column than ``B``.
@@ -257,7 +297,7 @@ def matmul(A, B, C, *, ta=False, tb=False, epi=EPI_NONE, bias=None, aux=None, bv
     if accumulate and epi != EPI_NONE:
         raise ValueError("accumulate works with EPI_NONE only")
     dtype = np.dtype(C.dtype)
-    if use_library and bvec is None and backend() == "cupy":
+    if use_library and bvec is None and aux is not C and backend() == "cupy":
         _cupy_matmul(A, B, C, ta, tb, epi, bias, aux, accumulate)
         return C
     BM, TM = _tile(M, opt.CUDA_GEMM_BM, opt.CUDA_GEMM_TM)

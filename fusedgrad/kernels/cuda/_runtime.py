@@ -379,14 +379,17 @@ class Inputs:
         The common floating dtype.
     sizes : dict
         The named sizes of the specs (``n_samples`` ...).
+    indices : device array or None
+        The row indices, on the device (any integer dtype).
     """
 
-    def __init__(self, arrays, labels, host, dtype, sizes):
+    def __init__(self, arrays, labels, host, dtype, sizes, indices=None):
         self.arrays = arrays
         self.labels = labels
         self.host = host
         self.dtype = dtype
         self.sizes = sizes
+        self.indices = indices
 
     def result(self, a):
         """An output as the caller gets it (NumPy when all inputs were host)."""
@@ -395,7 +398,7 @@ class Inputs:
         return to_host(a) if self.host else a
 
 
-def prepare(specs, check_finite=True, labels=None):
+def prepare(specs, check_finite=True, labels=None, indices=None):
     """Check float inputs (and labels) and bring them to the device.
 
     Parameters
@@ -408,6 +411,9 @@ def prepare(specs, check_finite=True, labels=None):
     labels : (name, value, samples_name, classes_name), optional
         Integer labels of length ``sizes[samples_name]`` in
         ``[0, sizes[classes_name])``.
+    indices : (name, value, rows_name), optional
+        Nonempty 1-D integer row indices in ``[0, sizes[rows_name])``; their
+        count becomes the size ``"n_rows"`` (which ``labels`` may name).
 
     Returns
     -------
@@ -464,6 +470,24 @@ def prepare(specs, check_finite=True, labels=None):
             elif want != got:
                 raise ValueError(f"{name} must have size {want} on axis {axis}, got shape {a_shape}")
 
+    idx = idx_device = None
+    if indices is not None:
+        i_name, i_value, rows_name = indices
+        n_rows = sizes[rows_name]
+        idx_device = _is_device(i_value)
+        if idx_device:
+            idx = _as_device(i_value)
+            i_dtype = np.dtype(idx.dtype)
+            if i_dtype == np.bool_ or not np.issubdtype(i_dtype, np.integer):
+                raise TypeError(f"{i_name} must hold integer row indices, got dtype {i_dtype}")
+            if len(idx.shape) != 1:
+                raise ValueError(f"{i_name} must be 1-D, got shape {tuple(idx.shape)}")
+            if idx.shape[0] == 0:
+                raise ValueError(f"{i_name} is empty: it selects no samples")
+        else:
+            idx = _validate.indices(i_name, i_value, n_rows).astype(np.int64, copy=False)
+        sizes["n_rows"] = int(idx.shape[0])
+
     y = y_device = None
     if labels is not None:
         y_name, y_value, samples, classes = labels
@@ -490,6 +514,8 @@ def prepare(specs, check_finite=True, labels=None):
     init = [0] * (sum(on_device) if check_finite else 0)
     if y_device:
         init += [0, np.iinfo(np.int64).max, np.iinfo(np.int64).min]
+    if idx_device:
+        init += [0, np.iinfo(np.int64).max, np.iinfo(np.int64).min]
     if init:
         flags = cuda.to_device(np.array(init, dtype=np.int64))
     count_nonfinite, label_range = _check_kernels(opt.CUDA_TPB)
@@ -509,6 +535,12 @@ def prepare(specs, check_finite=True, labels=None):
             y, np.int64(sizes[labels[3]]), flags, slot
         )
         device_checks.append(("labels", labels[0], slot))
+        slot += 3
+    if idx_device:
+        label_range[grid_size(-(-idx.shape[0] // tpb)), tpb](
+            idx, np.int64(sizes[indices[2]]), flags, slot
+        )
+        device_checks.append(("indices", indices[0], slot))
 
     counts = flags.copy_to_host() if flags is not None else None
     for i, ((name, _, _), a) in enumerate(zip(specs, values)):
@@ -520,15 +552,16 @@ def prepare(specs, check_finite=True, labels=None):
                 raise ValueError(f"{name} contains NaN or infinity")
         elif not _validate.all_finite(np.ascontiguousarray(a)):
             raise ValueError(f"{name} contains NaN or infinity")
-    if y_device:
-        slot = device_checks[-1][2]
-        if counts[slot]:
+    for kind, name, slot in device_checks:
+        if kind == "finite" or not counts[slot]:
+            continue
+        lo, hi = int(counts[slot + 1]), int(counts[slot + 2])
+        bad = lo if lo < 0 else hi
+        if kind == "labels":
             k = sizes[labels[3]]
-            lo, hi = int(counts[slot + 1]), int(counts[slot + 2])
-            bad = lo if lo < 0 else hi
-            raise ValueError(
-                f"{labels[0]} holds label {bad}, outside [0, {k}) for {k} classes"
-            )
+            raise ValueError(f"{name} holds label {bad}, outside [0, {k}) for {k} classes")
+        n = sizes[indices[2]]
+        raise ValueError(f"{name} holds index {bad}, outside [0, {n}) for {n} rows")
 
     arrays = []
     for a, dev in zip(values, on_device):
@@ -538,8 +571,10 @@ def prepare(specs, check_finite=True, labels=None):
             arrays.append(cuda.to_device(np.ascontiguousarray(a)))
     if y is not None and not y_device:
         y = cuda.to_device(np.ascontiguousarray(y))
-    host = not any(on_device) and not y_device
-    return Inputs(arrays, y, host, dtype, sizes)
+    if idx is not None and not idx_device:
+        idx = cuda.to_device(np.ascontiguousarray(idx))
+    host = not any(on_device) and not y_device and not idx_device
+    return Inputs(arrays, y, host, dtype, sizes, idx)
 
 
 def loss_value(loss_sum, dtype):

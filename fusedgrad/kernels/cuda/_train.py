@@ -13,7 +13,7 @@ and the parameters stay on the device for the whole fit:
   :func:`count_nonfinite` / :func:`count_correct` add the epoch's checks to
   it, so that one copy of a few numbers per epoch brings them to the host;
 * :func:`logits`, :func:`softmax_rows`, :func:`argmax_rows`: the forward
-  pass of the 2-layer network for prediction;
+  pass of a network for prediction;
 * :func:`column_means`, :func:`center`, :func:`gd_step`: the linear model.
 
 All functions take numba device arrays and launch kernels on the default
@@ -59,7 +59,7 @@ def _blocks(n, tpb):
 
 
 @functools.lru_cache(maxsize=None)
-def _gather_kernel():
+def _gather_kernel(with_y):
     @jit()
     def kernel(X, y, rows, Xb, yb):
         d = X.shape[1]
@@ -70,7 +70,7 @@ def _gather_kernel():
             c = e - r * d
             src = rows[r]
             Xb[r, c] = X[src, c]
-            if c == 0:
+            if with_y and c == 0:
                 yb[r] = y[src]
             e += step
 
@@ -78,9 +78,13 @@ def _gather_kernel():
 
 
 def gather_rows(X, y, rows, Xb, yb):
-    """``Xb[:] = X[rows]`` and ``yb[:] = y[rows]`` (device arrays, ``len(rows)`` rows)."""
+    """``Xb[:] = X[rows]`` and ``yb[:] = y[rows]`` (device arrays, ``len(rows)``
+    rows); with ``y`` None only ``Xb`` (``yb`` is then not used)."""
     tpb = opt.CUDA_TPB
-    _gather_kernel()[_blocks(Xb.shape[0] * X.shape[1], tpb), tpb](X, y, rows, Xb, yb)
+    with_y = y is not None
+    if not with_y:
+        y = yb = rows
+    _gather_kernel(with_y)[_blocks(Xb.shape[0] * X.shape[1], tpb), tpb](X, y, rows, Xb, yb)
 
 
 def copy(src, dst):
@@ -91,7 +95,7 @@ def copy(src, dst):
 
 
 # ---------------------------------------------------------------------------
-# Optimizer updates on a flat parameter vector [W1 | b1 | W2 | b2]
+# Optimizer updates on a flat parameter vector [W1 | b1 | W2 | b2 | ...]
 # ---------------------------------------------------------------------------
 
 
@@ -102,14 +106,16 @@ def _update_kernels(dtype, tpb, shuffle):
     _d_block_sum = helpers(np.dtype(dtype), tpb, shuffle)._d_block_sum
 
     @jit(device=True)
-    def _d_weight_term(i, pi, gi, l2, o1, o2, o3):
+    def _d_weight_term(i, pi, gi, l2, biases):
         # the L2 term added to a weight entry's gradient, and its square (float64)
-        # for the loss; bias entries [o1, o2) and [o3, end) have neither
-        if i < o1 or (i >= o2 and i < o3):
-            if l2 != zero:
-                gi = gi + l2 * pi
-            return gi, np.float64(pi) * np.float64(pi)
-        return gi, 0.0
+        # for the loss; the bias entries, [biases[l, 0], biases[l, 1]) for each
+        # layer l, have neither
+        for layer in range(biases.shape[0]):
+            if i >= biases[layer, 0] and i < biases[layer, 1]:
+                return gi, 0.0
+        if l2 != zero:
+            gi = gi + l2 * pi
+        return gi, np.float64(pi) * np.float64(pi)
 
     @jit(device=True)
     def _d_store_block_sum(red, sq, sq_part):
@@ -118,7 +124,7 @@ def _update_kernels(dtype, tpb, shuffle):
             sq_part[cuda.blockIdx.x] = total
 
     @jit()
-    def sgd(p, g, v, lr, mu, nesterov, l2, o1, o2, o3, sq_part):
+    def sgd(p, g, v, lr, mu, nesterov, l2, biases, sq_part):
         red = cuda.shared.array(tpb, dtype=types.float64)
         sq = 0.0
         i = cuda.grid(1)
@@ -126,7 +132,7 @@ def _update_kernels(dtype, tpb, shuffle):
         while i < p.shape[0]:
             pi = p[i]
             gi = g[i]
-            gi, w2 = _d_weight_term(i, pi, gi, l2, o1, o2, o3)
+            gi, w2 = _d_weight_term(i, pi, gi, l2, biases)
             sq += w2
             gi = gi * lr
             if mu == zero:
@@ -145,7 +151,7 @@ def _update_kernels(dtype, tpb, shuffle):
         _d_store_block_sum(red, sq, sq_part)
 
     @jit()
-    def adam(p, g, m, v, neg_lr, b1, b2, one_b1, one_b2, eps, l2, o1, o2, o3, sq_part):
+    def adam(p, g, m, v, neg_lr, b1, b2, one_b1, one_b2, eps, l2, biases, sq_part):
         red = cuda.shared.array(tpb, dtype=types.float64)
         sq = 0.0
         i = cuda.grid(1)
@@ -153,7 +159,7 @@ def _update_kernels(dtype, tpb, shuffle):
         while i < p.shape[0]:
             pi = p[i]
             gi = g[i]
-            gi, w2 = _d_weight_term(i, pi, gi, l2, o1, o2, o3)
+            gi, w2 = _d_weight_term(i, pi, gi, l2, biases)
             sq += w2
             mi = m[i] * b1
             mi = mi + gi * one_b1
@@ -179,26 +185,38 @@ def update_blocks(n):
     return _blocks(n, opt.CUDA_TPB)
 
 
-def sgd_update(p, g, v, lr, momentum, nesterov, l2, weights, sq_part):
+def bias_ranges(units):
+    """The ``[start, stop)`` of each layer's biases in the flat parameter vector
+    ``[W1 | b1 | W2 | b2 | ...]`` of a network of ``units``
+    (``[n_features, n_1, ..., n_classes]``), as an ``(L, 2)`` int64 device
+    array: the ``biases`` argument of the updates."""
+    out, o = [], 0
+    for n_in, n_out in zip(units[:-1], units[1:]):
+        o += n_in * n_out
+        out.append((o, o + n_out))
+        o += n_out
+    return cuda.to_device(np.array(out, np.int64))
+
+
+def sgd_update(p, g, v, lr, momentum, nesterov, l2, biases, sq_part):
     """Gradient descent with momentum on the flat parameters ``p``, in place.
 
     ``g <- g + l2 p`` on the weight entries, ``g <- lr g``; then
     ``p <- p - g`` when ``momentum`` is 0, else ``v <- momentum v - g`` and
     ``p <- p + v`` (or ``p + (momentum v - g)`` with Nesterov's momentum).
     Every constant is rounded to the parameters' dtype first, as NumPy does
-    with a Python float. ``weights = (o1, o2, o3)``: the weight entries are
-    ``[0, o1)`` and ``[o2, o3)``. ``sq_part[b]`` receives block ``b``'s sum of
-    the squared weights (before the update), in float64.
+    with a Python float. ``biases`` (:func:`bias_ranges`) says which entries
+    are biases; every other entry is a weight. ``sq_part[b]`` receives block
+    ``b``'s sum of the squared weights (before the update), in float64.
     """
     dt = np.dtype(p.dtype).type
     tpb = opt.CUDA_TPB
     sgd, _ = _update_kernels(np.dtype(p.dtype), tpb, rt.use_shuffle())
-    o1, o2, o3 = weights
     sgd[sq_part.shape[0], tpb](p, g, v, dt(lr), dt(momentum), bool(nesterov), dt(l2),
-                               o1, o2, o3, sq_part)
+                               biases, sq_part)
 
 
-def adam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, l2, weights, sq_part):
+def adam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, l2, biases, sq_part):
     """Adam's step on the flat parameters ``p``, in place (``lr`` already bias-corrected):
     ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``,
     ``p <- p + (-lr m) / (sqrt(v) + eps)``. L2 term and ``sq_part`` as
@@ -206,9 +224,8 @@ def adam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, l2, weights, sq_part):
     dt = np.dtype(p.dtype).type
     tpb = opt.CUDA_TPB
     _, adam = _update_kernels(np.dtype(p.dtype), tpb, rt.use_shuffle())
-    o1, o2, o3 = weights
     adam[sq_part.shape[0], tpb](p, g, m, v, dt(-lr), dt(beta_1), dt(beta_2), dt(1 - beta_1),
-                                dt(1 - beta_2), dt(epsilon), dt(l2), o1, o2, o3, sq_part)
+                                dt(1 - beta_2), dt(epsilon), dt(l2), biases, sq_part)
 
 
 # ---------------------------------------------------------------------------
@@ -280,14 +297,19 @@ def count_correct(Z, y, acc, slot):
 
 
 # ---------------------------------------------------------------------------
-# Prediction: the forward pass of the 2-layer network
+# Prediction: the forward pass of a network
 # ---------------------------------------------------------------------------
 
 
-def logits(X, W1, b1, W2, b2, A, Z):
-    """``Z = sigmoid(X W1 + b1) W2 + b2`` (``A`` receives the hidden activations)."""
-    _gemm.matmul(X, W1, A, epi=_gemm.EPI_BIAS_SIGMOID, bias=b1)
-    _gemm.matmul(A, W2, Z, epi=_gemm.EPI_BIAS, bias=b2)
+def logits(X, Ws, bs, activation, As, Z):
+    """The output layer's ``Z = A_{L-1} W_L + b_L`` of the network ``Ws, bs``
+    with hidden activation ``activation``; ``As`` (one array per hidden layer)
+    receive the hidden activations."""
+    prev = X
+    for W, b, A in zip(Ws[:-1], bs[:-1], As):
+        _gemm.matmul(prev, W, A, epi=_gemm.FORWARD_EPI[activation], bias=b)
+        prev = A
+    _gemm.matmul(prev, Ws[-1], Z, epi=_gemm.EPI_BIAS, bias=bs[-1])
     return Z
 
 

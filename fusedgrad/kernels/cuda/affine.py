@@ -7,7 +7,7 @@ import numpy as np
 from numba import types
 
 from fusedgrad.kernels import _options as opt
-from fusedgrad.kernels.cuda import _gemm
+from fusedgrad.kernels.cuda import _gemm, _train
 from fusedgrad.kernels.cuda import _runtime as rt
 from fusedgrad.kernels.cuda._runtime import cuda, jit
 
@@ -15,21 +15,25 @@ __all__ = ["affine_sigmoid", "affine_sigmoid_backward"]
 
 
 @functools.lru_cache(maxsize=None)
-def _column_kernel(dtype, n_cols, tpb, with_dz):
-    """Column sums over row ranges, optionally of ``dZ = dA * A (1 - A)``.
+def _column_kernel(dtype, n_cols, tpb, deriv):
+    """Column sums over row ranges, optionally of ``dZ = dA * f'``.
 
-    A block covers ``CW`` columns and ``RW = tpb // CW`` row lanes; consecutive
-    threads take consecutive columns of one row, so a warp reads contiguous
-    memory even for a handful of columns. Each block handles one row range
-    (``blockIdx.y``) and writes the sums of its rows to ``part[range, col]``,
-    its lanes added in a fixed order.
+    ``deriv``: None (sums of ``A``) or a derivative epilogue of
+    :mod:`~fusedgrad.kernels.cuda._gemm` (``EPI_DSIGMOID``, ``EPI_DTANH``,
+    ``EPI_DRELU``), which writes ``dZ`` from ``dA`` and the activation ``A``
+    and sums it. A block covers ``CW`` columns and ``RW = tpb // CW`` row
+    lanes; consecutive threads take consecutive columns of one row, so a warp
+    reads contiguous memory even for a handful of columns. Each block handles
+    one row range (``blockIdx.y``) and writes the sums of its rows to
+    ``part[range, col]``, its lanes added in a fixed order.
     """
     dt = np.dtype(dtype).type
     nbt = numba.from_dtype(np.dtype(dtype))
-    one = dt(1.0)
     zero = dt(0.0)
     CW = min(n_cols, tpb)
     RW = tpb // CW
+    with_dz = deriv is not None
+    _d_deriv = _gemm._epilogue_fn(np.dtype(dtype), deriv if with_dz else _gemm.EPI_NONE)
 
     @jit()
     def kernel(dA, A, dZ, part, rows_per_range):
@@ -45,8 +49,7 @@ def _column_kernel(dtype, n_cols, tpb, with_dz):
             r = r0 + lane
             while r < r1:
                 if with_dz:
-                    a = A[r, c]
-                    g = dA[r, c] * a * (one - a)
+                    g = _d_deriv(dA[r, c], dA[r], A, r, c)
                     dZ[r, c] = g
                     s += g
                 else:
@@ -62,14 +65,16 @@ def _column_kernel(dtype, n_cols, tpb, with_dz):
     return kernel, CW
 
 
-def column_sums(A, out, *, dA=None, dZ=None, accumulate=False):
-    """``out (+)= A.sum(axis=0)``, or with ``dA``: ``dZ = dA * A (1 - A)`` and
-    ``out (+)= dZ.sum(axis=0)`` in the same pass. Device arrays."""
+def column_sums(A, out, *, dA=None, dZ=None, deriv=_gemm.EPI_DSIGMOID, accumulate=False):
+    """``out (+)= A.sum(axis=0)``, or with ``dA``: ``dZ = dA * f'`` (``f'`` from
+    the activation ``A`` by the epilogue ``deriv``, by default the sigmoid's
+    ``A (1 - A)``) and ``out (+)= dZ.sum(axis=0)`` in the same pass. Device
+    arrays; ``dZ`` may be ``dA``."""
     N, n_cols = A.shape
     dtype = np.dtype(A.dtype)
     tpb = opt.CUDA_TPB
     with_dz = dA is not None
-    kernel, CW = _column_kernel(dtype, n_cols, tpb, with_dz)
+    kernel, CW = _column_kernel(dtype, n_cols, tpb, int(deriv) if with_dz else None)
     col_tiles = -(-n_cols // CW)
     ranges = max(1, min(rt.grid_size(1 << 30) // col_tiles, -(-N // (tpb // CW))))
     rows_per_range = -(-N // ranges)
@@ -80,6 +85,66 @@ def column_sums(A, out, *, dA=None, dZ=None, accumulate=False):
     kernel[(col_tiles, ranges), tpb](dA, A, dZ, part, rows_per_range)
     rt.sum_partials(part, out, 1.0, accumulate)
     return out
+
+
+def forward(X, W, b, out, activation, check_finite):
+    """The body of :func:`affine_sigmoid` and of
+    :func:`fusedgrad.kernels.cuda.affine_activation`: checks, then
+    ``f(X W + b)`` with ``f``'s epilogue (``'softmax'``: the bias epilogue,
+    then a row pass)."""
+    inp = rt.prepare(
+        [("X", X, ("n_samples", "n_in")), ("W", W, ("n_in", "n_out")), ("b", b, ("n_out",))],
+        check_finite,
+    )
+    Xd, Wd, bd = inp.arrays
+    N, n_out = Xd.shape[0], Wd.shape[1]
+    target = None
+    if out is not None:
+        target = rt.output("out", out, (N, n_out), inp.dtype, [("X", X), ("W", W), ("b", b)])
+    A = target if target is not None and rt.is_device(target) else rt.empty((N, n_out), inp.dtype)
+    if activation == "softmax":
+        _gemm.matmul(Xd, Wd, A, epi=_gemm.EPI_BIAS, bias=bd)
+        _train.softmax_rows(A)
+    else:
+        _gemm.matmul(Xd, Wd, A, epi=_gemm.FORWARD_EPI[activation], bias=bd)
+    if target is None:
+        return inp.result(A)
+    if not rt.is_device(target):
+        A.copy_to_host(out)
+    return out
+
+
+def backward(X, A, dA, W, activation, check_finite, delta=None):
+    """The body of :func:`affine_sigmoid_backward` and of
+    :func:`fusedgrad.kernels.cuda.affine_activation_backward`; ``delta(Ad,
+    dAd, dZ)`` writes ``dZ`` for the activations the column pass does not
+    handle (softmax)."""
+    specs = [("X", X, ("n_samples", "n_in")), ("A", A, ("n_samples", "n_out")),
+             ("dA", dA, ("n_samples", "n_out"))]
+    if W is not None:
+        specs.append(("W", W, ("n_in", "n_out")))
+    inp = rt.prepare(specs, check_finite)
+    Xd, Ad, dAd = inp.arrays[:3]
+    N, n_in = Xd.shape
+    n_out = Ad.shape[1]
+    db = rt.empty(n_out, inp.dtype)
+    if activation == "identity":  # dZ = dA
+        dZ = dAd
+        column_sums(dZ, db)
+    elif delta is not None:
+        dZ = cuda.device_array((N, n_out), inp.dtype)
+        delta(Ad, dAd, dZ)
+        column_sums(dZ, db)
+    else:
+        dZ = cuda.device_array((N, n_out), inp.dtype)
+        column_sums(Ad, db, dA=dAd, dZ=dZ, deriv=_gemm.BACKWARD_EPI[activation])
+    dW = rt.empty((n_in, n_out), inp.dtype)
+    _gemm.matmul(Xd, dZ, dW, ta=True)
+    dX = None
+    if W is not None:
+        dX = rt.empty((N, n_in), inp.dtype)
+        _gemm.matmul(dZ, inp.arrays[3], dX, tb=True)
+    return inp.result(dW), inp.result(db), inp.result(dX)
 
 
 def affine_sigmoid(X, W, b, out=None, *, check_finite=True):
@@ -107,22 +172,7 @@ def affine_sigmoid(X, W, b, out=None, *, check_finite=True):
         ``out`` when given; else a device array, or a NumPy array when all
         inputs were host arrays.
     """
-    inp = rt.prepare(
-        [("X", X, ("n_samples", "n_in")), ("W", W, ("n_in", "n_out")), ("b", b, ("n_out",))],
-        check_finite,
-    )
-    Xd, Wd, bd = inp.arrays
-    N, n_out = Xd.shape[0], Wd.shape[1]
-    if out is None:
-        A = rt.empty((N, n_out), inp.dtype)
-        _gemm.matmul(Xd, Wd, A, epi=_gemm.EPI_BIAS_SIGMOID, bias=bd)
-        return inp.result(A)
-    target = rt.output("out", out, (N, n_out), inp.dtype, [("X", X), ("W", W), ("b", b)])
-    A = target if rt.is_device(target) else rt.empty((N, n_out), inp.dtype)
-    _gemm.matmul(Xd, Wd, A, epi=_gemm.EPI_BIAS_SIGMOID, bias=bd)
-    if not rt.is_device(target):
-        A.copy_to_host(out)
-    return out
+    return forward(X, W, b, out, "logistic", check_finite)
 
 
 def affine_sigmoid_backward(X, A, dA, W=None, *, check_finite=True):
@@ -152,21 +202,4 @@ def affine_sigmoid_backward(X, A, dA, W=None, *, check_finite=True):
     db : array, shape (n_out,)
     dX : array, shape (n_samples, n_in), or None when ``W`` is None
     """
-    specs = [("X", X, ("n_samples", "n_in")), ("A", A, ("n_samples", "n_out")),
-             ("dA", dA, ("n_samples", "n_out"))]
-    if W is not None:
-        specs.append(("W", W, ("n_in", "n_out")))
-    inp = rt.prepare(specs, check_finite)
-    Xd, Ad, dAd = inp.arrays[:3]
-    N, n_in = Xd.shape
-    n_out = Ad.shape[1]
-    dZ = cuda.device_array((N, n_out), inp.dtype)
-    db = rt.empty(n_out, inp.dtype)
-    column_sums(Ad, db, dA=dAd, dZ=dZ)
-    dW = rt.empty((n_in, n_out), inp.dtype)
-    _gemm.matmul(Xd, dZ, dW, ta=True)
-    dX = None
-    if W is not None:
-        dX = rt.empty((N, n_in), inp.dtype)
-        _gemm.matmul(dZ, inp.arrays[3], dX, tb=True)
-    return inp.result(dW), inp.result(db), inp.result(dX)
+    return backward(X, A, dA, W, "logistic", check_finite)
