@@ -152,6 +152,14 @@ def check_configs(smoke):
             ("ols one-pass", "ols_loss_grad", s, f32, {}, {}),
             ("ols two-pass", "ols_loss_grad", s, f32, {}, {"CUDA_SHARED_BYTES": 64}),
             ("gram", "gram", s, f64, {}, {}),
+            ("network relu", "network_loss_grad/relu", s, f32, {}, {}),
+            ("network tanh", "network_loss_grad/tanh", s, f64, {}, {}),
+            ("affine_activation tanh", "affine_activation/tanh", s, f32, {}, {}),
+            ("affine_activation softmax", "affine_activation/softmax", s, f32, {}, {}),
+            ("affine_activation_backward relu", "affine_activation_backward/relu", s, f32, {},
+             {}),
+            ("affine_activation_backward softmax", "affine_activation_backward/softmax", s,
+             f64, {}, {}),
         ]
     thin1 = dict(N=30000, d=64, h=128, K=10)
     thin2 = dict(N=70000, d=16, h=32, K=4)
@@ -187,7 +195,23 @@ def check_configs(smoke):
                  fat, dt, {}, g),
                 (f"gram {gemm} {dn}", "gram", dict(N=50000, d=130), dt, {}, g),
                 (f"gram thin {gemm} {dn}", "gram", dict(N=200000, d=16), dt, {}, g),
+                # two hidden layers (d -> h -> h // 2 + 1 -> K), every activation
+                (f"network relu {gemm} {dn}", "network_loss_grad/relu", fat, dt, {}, g),
+                (f"network tanh odd chunked {gemm} {dn}", "network_loss_grad/tanh", odd, dt, {},
+                 dict(g, CUDA_CHUNK_BYTES=1 << 20)),
+                (f"network logistic odd {gemm} {dn}", "network_loss_grad/logistic", odd, dt, {},
+                 g),
+                (f"network identity odd {gemm} {dn}", "network_loss_grad/identity", odd, dt, {},
+                 g),
             ]
+            # (the cuBLAS epilogues of every activation are checked by the network rows)
+            for act in ("identity", "tanh", "relu", "softmax") if gemm == "numba" else ():
+                configs += [
+                    (f"affine_activation {act} {gemm} {dn}", f"affine_activation/{act}", fat, dt,
+                     {}, g),
+                    (f"affine_activation_backward {act} {gemm} {dn}",
+                     f"affine_activation_backward/{act}", odd, dt, {}, g),
+                ]
     configs += [
         ("ols two-pass float32", "ols_loss_grad", dict(N=3000, d=20000), f32, {}, {}),
     ]
@@ -305,6 +329,26 @@ def torch_step(X, y, W1, b1, W2, b2):
     return step
 
 
+def torch_network_step(X, y, Ws, bs, activation):
+    """A PyTorch step of the network ``Ws, bs``: forward, loss, backward."""
+    import torch
+
+    f = {"relu": torch.relu, "tanh": torch.tanh, "logistic": torch.sigmoid,
+         "identity": lambda a: a}[activation]
+    params = [p.detach().requires_grad_(True) for p in (*Ws, *bs)]
+    L = len(Ws)
+
+    def step():
+        A = X
+        for W, b in zip(params[:L - 1], params[L:2 * L - 1]):
+            A = f(A @ W + b)
+        loss = torch.nn.functional.cross_entropy(A @ params[L - 1] + params[-1], y)
+        grads = torch.autograd.grad(loss, params)
+        return loss, grads
+
+    return step
+
+
 def run_timings(smoke, quick):
     from numba import cuda
 
@@ -313,7 +357,7 @@ def run_timings(smoke, quick):
     from fusedgrad.kernels.cuda import _runtime as rt
     from fusedgrad.kernels.cuda.mlp import plan_fused
 
-    results = {"mlp": [], "rowwise": [], "copy": None}
+    results = {"mlp": [], "network": [], "rowwise": [], "copy": None}
     reps = 1 if smoke else (5 if quick else 10)
     torch = None
     if not smoke:
@@ -369,6 +413,39 @@ def run_timings(smoke, quick):
         del X, y, W1, b1, W2, b2
         if torch is not None:
             torch.cuda.empty_cache()
+
+    # Deeper networks and other activations (fusedgrad bench's shapes): the
+    # layered path, against PyTorch's step on the same GPU.
+    from fusedgrad.bench import NETWORK_SHAPES
+
+    net_shapes = [(13, 5, (6, 4), 3, "relu"), (40, 3, (4, 3), 2, "tanh")] if smoke else \
+        NETWORK_SHAPES
+    for N, d, hidden, K, act in net_shapes:
+        t0 = time.perf_counter()
+        units = [d, *hidden, K]
+        X, y = data(N, d, 1, K, seed=2)[:2]
+        Ws, bs = [], []
+        for i, (n_in, n_out) in enumerate(zip(units[:-1], units[1:])):
+            W, b = data(1, n_in, n_out, 1, seed=3 + i)[2:4]
+            Ws.append(W)
+            bs.append(b)
+        row = dict(shape=[N, d, list(hidden), K], activation=act, gemm=_gemm.backend())
+        ours = lambda: kc.network_loss_grad(X, y, Ws, bs, activation=act,  # noqa: E731
+                                            check_finite=False)
+        row["fused_ms"] = time_events(ours, reps, 3)
+        if not smoke:
+            if _gemm._cupy() is not None:
+                from fusedgrad.kernels import _options as opt
+
+                with Options(opt, {"CUDA_GEMM": "numba"}):
+                    row["fused_numba_gemm_ms"] = time_events(ours, reps, 1)
+            row["torch_ms"] = time_events(torch_network_step(X, y, Ws, bs, act), reps, 3)
+            row["torch_over_fused"] = row["torch_ms"] / row["fused_ms"]
+            torch.cuda.empty_cache()
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        results["network"].append(row)
+        log(f"  network {row}")
+        del X, y, Ws, bs
 
     # Row-wise and elementwise kernels: achieved GB/s on (inputs + outputs).
     def rowwise(label, fn, nbytes, r):
@@ -598,6 +675,24 @@ def _ptx_model_runs():
                                                shuffle=False, batch_size=16)),
     ]
     for dtype in ("float32", "float64"):
+        # other networks: the layered path, the optimizers' bias ranges of any depth
+        for hidden, act, params in (((8, 4), "relu", dict(solver="adam", early_stopping=True,
+                                                            n_iter_no_change=1)),
+                                    ((8,), "tanh", dict(solver="sgd", alpha=0.1)),
+                                    ((), "identity", dict(solver="sgd"))):
+            def fit(hidden=hidden, act=act, params=params, dtype=dtype):
+                X = rng.standard_normal((40, 5))
+                y = np.arange(40) % 3
+                model = MLPClassifier(hidden_layer_sizes=hidden, activation=act, max_iter=3,
+                                      batch_size=16, random_state=0, dtype=dtype,
+                                      device="cuda", **params)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model.fit(X, y)
+                model.predict_proba(X)
+                model.predict(X)
+
+            runs.append((f"MLPClassifier {act} {hidden} {params['solver']} {dtype}", fit))
         for d, h, K in ((5, 8, 3), (200, 100, 2)):  # fused and layered gradient
             X = rng.standard_normal((40, d))
             y = np.arange(40) % K
@@ -759,7 +854,13 @@ def run_ptx_check(cc=(9, 0), ptx_dir=None):
         ("ols_loss_grad", dict(N=300, d=16), {}),
         ("ols_loss_grad", dict(N=30, d=20000), {}),
         ("gram", dict(N=300, d=16), {}),
-    ]
+        ("network_loss_grad/relu", dict(N=300, d=64, h=128, K=10), {}),
+        ("network_loss_grad/tanh", dict(N=300, d=20, h=30, K=40), {}),
+        ("network_loss_grad/identity", dict(N=300, d=20, h=30, K=4), {}),
+        ("network_loss_grad/logistic", dict(N=300, d=20, h=30, K=4), {}),
+    ] + [(f"{name}/{act}", dict(N=300, d=16, h=32), {})
+         for act in ("identity", "tanh", "relu", "softmax")
+         for name in ("affine_activation", "affine_activation_backward")]
     failures = []
     for shuffle in (True, False):
         opt.CUDA_WARP_SHUFFLE = shuffle
@@ -806,9 +907,26 @@ def run_ptx_check(cc=(9, 0), ptx_dir=None):
         rt._contiguous(np.zeros((4, 6), dtype).view(Dev)[:, ::2])
         rt._contiguous(np.zeros(6, dtype).view(Dev)[::2])
         C = np.zeros((4, 3), dtype).view(Dev)
-        for epi in (_gemm.EPI_BIAS, _gemm.EPI_BIAS_SIGMOID, _gemm.EPI_DSIGMOID):
+        for epi in (_gemm.EPI_BIAS, _gemm.EPI_BIAS_SIGMOID, _gemm.EPI_DSIGMOID,
+                    _gemm.EPI_BIAS_TANH, _gemm.EPI_BIAS_RELU, _gemm.EPI_DTANH, _gemm.EPI_DRELU):
             _gemm.epilogue(C, epi, np.zeros(3, dtype).view(Dev), C)
     rt.POISON = False
+    # rows= (the gather of X alone), both dtypes, lecture and layered paths
+    import fusedgrad.kernels.cuda as kc
+
+    for dtype in (np.float32, np.float64):
+        for hidden, act in (((6,), "logistic"), ((6, 5), "relu")):
+            units = (4, *hidden, 3)
+            Ws = [np.zeros((a, b), dtype).view(Dev) for a, b in zip(units[:-1], units[1:])]
+            bs = [np.zeros(b, dtype).view(Dev) for b in units[1:]]
+            try:
+                kc.network_loss_grad(np.zeros((9, 4), dtype).view(Dev),
+                                     np.zeros(5, np.int64).view(Dev), Ws, bs, activation=act,
+                                     rows=np.arange(5).view(Dev))
+            except Exception as exc:
+                failures.append(("network_loss_grad rows", hidden, np.dtype(dtype).name, act,
+                                 repr(exc)))
+                log(f"FAILED network_loss_grad rows {hidden} {act}: {exc!r}")
     ptxas = shutil.which("ptxas")
     f64_ops = re.compile(r"^\s*(?:@%p\d+\s+)?(fma|add|sub|mul|div|ex2|lg2|rcp|sqrt|cvt\.rn\.f32)\S*\.f64",
                          re.M)
@@ -895,11 +1013,16 @@ def environment():
 # ---------------------------------------------------------------------------
 
 #: (label, N, d, h, K, MLPClassifier parameters) of the timed model fits: one
-#: epoch each, so a fit is one pass of minibatch steps over the data.
+#: epoch each, so a fit is one pass of minibatch steps over the data. ``h``:
+#: the hidden layer's width, or a tuple of widths.
 MODEL_MLP = [
     ("sgd batch 200", 262144, 64, 128, 10, dict(solver="sgd", batch_size=200)),
     ("adam batch 1024", 65536, 784, 256, 10, dict(solver="adam", batch_size=1024)),
     ("gd (full batch)", 1048576, 16, 32, 4, dict(solver="gd")),
+    ("relu 2 hidden, sgd batch 200", 262144, 64, (128, 64), 10,
+     dict(solver="sgd", batch_size=200, activation="relu")),
+    ("tanh 2 hidden, adam batch 4096", 262144, 64, (128, 64), 10,
+     dict(solver="adam", batch_size=4096, activation="tanh")),
 ]
 
 #: (label, N, d, LinearRegression parameters) of the timed linear fits.
@@ -922,7 +1045,9 @@ def run_model_timings(smoke, quick):
 
     reps = 1 if smoke else (2 if quick else 3)
     rng = np.random.default_rng(0)
-    mlp = MODEL_MLP if not smoke else [(lab, 40, 3, 4, 2, p) for lab, *_, p in MODEL_MLP]
+    mlp = MODEL_MLP if not smoke else [
+        (lab, 40, 3, (4, 3) if isinstance(h, tuple) else 4, 2, p)
+        for lab, _, _, h, _, p in MODEL_MLP]
     linear = MODEL_LINEAR if not smoke else [(lab, 40, 3, dict(p, max_iter=3) if "max_iter" in p
                                               else p) for lab, _, _, p in MODEL_LINEAR]
 
@@ -944,7 +1069,8 @@ def run_model_timings(smoke, quick):
         row = dict(model="MLPClassifier", config=label, shape=[N, d, h, K])
         for device in ("cuda", "cpu"):
             row[f"{device}_s"] = timed(
-                lambda: MLPClassifier(hidden_layer_sizes=(h,), max_iter=1, random_state=0,
+                lambda: MLPClassifier(hidden_layer_sizes=h if isinstance(h, tuple) else (h,),
+                                      max_iter=1, random_state=0,
                                       learning_rate_init=0.01, device=device, **params), X, y)
         row["cpu_over_cuda"] = row["cpu_s"] / row["cuda_s"]
         log(f"  MLPClassifier {label} {N}x{d}x{h}x{K}: cuda {row['cuda_s']:.3f} s, "
@@ -1050,6 +1176,15 @@ def print_tables(t):
             f"{r['fused_ms']:.3f} | {r.get('fused_checked_ms', float('nan')):.3f} | "
             f"{torch_ms if isinstance(torch_ms, str) else f'{torch_ms:.3f}'} | "
             f"{'-' if ratio is None else f'{ratio:.2f}'} | {r.get('torch_h200_issue_ms')} |")
+    log("\n| N, d, hidden, K | activation | ms | numba products ms | torch ms | torch/ours |")
+    log("|:---|:---|---:|---:|---:|---:|")
+    for r in t.get("network", []):
+        ratio = r.get("torch_over_fused")
+        log(f"| {r['shape'][0]}, {r['shape'][1]}, {r['shape'][2]}, {r['shape'][3]} | "
+            f"{r['activation']} ({r['gemm']}) | {r['fused_ms']:.3f} | "
+            f"{r.get('fused_numba_gemm_ms', float('nan')):.3f} | "
+            f"{r.get('torch_ms', float('nan')):.3f} | "
+            f"{'-' if ratio is None else f'{ratio:.2f}'} |")
     log("\n| kernel | ms | GB/s | of copy |")
     log("|:---|---:|---:|---:|")
     for r in t["rowwise"]:

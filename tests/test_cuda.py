@@ -130,7 +130,9 @@ def test_available_here():
 
 
 @pytest.mark.parametrize("case, shape, dtype", list(_params()))
-def test_against_reference_host_inputs(case, shape, dtype):
+def test_against_reference_host_inputs(monkeypatch, case, shape, dtype):
+    if case.function == "network_loss_grad":
+        network_chunks(monkeypatch)
     args = case.make_args(shape, dtype, 0)
     got = case.cuda_kernel(*args)
     want = case.reference(*as_float64(args))
@@ -441,6 +443,15 @@ def test_fused_path_at_benchmark_widths(dtype):
 # ---------------------------------------------------------------------------
 
 
+def network_chunks(monkeypatch, rows=5):
+    """Chunks of ``rows`` rows in the layered network path: several chunks of
+    13 rows without the one-row chunks that ``SMALL``'s byte budget gives
+    (each chunk is some twenty kernel launches, slow on the simulator)."""
+    from fusedgrad.kernels.cuda import network as kn
+
+    monkeypatch.setattr(kn, "_chunk_rows", lambda units, itemsize: rows)
+
+
 def _network(units, dtype, seed, n=13):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, units[0])).astype(dtype)
@@ -474,8 +485,10 @@ def _compare_network(got, want, dtype, rtol=None):
 @pytest.mark.parametrize("units", [[5, 3], [5, 6, 3], [4, 7, 5, 6, 3]],
                          ids=["no-hidden", "one-hidden", "three-hidden"])
 @pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_network_depths_and_activations(units, activation, dtype):
+def test_network_depths_and_activations(monkeypatch, units, activation):
+    """Depths the table's rows (two hidden layers, both dtypes) do not cover."""
+    network_chunks(monkeypatch)
+    dtype = np.float32 if len(units) == 2 else np.float64
     X, y, Ws, bs = _network(units, dtype, 10)
     got = kc.network_loss_grad(X, y, Ws, bs, activation=activation)
     _compare_network(got, _network_reference(X, y, Ws, bs, activation), dtype)
@@ -487,6 +500,7 @@ def test_network_lecture_path_and_layered_path_agree(monkeypatch, activation):
     layered path, forced, gives the same result within rounding."""
     from fusedgrad.kernels.cuda import network as kn
 
+    network_chunks(monkeypatch)
     X, y, Ws, bs = _network([5, 6, 3], np.float64, 11)
     want = _network_reference(X, y, Ws, bs, activation)
     _compare_network(kc.network_loss_grad(X, y, Ws, bs, activation=activation), want,
@@ -503,6 +517,7 @@ def test_network_raw_products_branch(monkeypatch, activation):
     runs here on the numba products."""
     from fusedgrad.kernels.cuda import network as kn
 
+    network_chunks(monkeypatch)
     monkeypatch.setattr(kn, "_raw_products", lambda: True)
     X, y, Ws, bs = _network([4, 7, 5, 3], np.float64, 12)
     _compare_network(kc.network_loss_grad(X, y, Ws, bs, activation=activation),
@@ -511,7 +526,8 @@ def test_network_raw_products_branch(monkeypatch, activation):
 
 @pytest.mark.parametrize("on_device", [False, True])
 @pytest.mark.parametrize("units", [[5, 6, 3], [4, 7, 5, 3]], ids=["lecture", "two-hidden"])
-def test_network_rows(on_device, units):
+def test_network_rows(monkeypatch, on_device, units):
+    network_chunks(monkeypatch)
     activation = "logistic"
     X, y_all, Ws, bs = _network(units, np.float64, 13, n=9)
     rows = np.array([8, 0, 3, 3, 7, 1, 2, 5, 4, 6, 0, 8, 2])
@@ -561,7 +577,8 @@ def test_network_errors_name_the_argument(on_device):
 
 @pytest.mark.parametrize("name", ["network_loss_grad/relu", "affine_activation/tanh",
                                   "affine_activation_backward/softmax"])
-def test_layer_and_network_device_outputs(name):
+def test_layer_and_network_device_outputs(monkeypatch, name):
+    network_chunks(monkeypatch)
     case = CASES[name]
     args = case.make_args(dict(N=13, d=5, h=6, K=3), np.float32, 15)
     got = case.cuda_kernel(*to_device(args))
