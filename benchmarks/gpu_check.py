@@ -30,14 +30,17 @@ What it does:
 
 * **checks**: every kernel and every path (fused and layered MLP, staged and
   per-row softmax, one-pass and two-pass OLS, numba and cuBLAS products,
-  warp-shuffle and shared-memory reductions) on fresh random data, float32
+  warp-shuffle and shared-memory reductions, ``network_loss_grad`` with each
+  hidden activation, the layer kernels with each activation) on fresh random data, float32
   (and float64 for some) against the float64 NumPy reference on the host,
   with every output buffer filled with NaN first (unwritten elements show);
 * **timings**: CUDA events around each call, warm-up first, median of the
   repeats: ``mlp_loss_grad`` against a PyTorch float32 step (forward, loss,
   backward of W1, b1, W2, b2; TF32 off) on the same GPU at the issue's four
-  shapes, and the row-wise/elementwise kernels' achieved GB/s against a
-  measured device-to-device copy;
+  shapes, ``network_loss_grad`` against a PyTorch step of the same network at
+  ``fusedgrad bench``'s deeper-network shapes (ReLU and tanh), and the
+  row-wise/elementwise kernels' achieved GB/s against a measured
+  device-to-device copy;
 * **design alternatives** (``--no-ablations`` skips them): each choice of
   the kernels timed against the one it replaced, in the same run: the staged
   softmax-CE tile against one thread per row with strided reads and against
