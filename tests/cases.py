@@ -381,11 +381,7 @@ class LayerCase(Case):
 
     @property
     def cuda_kernel(self):
-        try:
-            cuda = importlib.import_module("fusedgrad.kernels.cuda")
-        except ImportError:
-            return None
-        fn = getattr(cuda, self.function, None)
+        fn = Case.cuda_kernel.fget(self)
         return None if fn is None else self._bind(fn)
 
 
@@ -478,11 +474,7 @@ class NetworkCase(Case):
 
     @property
     def cuda_kernel(self):
-        try:
-            cuda = importlib.import_module("fusedgrad.kernels.cuda")
-        except ImportError:
-            return None
-        fn = getattr(cuda, self.function, None)
+        fn = Case.cuda_kernel.fget(self)
         return None if fn is None else self._bind_lists(fn)
 
 

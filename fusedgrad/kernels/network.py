@@ -162,6 +162,26 @@ def _layer_list(name, values):
     return list(values)
 
 
+def network_specs(X, coefs, intercepts, activation):
+    """The checks of :func:`network_loss_grad` (and its CUDA twin) before the
+    arrays': the activation, the two lists; returns the number of layers and
+    the specs of ``X``, ``coefs[i]``, ``intercepts[i]`` for
+    :func:`fusedgrad._validate.float_arrays`, their shapes tied by name."""
+    if not isinstance(activation, str) or activation not in HIDDEN_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {HIDDEN_ACTIVATIONS}, got {activation!r}")
+    coefs = _layer_list("coefs", coefs)
+    intercepts = _layer_list("intercepts", intercepts)
+    if len(coefs) != len(intercepts):
+        raise ValueError(f"coefs and intercepts must have one array per layer, got "
+                         f"{len(coefs)} and {len(intercepts)}")
+    L = len(coefs)
+    units = ["n_features"] + [f"n_units[{i}]" for i in range(1, L)] + ["n_classes"]
+    specs = [("X", X, ("n_samples", "n_features"))]
+    specs += [(f"coefs[{i}]", W, (units[i], units[i + 1])) for i, W in enumerate(coefs)]
+    specs += [(f"intercepts[{i}]", b, (units[i + 1],)) for i, b in enumerate(intercepts)]
+    return L, specs
+
+
 def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, check_finite=True,
                       _max_chunk_rows=None):
     r"""Loss and gradients of a multi-layer perceptron classifier, forward and backward fused.
@@ -218,18 +238,7 @@ def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, check_f
         Naming the argument (``coefs[1]``, ``intercepts[0]``, ...), before any
         compiled loop runs.
     """
-    if not isinstance(activation, str) or activation not in HIDDEN_ACTIVATIONS:
-        raise ValueError(f"activation must be one of {HIDDEN_ACTIVATIONS}, got {activation!r}")
-    coefs = _layer_list("coefs", coefs)
-    intercepts = _layer_list("intercepts", intercepts)
-    if len(coefs) != len(intercepts):
-        raise ValueError(f"coefs and intercepts must have one array per layer, got "
-                         f"{len(coefs)} and {len(intercepts)}")
-    L = len(coefs)
-    units = ["n_features"] + [f"n_units[{i}]" for i in range(1, L)] + ["n_classes"]
-    specs = [("X", X, ("n_samples", "n_features"))]
-    specs += [(f"coefs[{i}]", W, (units[i], units[i + 1])) for i, W in enumerate(coefs)]
-    specs += [(f"intercepts[{i}]", b, (units[i + 1],)) for i, b in enumerate(intercepts)]
+    L, specs = network_specs(X, coefs, intercepts, activation)
     gather = rows is not None
     X, *arrays = _validate.float_arrays(specs, check_finite,
                                         labels=None if gather else ("y", y))

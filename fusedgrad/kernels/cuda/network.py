@@ -21,7 +21,7 @@ from fusedgrad.kernels.cuda import mlp as _mlp
 from fusedgrad.kernels.cuda._runtime import cuda
 from fusedgrad.kernels.cuda.affine import column_sums
 from fusedgrad.kernels.cuda.softmax import softmax_ce_device
-from fusedgrad.kernels.network import HIDDEN_ACTIVATIONS, _layer_list
+from fusedgrad.kernels.network import HIDDEN_ACTIVATIONS, network_specs
 
 __all__ = ["HIDDEN_ACTIVATIONS", "network_loss_grad", "loss_grad_device", "units_of",
            "flat_size", "split_flat"]
@@ -235,18 +235,7 @@ def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, check_f
         Naming the argument (``coefs[1]``, ``rows``, ...), before any
         kernel runs.
     """
-    if not isinstance(activation, str) or activation not in HIDDEN_ACTIVATIONS:
-        raise ValueError(f"activation must be one of {HIDDEN_ACTIVATIONS}, got {activation!r}")
-    coefs = _layer_list("coefs", coefs)
-    intercepts = _layer_list("intercepts", intercepts)
-    if len(coefs) != len(intercepts):
-        raise ValueError(f"coefs and intercepts must have one array per layer, got "
-                         f"{len(coefs)} and {len(intercepts)}")
-    L = len(coefs)
-    names = ["n_features"] + [f"n_units[{i}]" for i in range(1, L)] + ["n_classes"]
-    specs = [("X", X, ("n_samples", "n_features"))]
-    specs += [(f"coefs[{i}]", W, (names[i], names[i + 1])) for i, W in enumerate(coefs)]
-    specs += [(f"intercepts[{i}]", b, (names[i + 1],)) for i, b in enumerate(intercepts)]
+    L, specs = network_specs(X, coefs, intercepts, activation)
     gather = rows is not None
     inp = rt.prepare(
         specs,
