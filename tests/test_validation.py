@@ -38,6 +38,7 @@ import numpy as np
 import pytest
 
 import fusedgrad.kernels
+from fusedgrad import _validate
 from cases import CASES, as_float64, compare, outputs
 
 TESTS = Path(__file__).resolve().parent
@@ -430,7 +431,6 @@ def test_backward_without_W_is_valid():
 @pytest.mark.parametrize("labels", ["short", "2d", "float"])
 def test_float_arrays_checks_labels_before_copying(labels):
     """float_arrays(labels=...) rejects bad labels before copying a huge view."""
-    from fusedgrad import _validate
 
     Z = _huge_view(np.float32, (HUGE + 1, 3))
     y = {"short": np.zeros(5, np.int64), "2d": np.zeros((HUGE + 1, 1), np.int64),
@@ -1043,3 +1043,23 @@ def test_indices_validator():
                      ("0", TypeError)]:
         with pytest.raises(exc, match=r"\brows\b"):
             _validate.indices("rows", bad, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 16383, 16385, 1 << 18, (1 << 18) + 1, 3 * 16384 + 5])
+def test_all_finite_both_paths_agree_with_numpy(dtype, n):
+    """The serial check (up to 2**18 elements) and the parallel one (above) find
+    every NaN/inf wherever it is, and pass the largest and the subnormal floats."""
+    info = np.finfo(dtype)
+    a = np.full(n, info.max, dtype)
+    a[n // 2:] = info.smallest_subnormal
+    a[::7] = -info.max
+    assert _validate.all_finite(a) and np.isfinite(a).all()
+    for index in sorted({0, n - 1, min(n - 1, 16384), n // 2}):
+        for value in (np.nan, np.inf, -np.inf):
+            b = a.copy()
+            b[index] = value
+            assert not _validate.all_finite(b), (index, value)
+            # as a 2-D view too (the check flattens C-contiguous arrays)
+            if n % 5 == 0:
+                assert not _validate.all_finite(b.reshape(5, -1))

@@ -71,6 +71,13 @@ class Gram(_Kernel):
     function = "gram"
 
 
+class NetworkLossGrad(_Kernel):
+    """``network_loss_grad(X, y, coefs, intercepts, activation="relu")``: loss and
+    gradient of an MLP with two hidden layers, ``h`` and ``h // 2`` units."""
+
+    function = "network_loss_grad"
+
+
 class FusedOverNumpy:
     """Time of a kernel divided by the time of its NumPy reference (lower is better).
 

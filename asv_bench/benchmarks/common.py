@@ -98,7 +98,12 @@ KERNELS = [
     "mlp_loss_grad",
     "ols_loss_grad",
     "gram",
+    "network_loss_grad",
 ]
+
+#: The network of the ``network_loss_grad`` benchmarks: two hidden layers of
+#: ``h`` and ``h // 2`` units, this activation.
+NETWORK_ACTIVATION = "relu"
 
 
 def _normal(rng, size, dtype, scale=1.0):
@@ -151,6 +156,13 @@ def kernel_args(function, size, dtype, seed=0):
         A = _sigmoid(X.astype(np.float64) @ W + b).astype(dtype)
         dA = _normal(rng, A.shape, dtype)
         return X, A, dA, W
+    if function == "network_loss_grad":
+        X = _normal(rng, (N, d), dtype)
+        y = rng.integers(0, K, size=N)
+        units = (d, h, h // 2, K)
+        Ws = [_normal(rng, (a, b), dtype, 1.5 / np.sqrt(a)) for a, b in zip(units, units[1:])]
+        bs = [_normal(rng, b, dtype, 0.5) for b in units[1:]]
+        return X, y, Ws, bs, NETWORK_ACTIVATION
     if function in ("ols_loss_grad", "gram"):
         X = _normal(rng, (N, d), dtype)
         y = _normal(rng, N, dtype)
@@ -203,6 +215,13 @@ def implementation(impl, function):
     fn = getattr(module, function, None)
     if fn is None:
         raise NotImplementedError(f"{MODULES[impl]}.{function} does not exist")
+    if function == "network_loss_grad" and impl != "numpy":
+        # the kernels take the activation as a keyword, the reference positionally
+        kernel = fn
+
+        def fn(X, y, coefs, intercepts, activation):
+            return kernel(X, y, coefs, intercepts, activation=activation)
+
     if impl != "cuda":
         return fn, lambda args: args
     from numba import config, cuda
@@ -222,7 +241,9 @@ def implementation(impl, function):
         key = tuple(id(a) for a in args)
         if key not in _on_device:
             _on_device[key] = tuple(
-                cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args
+                cuda.to_device(a) if isinstance(a, np.ndarray)
+                else [cuda.to_device(b) for b in a] if isinstance(a, list) else a
+                for a in args
             )
         return _on_device[key]
 
