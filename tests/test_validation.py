@@ -431,7 +431,6 @@ def test_backward_without_W_is_valid():
 @pytest.mark.parametrize("labels", ["short", "2d", "float"])
 def test_float_arrays_checks_labels_before_copying(labels):
     """float_arrays(labels=...) rejects bad labels before copying a huge view."""
-
     Z = _huge_view(np.float32, (HUGE + 1, 3))
     y = {"short": np.zeros(5, np.int64), "2d": np.zeros((HUGE + 1, 1), np.int64),
          "float": np.zeros(HUGE + 1, np.float64)}[labels]
