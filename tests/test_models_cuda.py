@@ -225,3 +225,20 @@ def test_linear_gd_copies_two_numbers_per_iteration(monkeypatch):
     # means (d + 1), Gram matrix and X^T y for the step size, 2 per iteration, w at the end
     d = X_LIN.shape[1]
     assert sorted(sizes) == sorted([d + 1, d * d, d] + [2] * model.n_iter_ + [d]), sizes
+
+
+def test_deeper_network_partial_fit_matches_cpu():
+    """partial_fit carries the optimizer's state of every layer between calls
+    (uploaded flat, written back at the end of each call) on both devices."""
+    def make(device):
+        return MLPClassifier(hidden_layer_sizes=(5, 3), activation="relu", solver="sgd",
+                             batch_size=6, learning_rate_init=0.1, random_state=4,
+                             device=device)
+
+    cpu, gpu = fit_both(make, X_MLP[:10], Y_MLP[:10], method="partial_fit",
+                        classes=np.arange(3))
+    for model in (cpu, gpu):
+        model.partial_fit(X_MLP[10:], Y_MLP[10:])
+    assert_same_mlp(cpu, gpu)
+    for a, b in zip(cpu._optimizer.velocities, gpu._optimizer.velocities):
+        np.testing.assert_allclose(b, a, **TOL["float32"])

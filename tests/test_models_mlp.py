@@ -594,13 +594,6 @@ def test_divergence_names_the_learning_rate(dtype):
         fit_quietly(model, 1e3 * X, y)
 
 
-def test_cuda_device_rejects_other_networks():
-    """device='cuda' trains the lecture's network only (tests/test_models_cuda.py has the rest)."""
-    X, y = blobs(20, d=2, k=2, seed=25)
-    with pytest.raises(ValueError, match=r"activation='tanh'.*device='cuda'"):
-        MLPClassifier(activation="tanh", device="cuda").fit(X, y)
-
-
 BAD_PARAMS = [
     ("hidden_layer_sizes", (10, 0), ValueError),
     ("hidden_layer_sizes", "10", TypeError),
