@@ -478,13 +478,10 @@ def _units(params):
 
 def _unpack(flat, units):
     """The inverse of :func:`_pack`: new arrays ``[W1, ..., WL, b1, ..., bL]``."""
-    Ws, bs, o = [], [], 0
-    for n_in, n_out in zip(units[:-1], units[1:]):
-        Ws.append(flat[o:o + n_in * n_out].reshape(n_in, n_out).copy())
-        o += n_in * n_out
-        bs.append(flat[o:o + n_out].copy())
-        o += n_out
-    return Ws + bs
+    from fusedgrad.kernels.cuda.network import split_flat
+
+    Ws, bs = split_flat(flat, units)
+    return [a.copy() for a in Ws + bs]
 
 
 def _rows_to_device(X, dtype):
@@ -1203,14 +1200,14 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         """
         from fusedgrad.kernels.cuda import _runtime as rt
         from fusedgrad.kernels.cuda import _train
-        from fusedgrad.kernels.cuda.network import loss_grad_device, split_flat
+        from fusedgrad.kernels.cuda.network import flat_size, loss_grad_device, split_flat
 
         cuda = rt.cuda
         (optimizer, early_stopping, train_idx, val_idx, n_samples, batch_size,
          shuffle) = self._stochastic_setup(X.shape[0], rng, incremental)
         units = _units(self.coefs_ + self.intercepts_)
         D = units[0]
-        n_params = sum((a + 1) * b for a, b in zip(units[:-1], units[1:]))
+        n_params = flat_size(units)
         biases = _train.bias_ranges(units)
         activation = self.activation
         work = {}  # the activation buffers, kept across the steps
