@@ -223,3 +223,35 @@ def test_finite_input_that_overflows_is_returned(kernel):
     with np.errstate(over="ignore"):
         out = kernel(*args)
     assert not all(np.isfinite(o).all() for o in out)
+
+
+def test_single_threaded_blas_limits_scipys_blas():
+    """The limit covers the library the kernels call (SciPy's BLAS, through
+    cython_blas), sets it to one thread and restores it; NumPy's bundled copy,
+    which the kernels never call, is left alone."""
+    import os
+
+    from threadpoolctl import threadpool_info
+
+    from fusedgrad.kernels._blas import kernel_blas_libraries
+
+    def counts():
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info()
+                if i["user_api"] == "blas"}
+
+    limited = {lib.filepath for lib in kernel_blas_libraries()}
+    assert limited
+    numpy_dir = os.path.realpath(os.path.dirname(np.__file__))
+    scipy_dir = os.path.realpath(os.path.dirname(__import__("scipy").__file__))
+    before = counts()
+    for path in before:
+        real = os.path.realpath(path)
+        if real.startswith(scipy_dir) or real.startswith(scipy_dir + ".libs"):
+            assert path in limited, (path, limited)
+        if real.startswith(numpy_dir) and len(before) > 1:
+            assert path not in limited, (path, limited)
+    with single_threaded_blas():
+        inside = counts()
+        assert all(inside[p] == 1 for p in limited), inside
+        assert all(inside[p] == before[p] for p in before if p not in limited), inside
+    assert counts() == before

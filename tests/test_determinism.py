@@ -35,7 +35,10 @@ SCRIPT = textwrap.dedent(
 
     sys.path.insert(0, sys.argv[2])
     from cases import CASES, DTYPES
+    from fusedgrad.kernels import _options as opt
 
+    # every call through the parallel loops, however small (see threads_for)
+    opt.SERIAL_CALL_BYTES = opt.SERIAL_CALL_BYTES_STREAMING = 0
     SHAPE = dict(N=5000, d=7, h=9, K=5)
 
     def run_all():
@@ -108,12 +111,21 @@ def test_bit_identical_compiled_and_from_cache(tmp_path):
     assert not differ, f"freshly compiled and cached code disagree: {differ}"
 
 
-def test_bit_identical_for_every_thread_count_in_one_process():
+def _always_parallel(monkeypatch):
+    """No call runs on the calling thread alone for being small (threads_for)."""
+    from fusedgrad.kernels import _options as opt
+
+    monkeypatch.setattr(opt, "SERIAL_CALL_BYTES", 0)
+    monkeypatch.setattr(opt, "SERIAL_CALL_BYTES_STREAMING", 0)
+
+
+def test_bit_identical_for_every_thread_count_in_one_process(monkeypatch):
     """numba.set_num_threads (per calling thread) from 1 to the maximum: same bits."""
     import numba
 
     from cases import CASES, DTYPES
 
+    _always_parallel(monkeypatch)
     shape = dict(N=3000, d=5, h=6, K=4)
     most = numba.config.NUMBA_NUM_THREADS
     if most < 2:
@@ -134,6 +146,44 @@ def test_bit_identical_for_every_thread_count_in_one_process():
                     assert (a is None and b is None) or np.array_equal(a, b), (
                         f"{case.name} {np.dtype(dtype)}: output {i} differs between "
                         f"1 and {threads} threads")
+
+
+def test_small_calls_run_on_the_calling_thread_with_the_same_bits(monkeypatch):
+    """Below SERIAL_CALL_BYTES a call runs its loops on the calling thread
+    alone: the same bits as the parallel loops, and the caller's thread count
+    is restored (also when the call raises)."""
+    import numba
+
+    from cases import CASES
+    from fusedgrad.kernels import _partition
+
+    most = numba.config.NUMBA_NUM_THREADS
+    if most < 2:
+        pytest.skip("Numba runs one thread here")
+    seen = []
+    original = numba.set_num_threads
+    monkeypatch.setattr(numba, "set_num_threads", lambda n: (seen.append(n), original(n)))
+    shape = dict(N=300, d=5, h=6, K=4)  # a few KB: below both thresholds
+    for case in CASES.values():
+        args = case.make_args(shape, np.float32, 7)
+        del seen[:]
+        small = case.kernel(*args)
+        assert seen == [1, most], (case.name, seen)
+        assert numba.get_num_threads() == most
+        with monkeypatch.context() as m:
+            _always_parallel(m)
+            del seen[:]
+            parallel = case.kernel(*args)
+            assert seen == [], (case.name, seen)
+        small = small if isinstance(small, tuple) else (small,)
+        parallel = parallel if isinstance(parallel, tuple) else (parallel,)
+        for a, b in zip(small, parallel):
+            assert (a is None and b is None) or np.array_equal(a, b), case.name
+    with pytest.raises(ZeroDivisionError):
+        with _partition.threads_for((np.zeros(4),)):
+            assert numba.get_num_threads() == 1
+            1 / 0
+    assert numba.get_num_threads() == most
 
 
 MODEL_SCRIPT = textwrap.dedent(

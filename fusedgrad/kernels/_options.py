@@ -93,6 +93,20 @@ MAX_CHUNK_ROWS = 2048  # fat layers: (16384, 784, 1024, 10) f32 175-185 ms vs 18
 #: costs more than the additions.
 SERIAL_SUM_ELEMENTS = 1 << 18  # measured: 16 x 9,618 serial 16 us, 2 threads 20
 
+#: A call whose float inputs total fewer bytes than this runs its parallel
+#: loops on the calling thread alone (``_partition.threads_for``): waking the
+#: other threads costs some 13 us, more than they save on small inputs
+#: (measured with 2 threads, 32-wide layers, float32, a call after the
+#: previous one's Python: ``gram`` 512 rows 24 us on one thread against 49 on
+#: two; ``mlp_loss_grad`` breaks even near 40 KB, ``affine_sigmoid`` between
+#: 36 and 132 KB, ``softmax_cross_entropy`` near 48 KB).
+SERIAL_CALL_BYTES = 64 * 2**10
+
+#: The same for the kernels that stream their input with little arithmetic
+#: per byte (``ols_loss_grad``, ``gram``, the layers' backward pass): they
+#: break even between 388 and 528 KB.
+SERIAL_CALL_BYTES_STREAMING = 512 * 2**10
+
 # ---------------------------------------------------------------------------
 # CUDA kernels (fusedgrad.kernels.cuda)
 # ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from fusedgrad.kernels._partition import (
     chunk_range,
     plan,
     sum_groups,
+    threads_for,
 )
 from fusedgrad.kernels.softmax import softmax_ce_rows
 
@@ -170,7 +171,7 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, rows=None, check_finite=True, _max_ch
                          _max_chunk_rows)
     dW1, db1 = np.empty_like(W1), np.empty_like(b1)
     dW2, db2 = np.empty_like(W2), np.empty_like(b2)
-    with single_threaded_blas():
+    with single_threaded_blas(), threads_for((X, W1, W2)):
         loss = _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2,
                               chunk, groups)
     return X.dtype.type(loss), dW1, db1, dW2, db2

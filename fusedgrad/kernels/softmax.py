@@ -6,7 +6,7 @@ from numba import njit, prange
 from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
 from fusedgrad.kernels._math import exp, log1p
-from fusedgrad.kernels._partition import chunk_range, plan
+from fusedgrad.kernels._partition import chunk_range, plan, threads_for
 
 __all__ = ["softmax_cross_entropy"]
 
@@ -199,5 +199,6 @@ def softmax_cross_entropy(Z, y, *, check_finite=True):
     N, K = Z.shape
     chunk, groups = plan(N, 2 * K * Z.itemsize, 8)
     dZ = np.empty_like(Z)
-    loss = _softmax_cross_entropy(Z, y, dZ, chunk, groups)
+    with threads_for((Z,)):
+        loss = _softmax_cross_entropy(Z, y, dZ, chunk, groups)
     return Z.dtype.type(loss), dZ
