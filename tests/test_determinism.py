@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent(
     from cases import CASES, DTYPES
     from fusedgrad.kernels import _options as opt
 
-    # every call through the parallel loops, however small (see threads_for)
+    # every call through the parallel loops, however small (see kernel_threads)
     opt.SERIAL_CALL_BYTES = opt.SERIAL_CALL_BYTES_STREAMING = 0
     SHAPE = dict(N=5000, d=7, h=9, K=5)
 
@@ -112,7 +112,7 @@ def test_bit_identical_compiled_and_from_cache(tmp_path):
 
 
 def _always_parallel(monkeypatch):
-    """No call runs on the calling thread alone for being small (threads_for)."""
+    """No call runs on the calling thread alone for being small (kernel_threads)."""
     from fusedgrad.kernels import _options as opt
 
     monkeypatch.setattr(opt, "SERIAL_CALL_BYTES", 0)
@@ -155,7 +155,7 @@ def test_small_calls_run_on_the_calling_thread_with_the_same_bits(monkeypatch):
     import numba
 
     from cases import CASES
-    from fusedgrad.kernels import _partition
+    from fusedgrad.kernels import _blas
 
     most = numba.config.NUMBA_NUM_THREADS
     if most < 2:
@@ -180,7 +180,7 @@ def test_small_calls_run_on_the_calling_thread_with_the_same_bits(monkeypatch):
         for a, b in zip(small, parallel):
             assert (a is None and b is None) or np.array_equal(a, b), case.name
     with pytest.raises(ZeroDivisionError):
-        with _partition.threads_for((np.zeros(4),)):
+        with _blas.kernel_threads((np.zeros(4),)):
             assert numba.get_num_threads() == 1
             1 / 0
     assert numba.get_num_threads() == most

@@ -19,6 +19,7 @@ import ctypes
 import threading
 from contextlib import contextmanager
 
+import numba
 import numpy as np
 from llvmlite import binding as llvm_binding
 from llvmlite import ir
@@ -27,6 +28,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from scipy.linalg import cython_blas
 
+from fusedgrad.kernels import _options as opt
 from fusedgrad.kernels._options import INLINE
 
 __all__ = ["mm_nn", "mm_tn", "mm_nt", "syrk_tn", "gram_tn", "piece_rows", "single_threaded_blas"]
@@ -367,3 +369,36 @@ def _limit_to_one():
             lib.set_num_threads(1)
             saved.append((lib, n))
     return saved
+
+
+@contextmanager
+def kernel_threads(arrays, serial_bytes=None, blas=True):
+    """The threads of one kernel call: the calling thread alone for small
+    inputs, else Numba's threads with single-threaded BLAS.
+
+    When the float inputs ``arrays`` hold fewer than ``serial_bytes`` bytes
+    (default :data:`~fusedgrad.kernels._options.SERIAL_CALL_BYTES`), the
+    call's parallel loops run on the calling thread alone
+    (``numba.set_num_threads(1)``, which acts on the calling thread only; the
+    previous value is restored): waking the other threads costs more than
+    they save there. The work partition does not depend on the thread count,
+    so the result is the same bit for bit. BLAS is then called from one
+    thread only and keeps its own threads (it uses them only for products
+    large enough to gain). Otherwise, with ``blas``, BLAS is limited to one
+    thread for the call (:func:`single_threaded_blas`).
+    """
+    limit = opt.SERIAL_CALL_BYTES if serial_bytes is None else serial_bytes
+    previous = numba.get_num_threads()
+    if previous == 1:
+        yield
+    elif sum(a.nbytes for a in arrays) < limit:
+        numba.set_num_threads(1)
+        try:
+            yield
+        finally:
+            numba.set_num_threads(previous)
+    elif blas:
+        with single_threaded_blas():
+            yield
+    else:
+        yield

@@ -94,7 +94,7 @@ MAX_CHUNK_ROWS = 2048  # fat layers: (16384, 784, 1024, 10) f32 175-185 ms vs 18
 SERIAL_SUM_ELEMENTS = 1 << 18  # measured: 16 x 9,618 serial 16 us, 2 threads 20
 
 #: A call whose float inputs total fewer bytes than this runs its parallel
-#: loops on the calling thread alone (``_partition.threads_for``): waking the
+#: loops on the calling thread alone (``_blas.kernel_threads``): waking the
 #: other threads costs some 13 us, more than they save on small inputs
 #: (measured with 2 threads, 32-wide layers, float32, a call after the
 #: previous one's Python: ``gram`` 512 rows 24 us on one thread against 49 on

@@ -9,37 +9,12 @@ the thread count, so every result is bit-identical for any number of threads.
 """
 
 import math
-from contextlib import contextmanager
 
-import numba
 from numba import njit, prange
 
 from fusedgrad.kernels import _options as opt
 
-__all__ = ["plan", "threads_for", "chunk_range", "chunk_of", "add_column_sums", "sum_groups"]
-
-
-@contextmanager
-def threads_for(arrays, serial_bytes=None):
-    """Run the parallel loops of one call on the calling thread alone when its
-    float inputs ``arrays`` hold fewer than ``serial_bytes`` bytes (default
-    :data:`~fusedgrad.kernels._options.SERIAL_CALL_BYTES`).
-
-    Waking Numba's worker threads costs more than they save on small inputs.
-    The work partition does not depend on the thread count, so the result is
-    the same bit for bit; ``numba.set_num_threads`` acts on the calling
-    thread only, and its previous value is restored.
-    """
-    limit = opt.SERIAL_CALL_BYTES if serial_bytes is None else serial_bytes
-    previous = numba.get_num_threads()
-    if previous == 1 or sum(a.nbytes for a in arrays) >= limit:
-        yield
-        return
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
+__all__ = ["plan", "chunk_range", "chunk_of", "add_column_sums", "sum_groups"]
 
 
 def plan(n_rows, row_bytes, group_bytes, max_chunk_rows=None):

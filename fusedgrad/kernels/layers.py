@@ -35,15 +35,9 @@ from numba import njit, prange
 
 from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
-from fusedgrad.kernels._blas import mm_nn, mm_nt, mm_tn, single_threaded_blas
+from fusedgrad.kernels._blas import kernel_threads, mm_nn, mm_nt, mm_tn
 from fusedgrad.kernels._math import exp, sigmoid, tanh
-from fusedgrad.kernels._partition import (
-    add_column_sums,
-    chunk_range,
-    plan,
-    sum_groups,
-    threads_for,
-)
+from fusedgrad.kernels._partition import add_column_sums, chunk_range, plan, sum_groups
 
 __all__ = ["ACTIVATIONS", "affine_activation", "affine_activation_backward"]
 
@@ -275,7 +269,7 @@ def affine_activation(X, W, b, out=None, *, activation, check_finite=True):
     else:
         _validate.output("out", out, (N, n_out), X.dtype, [("X", X), ("W", W), ("b", b)])
     chunk, groups = plan(N, (X.shape[1] + n_out) * X.itemsize, 0)
-    with single_threaded_blas(), threads_for((X, W)):
+    with kernel_threads((X, W)):
         _affine_activation(X, W, b, out, act, chunk, groups)
     return out
 
@@ -327,6 +321,6 @@ def affine_activation_backward(X, A, dA, W=None, *, activation, check_finite=Tru
     dW = np.empty((n_in, n_out), X.dtype)
     db = np.empty(n_out, X.dtype)
     chunk, groups = plan(N, (2 * n_in + 3 * n_out) * X.itemsize, (n_in + 1) * n_out * X.itemsize)
-    with single_threaded_blas(), threads_for((X, A, dA), opt.SERIAL_CALL_BYTES_STREAMING):
+    with kernel_threads((X, A, dA), opt.SERIAL_CALL_BYTES_STREAMING):
         _affine_activation_backward(X, A, dA, W, dW, db, dX, act, with_dx, chunk, groups)
     return dW, db, (dX if with_dx else None)

@@ -5,7 +5,7 @@ from numba import njit, prange
 
 from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
-from fusedgrad.kernels._blas import mm_nn, mm_nt, mm_tn, single_threaded_blas
+from fusedgrad.kernels._blas import kernel_threads, mm_nn, mm_nt, mm_tn
 from fusedgrad.kernels._math import sigmoid
 from fusedgrad.kernels._partition import (
     add_column_sums,
@@ -13,7 +13,6 @@ from fusedgrad.kernels._partition import (
     chunk_range,
     plan,
     sum_groups,
-    threads_for,
 )
 from fusedgrad.kernels.softmax import softmax_ce_rows
 
@@ -171,7 +170,7 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, rows=None, check_finite=True, _max_ch
                          _max_chunk_rows)
     dW1, db1 = np.empty_like(W1), np.empty_like(b1)
     dW2, db2 = np.empty_like(W2), np.empty_like(b2)
-    with single_threaded_blas(), threads_for((X, W1, W2)):
+    with kernel_threads((X, W1, W2)):
         loss = _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2,
                               chunk, groups)
     return X.dtype.type(loss), dW1, db1, dW2, db2

@@ -14,14 +14,13 @@ from numba import njit, prange
 
 from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
-from fusedgrad.kernels._blas import mm_nn, mm_nt, mm_tn, single_threaded_blas
+from fusedgrad.kernels._blas import kernel_threads, mm_nn, mm_nt, mm_tn
 from fusedgrad.kernels._partition import (
     add_column_sums,
     chunk_of,
     chunk_range,
     plan,
     sum_groups,
-    threads_for,
 )
 from fusedgrad.kernels.layers import _IDENTITY, ACTIVATIONS, _activate_rows, _delta_rows
 from fusedgrad.kernels.mlp import _NO_ROWS, _mlp_loss_grad
@@ -262,7 +261,7 @@ def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, check_f
                          int(w_off[-1] + b_off[-1]) * item, _max_chunk_rows)
     dW = np.empty(int(w_off[-1]), X.dtype)
     db = np.empty(int(b_off[-1]), X.dtype)
-    with single_threaded_blas(), threads_for((X, *Ws)):
+    with kernel_threads((X, *Ws)):
         loss = _network_loss_grad(X, y, rows, gather, Ws, bs, ACTIVATIONS.index(activation),
                                   w_off, b_off, u_off, dW, db, chunk, groups)
     coef_grads = [dW[w_off[i]:w_off[i + 1]].reshape(W.shape) for i, W in enumerate(Ws)]

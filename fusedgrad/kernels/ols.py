@@ -5,8 +5,8 @@ from numba import njit, prange
 
 from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
-from fusedgrad.kernels._blas import gram_tn, single_threaded_blas
-from fusedgrad.kernels._partition import chunk_range, plan, sum_groups, threads_for
+from fusedgrad.kernels._blas import gram_tn, kernel_threads, single_threaded_blas
+from fusedgrad.kernels._partition import chunk_range, plan, sum_groups
 
 __all__ = ["ols_loss_grad", "gram", "centered_gram"]
 
@@ -110,7 +110,7 @@ def ols_loss_grad(X, y, w, *, check_finite=True):
     N, d = X.shape
     chunk, groups = plan(N, (d + 1) * X.itemsize, d * X.itemsize)
     grad = np.empty(d, X.dtype)
-    with threads_for((X,), opt.SERIAL_CALL_BYTES_STREAMING):
+    with kernel_threads((X,), opt.SERIAL_CALL_BYTES_STREAMING, blas=False):
         loss = _ols_loss_grad(X, y, w, grad, chunk, groups)
     if check_finite and not np.isfinite(loss):
         _validate.require_finite(("X", X), ("y", y))
@@ -151,7 +151,7 @@ def gram(X, y, *, check_finite=True):
     chunk, groups = plan(N, (d + 1) * X.itemsize, (d + 1) * d * X.itemsize)
     XtX = np.empty((d, d), X.dtype)
     Xty = np.empty(d, X.dtype)
-    with single_threaded_blas(), threads_for((X,), opt.SERIAL_CALL_BYTES_STREAMING):
+    with kernel_threads((X,), opt.SERIAL_CALL_BYTES_STREAMING):
         _gram(X, y, XtX, Xty, chunk, groups)
     if check_finite and not (np.isfinite(np.diagonal(XtX)).all() and np.isfinite(Xty).all()):
         _validate.require_finite(("X", X), ("y", y))

@@ -5,8 +5,9 @@ from numba import njit, prange
 
 from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
+from fusedgrad.kernels._blas import kernel_threads
 from fusedgrad.kernels._math import exp, log1p
-from fusedgrad.kernels._partition import chunk_range, plan, threads_for
+from fusedgrad.kernels._partition import chunk_range, plan
 
 __all__ = ["softmax_cross_entropy"]
 
@@ -199,6 +200,6 @@ def softmax_cross_entropy(Z, y, *, check_finite=True):
     N, K = Z.shape
     chunk, groups = plan(N, 2 * K * Z.itemsize, 8)
     dZ = np.empty_like(Z)
-    with threads_for((Z,)):
+    with kernel_threads((Z,), blas=False):
         loss = _softmax_cross_entropy(Z, y, dZ, chunk, groups)
     return Z.dtype.type(loss), dZ

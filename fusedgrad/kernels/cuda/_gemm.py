@@ -23,7 +23,6 @@ import math
 
 import numba
 import numpy as np
-from numba import types
 
 from fusedgrad.kernels import _options as opt
 from fusedgrad.kernels.cuda import _runtime as rt

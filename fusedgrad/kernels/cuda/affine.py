@@ -4,7 +4,6 @@ import functools
 
 import numba
 import numpy as np
-from numba import types
 
 from fusedgrad.kernels import _options as opt
 from fusedgrad.kernels.cuda import _gemm, _train
