@@ -315,23 +315,6 @@ def copy_bandwidth(nbytes, reps):
     return 2 * n * 4 / (ms * 1e-3) / 1e9, ms
 
 
-def torch_step(X, y, W1, b1, W2, b2):
-    import torch
-
-    W1 = W1.detach().requires_grad_(True)
-    b1 = b1.detach().requires_grad_(True)
-    W2 = W2.detach().requires_grad_(True)
-    b2 = b2.detach().requires_grad_(True)
-
-    def step():
-        A = torch.sigmoid(X @ W1 + b1)
-        loss = torch.nn.functional.cross_entropy(A @ W2 + b2, y)
-        grads = torch.autograd.grad(loss, (W1, b1, W2, b2))
-        return loss, grads
-
-    return step
-
-
 def torch_network_step(X, y, Ws, bs, activation):
     """A PyTorch step of the network ``Ws, bs``: forward, loss, backward."""
     import torch
@@ -357,7 +340,6 @@ def run_timings(smoke, quick):
 
     import fusedgrad.kernels.cuda as kc
     from fusedgrad.kernels.cuda import _gemm
-    from fusedgrad.kernels.cuda import _runtime as rt
     from fusedgrad.kernels.cuda.mlp import plan_fused
 
     results = {"mlp": [], "network": [], "rowwise": [], "copy": None}
@@ -404,7 +386,8 @@ def run_timings(smoke, quick):
             row["fused_checked_ms"] = time_events(
                 lambda: kc.mlp_loss_grad(X, y, W1, b1, W2, b2), r, 1)
             try:
-                row["torch_ms"] = time_events(torch_step(X, y, W1, b1, W2, b2), r, 3)
+                row["torch_ms"] = time_events(
+                    torch_network_step(X, y, [W1, W2], [b1, b2], "logistic"), r, 3)
                 row["torch_over_fused"] = row["torch_ms"] / row["fused_ms"]
             except torch.cuda.OutOfMemoryError:
                 row["torch_ms"] = "out of memory"

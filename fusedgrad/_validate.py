@@ -147,11 +147,8 @@ def _count_nonfinite_blocks(bits, exponent_mask):
 
 @njit(**opt.JIT)
 def _count_nonfinite_serial(bits, exponent_mask):
-    n_blocks = (bits.size + _FINITE_BLOCK - 1) // _FINITE_BLOCK
-    bad = 0
-    for b in range(n_blocks):
-        bad += _count_nonfinite(bits[b * _FINITE_BLOCK:(b + 1) * _FINITE_BLOCK], exponent_mask)
-    return bad
+    # at most _SERIAL_FINITE elements: the narrow counter cannot overflow
+    return _count_nonfinite(bits, exponent_mask)
 
 
 _EXPONENT_BITS = {

@@ -146,18 +146,26 @@ def _exp64(x):
     return np.inf if x > _HI64 else y
 
 
+def _by_dtype(public, f32, f64):
+    """Give the Python stub ``public`` its jitted implementation, inlined:
+    ``f32`` for a float32 argument, ``f64`` for a float64 one."""
+
+    def implementation(x):
+        if x == types.float32:
+            return lambda x: f32(x)
+        if x == types.float64:
+            return lambda x: f64(x)
+        raise TypingError(f"{public.__name__} supports float32 and float64, not {x}")
+
+    overload(public, inline="always")(implementation)
+
+
 def exp(x):
     """Vectorisable ``e**x`` of a float32 or float64 scalar (jitted code only)."""
     raise NotImplementedError("fusedgrad.kernels._math.exp runs only inside jitted code")
 
 
-@overload(exp, inline="always")
-def _exp_overload(x):
-    if x == types.float32:
-        return lambda x: _exp32(x)
-    if x == types.float64:
-        return lambda x: _exp64(x)
-    raise TypingError(f"exp supports float32 and float64, not {x}")
+_by_dtype(exp, _exp32, _exp64)
 
 
 def sigmoid(z):
@@ -207,13 +215,7 @@ def _sigmoid64(z):
     return 0.0 if z < _LO64 else s
 
 
-@overload(sigmoid, inline="always")
-def _sigmoid_overload(z):
-    if z == types.float32:
-        return lambda z: _sigmoid32(z)
-    if z == types.float64:
-        return lambda z: _sigmoid64(z)
-    raise TypingError(f"sigmoid supports float32 and float64, not {z}")
+_by_dtype(sigmoid, _sigmoid32, _sigmoid64)
 
 
 def tanh(z):
@@ -241,13 +243,7 @@ def _tanh64(z):
     return -t if z < 0.0 else t
 
 
-@overload(tanh, inline="always")
-def _tanh_overload(z):
-    if z == types.float32:
-        return lambda z: _tanh32(z)
-    if z == types.float64:
-        return lambda z: _tanh64(z)
-    raise TypingError(f"tanh supports float32 and float64, not {z}")
+_by_dtype(tanh, _tanh32, _tanh64)
 
 
 # log: x = 2^k (1 + f) with sqrt(2)/2 <= 1 + f < sqrt(2), s = f / (2 + f),
@@ -333,10 +329,4 @@ def log1p(t):
     raise NotImplementedError("fusedgrad.kernels._math.log1p runs only inside jitted code")
 
 
-@overload(log1p, inline="always")
-def _log1p_overload(t):
-    if t == types.float32:
-        return lambda t: _log1p32(t)
-    if t == types.float64:
-        return lambda t: _log1p64(t)
-    raise TypingError(f"log1p supports float32 and float64, not {t}")
+_by_dtype(log1p, _log1p32, _log1p64)

@@ -470,12 +470,6 @@ def _pack(params, dtype):
     return np.concatenate(pairs).astype(dtype, copy=False)
 
 
-def _units(params):
-    """``[n_features, n_1, ..., n_classes]`` of ``coefs_ + intercepts_``."""
-    L = len(params) // 2
-    return [params[0].shape[0]] + [W.shape[1] for W in params[:L]]
-
-
 def _unpack(flat, units):
     """The inverse of :func:`_pack`: new arrays ``[W1, ..., WL, b1, ..., bL]``."""
     from fusedgrad.kernels.cuda.network import split_flat
@@ -535,8 +529,10 @@ class _CudaOptimizerState:
 
     def download(self):
         """Write the device state back into the CPU optimizer's arrays."""
-        for lst, dev in zip(self.host, self.arrays):
-            for dst, src in zip(lst, _unpack(dev.copy_to_host(), _units(lst))):
+        from fusedgrad.kernels.cuda.network import units_of
+
+        for lst, dev in zip(self.host, self.arrays):  # [W1, ..., WL, b1, ..., bL]
+            for dst, src in zip(lst, _unpack(dev.copy_to_host(), units_of(lst[:len(lst) // 2]))):
                 dst[...] = src
 
 
@@ -1200,12 +1196,17 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         """
         from fusedgrad.kernels.cuda import _runtime as rt
         from fusedgrad.kernels.cuda import _train
-        from fusedgrad.kernels.cuda.network import flat_size, loss_grad_device, split_flat
+        from fusedgrad.kernels.cuda.network import (
+            flat_size,
+            loss_grad_device,
+            split_flat,
+            units_of,
+        )
 
         cuda = rt.cuda
         (optimizer, early_stopping, train_idx, val_idx, n_samples, batch_size,
          shuffle) = self._stochastic_setup(X.shape[0], rng, incremental)
-        units = _units(self.coefs_ + self.intercepts_)
+        units = units_of(self.coefs_)
         D = units[0]
         n_params = flat_size(units)
         biases = _train.bias_ranges(units)
