@@ -37,8 +37,8 @@ SCRIPT = textwrap.dedent(
     from cases import CASES, DTYPES
     from fusedgrad.kernels import _options as opt
 
-    # every call through the parallel loops, however small (see kernel_threads)
-    opt.SERIAL_CALL_BYTES = opt.SERIAL_CALL_BYTES_STREAMING = 0
+    # every call through the parallel loops, however small (see _blas.serial_call)
+    opt.SERIAL_CALL_BYTES = dict.fromkeys(opt.SERIAL_CALL_BYTES, 0)
     SHAPE = dict(N=5000, d=7, h=9, K=5)
 
     def run_all():
@@ -112,11 +112,10 @@ def test_bit_identical_compiled_and_from_cache(tmp_path):
 
 
 def _always_parallel(monkeypatch):
-    """No call runs on the calling thread alone for being small (kernel_threads)."""
+    """No call runs on the calling thread alone for being small (_blas.serial_call)."""
     from fusedgrad.kernels import _options as opt
 
-    monkeypatch.setattr(opt, "SERIAL_CALL_BYTES", 0)
-    monkeypatch.setattr(opt, "SERIAL_CALL_BYTES_STREAMING", 0)
+    monkeypatch.setattr(opt, "SERIAL_CALL_BYTES", dict.fromkeys(opt.SERIAL_CALL_BYTES, 0))
 
 
 def test_bit_identical_for_every_thread_count_in_one_process(monkeypatch):
@@ -149,9 +148,10 @@ def test_bit_identical_for_every_thread_count_in_one_process(monkeypatch):
 
 
 def test_small_calls_run_on_the_calling_thread_with_the_same_bits(monkeypatch):
-    """Below SERIAL_CALL_BYTES a call runs its loops on the calling thread
-    alone: the same bits as the parallel loops, and the caller's thread count
-    is restored (also when the call raises)."""
+    """Below its SERIAL_CALL_BYTES entry a call runs its loops on the calling
+    thread alone: every kernel asks (serial_call says yes for these inputs),
+    gets the same bits as through the parallel loops, and leaves the
+    caller's thread count as it was."""
     import numba
 
     from cases import CASES
@@ -160,30 +160,71 @@ def test_small_calls_run_on_the_calling_thread_with_the_same_bits(monkeypatch):
     most = numba.config.NUMBA_NUM_THREADS
     if most < 2:
         pytest.skip("Numba runs one thread here")
-    seen = []
-    original = numba.set_num_threads
-    monkeypatch.setattr(numba, "set_num_threads", lambda n: (seen.append(n), original(n)))
-    shape = dict(N=300, d=5, h=6, K=4)  # a few KB: below both thresholds
+    asked = []
+    original = _blas.serial_call
+
+    def spy(kernel, arrays):
+        answer = original(kernel, arrays)
+        asked.append(answer)
+        return answer
+
+    shape = dict(N=300, d=5, h=6, K=4)  # a few KB: below every entry
+    modules = [m for m in list(sys.modules.values())
+               if getattr(m, "__name__", "").startswith("fusedgrad.kernels.")
+               and getattr(m, "serial_call", None) is original]
+    assert modules
     for case in CASES.values():
         args = case.make_args(shape, np.float32, 7)
-        del seen[:]
-        small = case.kernel(*args)
-        assert seen == [1, most], (case.name, seen)
-        assert numba.get_num_threads() == most
         with monkeypatch.context() as m:
+            for module in modules:
+                m.setattr(module, "serial_call", spy)
+            del asked[:]
+            small = case.kernel(*args)
+            assert asked == [True], (case.name, asked)
+            assert numba.get_num_threads() == most
             _always_parallel(m)
-            del seen[:]
+            del asked[:]
             parallel = case.kernel(*args)
-            assert seen == [], (case.name, seen)
+            assert asked == [False], (case.name, asked)
         small = small if isinstance(small, tuple) else (small,)
         parallel = parallel if isinstance(parallel, tuple) else (parallel,)
         for a, b in zip(small, parallel):
             assert (a is None and b is None) or np.array_equal(a, b), case.name
-    with pytest.raises(ZeroDivisionError):
-        with _blas.kernel_threads((np.zeros(4),)):
-            assert numba.get_num_threads() == 1
-            1 / 0
-    assert numba.get_num_threads() == most
+
+
+def test_serial_switch_in_compiled_code():
+    """enter_threads(True) runs the parallel loops that follow on the calling
+    thread alone; leave_threads restores the count, for any count the caller set."""
+    import numba
+    from numba import njit, prange
+
+    from fusedgrad.kernels._blas import enter_threads, leave_threads
+
+    most = numba.config.NUMBA_NUM_THREADS
+    if most < 2:
+        pytest.skip("Numba runs one thread here")
+
+    @njit(parallel=True)
+    def probe(serial, n):
+        previous = enter_threads(serial)
+        inside = numba.get_num_threads()
+        ids = np.zeros(n, np.int64)
+        for i in prange(n):
+            ids[i] = numba.get_thread_id()
+        leave_threads(previous)
+        return inside, ids
+
+    for caller in sorted({1, 2, most}):
+        numba.set_num_threads(caller)
+        try:
+            inside, ids = probe(True, 4096)
+            assert inside == 1 and ids.max() == 0
+            assert numba.get_num_threads() == caller
+            inside, _ = probe(False, 4096)
+            assert inside == caller
+            assert numba.get_num_threads() == caller
+        finally:
+            numba.set_num_threads(most)
 
 
 MODEL_SCRIPT = textwrap.dedent(

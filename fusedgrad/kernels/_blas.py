@@ -26,12 +26,14 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+from numba.np.ufunc.parallel import _iget_num_threads, _launch_threads
 from scipy.linalg import cython_blas
 
 from fusedgrad.kernels import _options as opt
 from fusedgrad.kernels._options import INLINE
 
-__all__ = ["mm_nn", "mm_tn", "mm_nt", "syrk_tn", "gram_tn", "piece_rows", "single_threaded_blas"]
+__all__ = ["mm_nn", "mm_tn", "mm_nt", "syrk_tn", "gram_tn", "piece_rows", "single_threaded_blas",
+           "serial_call", "kernel_blas", "enter_threads", "leave_threads"]
 
 
 def _capsule_address(name):
@@ -371,34 +373,96 @@ def _limit_to_one():
     return saved
 
 
-@contextmanager
-def kernel_threads(arrays, serial_bytes=None, blas=True):
-    """The threads of one kernel call: the calling thread alone for small
-    inputs, else Numba's threads with single-threaded BLAS.
+def serial_call(kernel, arrays):
+    """Whether a call of ``kernel`` runs its parallel loops on the calling thread alone.
 
-    When the float inputs ``arrays`` hold fewer than ``serial_bytes`` bytes
-    (default :data:`~fusedgrad.kernels._options.SERIAL_CALL_BYTES`), the
-    call's parallel loops run on the calling thread alone
-    (``numba.set_num_threads(1)``, which acts on the calling thread only; the
-    previous value is restored): waking the other threads costs more than
-    they save there. The work partition does not depend on the thread count,
-    so the result is the same bit for bit. BLAS is then called from one
-    thread only and keeps its own threads (it uses them only for products
-    large enough to gain). Otherwise, with ``blas``, BLAS is limited to one
-    thread for the call (:func:`single_threaded_blas`).
+    True when the float inputs ``arrays`` hold fewer bytes than the kernel's
+    entry of :data:`~fusedgrad.kernels._options.SERIAL_CALL_BYTES`: waking
+    the other threads costs more than they save there. The compiled core is
+    told so (its ``serial`` argument) and switches itself, with
+    :func:`enter_threads` and :func:`leave_threads`. The work partition does
+    not depend on the thread count, so the result is the same bit for bit.
     """
-    limit = opt.SERIAL_CALL_BYTES if serial_bytes is None else serial_bytes
-    previous = numba.get_num_threads()
-    if previous == 1:
-        yield
-    elif sum(a.nbytes for a in arrays) < limit:
-        numba.set_num_threads(1)
-        try:
-            yield
-        finally:
-            numba.set_num_threads(previous)
-    elif blas:
-        with single_threaded_blas():
-            yield
-    else:
-        yield
+    return sum(a.nbytes for a in arrays) < opt.SERIAL_CALL_BYTES[kernel]
+
+
+class _NoLimit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_LIMIT = _NoLimit()
+
+
+def kernel_blas(serial):
+    """The BLAS threads of one kernel call: :func:`single_threaded_blas`, unless
+    the call is ``serial`` or Numba runs one thread. BLAS is then called from
+    one thread only and keeps its own threads (it uses them only for products
+    large enough to gain)."""
+    if serial or numba.get_num_threads() == 1:
+        return _NO_LIMIT
+    return single_threaded_blas()
+
+
+@intrinsic
+def _set_num_threads(typingctx, n):
+    """``numba.set_num_threads(n)`` for compiled code that stays cacheable.
+
+    Numba's own jittable ``set_num_threads`` calls the threading layer
+    through a ctypes pointer, which Numba refuses to cache ("dynamic
+    globals"); this calls the same C function by the symbol name Numba
+    registers for it, as its parallel loops do for ``get_num_threads``.
+    """
+    _launch_threads()  # registers the symbol; a cached parallel core relaunches on load
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i32]),
+                                            "set_num_threads")
+        builder.call(fn, [builder.trunc(args[0], i32)])
+        return context.get_dummy_value()
+
+    return types.none(types.intp), codegen
+
+
+if not opt.SERIAL:
+
+    @njit(**INLINE)
+    def enter_threads(serial):
+        """In a compiled core, before its parallel loops: when ``serial``, run
+        them on the calling thread alone. Returns the thread count to restore
+        with :func:`leave_threads`.
+
+        The thread count is the calling thread's own (Numba keeps it per
+        thread). Switched here, in compiled code, it costs nothing
+        measurable; from Python, the two switches and a context manager cost
+        3-8 us per call, a third of a 512-row ``gram``. The core raises
+        nothing between the two calls (no bounds checks, NumPy's error model)
+        but an allocation failure, which on a serial (small) call would be of
+        a few kilobytes.
+        """
+        previous = _iget_num_threads()
+        if serial:
+            _set_num_threads(1)
+        return previous
+
+    @njit(**INLINE)
+    def leave_threads(previous):
+        """In a compiled core, after its parallel loops: undo :func:`enter_threads`."""
+        _set_num_threads(previous)
+
+else:
+    # FUSEDGRAD_SERIAL=1 (a test build): the "parallel" loops are plain loops.
+    # Nothing to switch, and no threading layer to call: a cached function
+    # without parallel loops does not start it when it is loaded.
+
+    @njit(**INLINE)
+    def enter_threads(serial):
+        return 0
+
+    @njit(**INLINE)
+    def leave_threads(previous):
+        pass

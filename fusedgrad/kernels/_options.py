@@ -7,6 +7,8 @@ flags can be audited (and changed) at a glance.
 import os
 import warnings
 
+from numba.core.cpu import ParallelOptions
+
 
 def _cache_usable():
     """Whether Numba can write a cache for this package's functions.
@@ -52,8 +54,19 @@ FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 #: Options of a serial jitted helper or inner loop.
 JIT = dict(cache=CACHE, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
-#: Options of a top-level parallel kernel.
-PARALLEL = dict(JIT, parallel=not SERIAL)
+#: Parallel transformations of a top-level kernel: only its explicit
+#: ``prange`` loops. NumPy calls and array expressions (``np.zeros`` of the
+#: per-group buffers above all) are not turned into parallel loops of their
+#: own: each such loop is one more start of the thread pool per call (about
+#: 1.2 us even on one thread), where the work is a few kilobytes of memset.
+#: Measured at 512 x 32 float32 on the calling thread: ``gram`` 13.5 -> 9.7 us.
+PARALLEL_TRANSFORMS = dict(prange=True, numpy=False, reduction=False, setitem=False,
+                           inplace_binop=False, comprehension=False, stencil=False,
+                           fusion=True)
+
+#: Options of a top-level parallel kernel (a fresh ``ParallelOptions`` each:
+#: Numba consumes the dict it is built from).
+PARALLEL = dict(JIT, parallel=False if SERIAL else ParallelOptions(dict(PARALLEL_TRANSFORMS)))
 
 #: Options of a small device-free helper meant to be inlined into its caller.
 INLINE = dict(JIT, inline="always")
@@ -93,19 +106,33 @@ MAX_CHUNK_ROWS = 2048  # fat layers: (16384, 784, 1024, 10) f32 175-185 ms vs 18
 #: costs more than the additions.
 SERIAL_SUM_ELEMENTS = 1 << 18  # measured: 16 x 9,618 serial 16 us, 2 threads 20
 
-#: A call whose float inputs total fewer bytes than this runs its parallel
-#: loops on the calling thread alone (``_blas.kernel_threads``): waking the
-#: other threads costs some 13 us, more than they save on small inputs
-#: (measured with 2 threads, 32-wide layers, float32, a call after the
-#: previous one's Python: ``gram`` 512 rows 24 us on one thread against 49 on
-#: two; ``mlp_loss_grad`` breaks even near 40 KB, ``affine_sigmoid`` between
-#: 36 and 132 KB, ``softmax_cross_entropy`` near 48 KB).
-SERIAL_CALL_BYTES = 64 * 2**10
-
-#: The same for the kernels that stream their input with little arithmetic
-#: per byte (``ols_loss_grad``, ``gram``, the layers' backward pass): they
-#: break even between 388 and 528 KB.
-SERIAL_CALL_BYTES_STREAMING = 512 * 2**10
+#: A call of a kernel whose float inputs total fewer bytes than its entry
+#: here runs its parallel loops on the calling thread alone
+#: (``_blas.serial_call``): waking the other thread after the caller's Python
+#: costs more than it saves on small inputs. The compiled core switches the
+#: thread count itself, at no measurable cost. Crossovers measured with 2
+#: threads, 32-wide layers, K = 10, 20 us of Python between calls, medians
+#: of 300 calls (serial / parallel time):
+#:
+#: * ``mlp_loss_grad`` 0.95 at 36 KB, 1.11 at 68; ``network_loss_grad`` 0.95
+#:   and 1.09 at the same sizes;
+#: * ``affine_activation`` float32 0.90 at 100 KB, 1.02 at 132; float64 0.88
+#:   at 72 KB, 1.07 at 136;
+#: * ``softmax_cross_entropy`` (the bytes of ``Z``) float32 1.01 at 20 KB,
+#:   1.09 at 30; float64 0.91 at 10 KB, 1.10 at 20;
+#: * ``gram`` 0.81 at 128 KB, 0.99 at 256, 1.22 at 512;
+#: * ``ols_loss_grad`` 0.87 at 256 KB, 0.95 at 512, 1.41 at 1 MB;
+#: * ``affine_activation_backward`` (``X``, ``A``, ``dA``) 1.04 at 384 KB,
+#:   0.92 at 1.5 MB, 1.74 at 6 MB: about even over that range.
+SERIAL_CALL_BYTES = {
+    "mlp_loss_grad": 64 * 2**10,
+    "network_loss_grad": 64 * 2**10,
+    "affine_activation": 128 * 2**10,
+    "affine_activation_backward": 512 * 2**10,
+    "softmax_cross_entropy": 24 * 2**10,
+    "gram": 256 * 2**10,
+    "ols_loss_grad": 512 * 2**10,
+}
 
 # ---------------------------------------------------------------------------
 # CUDA kernels (fusedgrad.kernels.cuda)

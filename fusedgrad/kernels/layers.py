@@ -35,7 +35,15 @@ from numba import njit, prange
 
 from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
-from fusedgrad.kernels._blas import kernel_threads, mm_nn, mm_nt, mm_tn
+from fusedgrad.kernels._blas import (
+    enter_threads,
+    kernel_blas,
+    leave_threads,
+    mm_nn,
+    mm_nt,
+    mm_tn,
+    serial_call,
+)
 from fusedgrad.kernels._math import exp, sigmoid, tanh
 from fusedgrad.kernels._partition import add_column_sums, chunk_range, plan, sum_groups
 
@@ -179,12 +187,15 @@ def _delta_rows(A, dA, dZ, rows, act):
 
 
 @njit(**opt.PARALLEL)
-def _affine_activation(X, W, b, out, act, chunk, groups):
+def _affine_activation(X, W, b, out, act, chunk, groups, serial):
     """Jitted core: ``out = f(X W + b)``, a row chunk at a time.
 
     Assumes valid C-contiguous input, a valid activation code and
     single-threaded BLAS.
+    ``serial``: run on the calling thread alone (see
+    :func:`~fusedgrad.kernels._blas.enter_threads`).
     """
+    threads = enter_threads(serial)
     N = X.shape[0]
     n_chunks = (N + chunk - 1) // chunk
     for g in prange(groups):
@@ -195,16 +206,20 @@ def _affine_activation(X, W, b, out, act, chunk, groups):
             Ac = out[r0:r1]
             mm_nn(X[r0:r1], W, Ac, 0.0)
             _activate_rows(Ac, b, r1 - r0, act)
+    leave_threads(threads)
 
 
 @njit(**opt.PARALLEL)
-def _affine_activation_backward(X, A, dA, W, dW, db, dX, act, with_dx, chunk, groups):
+def _affine_activation_backward(X, A, dA, W, dW, db, dX, act, with_dx, chunk, groups, serial):
     """Jitted core: ``dZ = dA * f'(A)``; writes ``dW = X^T dZ``, ``db = sum dZ`` and,
     when ``with_dx``, ``dX = dZ W^T``. ``dZ`` lives one chunk at a time.
 
     Assumes valid C-contiguous input, a valid activation code and
     single-threaded BLAS.
+    ``serial``: run on the calling thread alone (see
+    :func:`~fusedgrad.kernels._blas.enter_threads`).
     """
+    threads = enter_threads(serial)
     N = X.shape[0]
     n_out = A.shape[1]
     n_chunks = (N + chunk - 1) // chunk
@@ -228,6 +243,7 @@ def _affine_activation_backward(X, A, dA, W, dW, db, dX, act, with_dx, chunk, gr
                 mm_nt(dZc, W, dX[r0:r1], 0.0)
     sum_groups(pW, dW)
     sum_groups(pb, db)
+    leave_threads(threads)
 
 
 def affine_activation(X, W, b, out=None, *, activation, check_finite=True):
@@ -269,8 +285,9 @@ def affine_activation(X, W, b, out=None, *, activation, check_finite=True):
     else:
         _validate.output("out", out, (N, n_out), X.dtype, [("X", X), ("W", W), ("b", b)])
     chunk, groups = plan(N, (X.shape[1] + n_out) * X.itemsize, 0)
-    with kernel_threads((X, W)):
-        _affine_activation(X, W, b, out, act, chunk, groups)
+    serial = serial_call("affine_activation", (X, W))
+    with kernel_blas(serial):
+        _affine_activation(X, W, b, out, act, chunk, groups, serial)
     return out
 
 
@@ -321,6 +338,8 @@ def affine_activation_backward(X, A, dA, W=None, *, activation, check_finite=Tru
     dW = np.empty((n_in, n_out), X.dtype)
     db = np.empty(n_out, X.dtype)
     chunk, groups = plan(N, (2 * n_in + 3 * n_out) * X.itemsize, (n_in + 1) * n_out * X.itemsize)
-    with kernel_threads((X, A, dA), opt.SERIAL_CALL_BYTES_STREAMING):
-        _affine_activation_backward(X, A, dA, W, dW, db, dX, act, with_dx, chunk, groups)
+    serial = serial_call("affine_activation_backward", (X, A, dA))
+    with kernel_blas(serial):
+        _affine_activation_backward(X, A, dA, W, dW, db, dX, act, with_dx, chunk, groups,
+                                    serial)
     return dW, db, (dX if with_dx else None)

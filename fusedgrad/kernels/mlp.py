@@ -5,7 +5,15 @@ from numba import njit, prange
 
 from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
-from fusedgrad.kernels._blas import kernel_threads, mm_nn, mm_nt, mm_tn
+from fusedgrad.kernels._blas import (
+    enter_threads,
+    kernel_blas,
+    leave_threads,
+    mm_nn,
+    mm_nt,
+    mm_tn,
+    serial_call,
+)
 from fusedgrad.kernels._math import sigmoid
 from fusedgrad.kernels._partition import (
     add_column_sums,
@@ -20,7 +28,8 @@ __all__ = ["mlp_loss_grad"]
 
 
 @njit(**opt.PARALLEL)
-def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk, groups):
+def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk, groups,
+                   serial):
     """Jitted core: writes the gradients into ``dW1, db1, dW2, db2``, returns the loss.
 
     Assumes valid, C-contiguous input of one float dtype, labels in range and
@@ -36,7 +45,11 @@ def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk
     3. loss and ``dZ2 = (softmax(Z2) - Y) / N``   (one pass per row, in place)
     4. ``dW2 += A^T dZ2``, ``db2 += sum dZ2``
     5. ``dZ1 = (dZ2 W2^T) * A (1 - A)``, ``db1 += sum dZ1``, ``dW1 += X_c^T dZ1``
+
+    ``serial``: run on the calling thread alone (see
+    :func:`~fusedgrad.kernels._blas.enter_threads`).
     """
+    threads = enter_threads(serial)
     N = rows.shape[0] if gather else X.shape[0]
     d = X.shape[1]
     h = W1.shape[1]
@@ -92,6 +105,7 @@ def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk
     total = 0.0
     for g in range(groups):
         total += ploss[g]
+    leave_threads(threads)
     return dt(total / N)
 
 
@@ -170,7 +184,8 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, rows=None, check_finite=True, _max_ch
                          _max_chunk_rows)
     dW1, db1 = np.empty_like(W1), np.empty_like(b1)
     dW2, db2 = np.empty_like(W2), np.empty_like(b2)
-    with kernel_threads((X, W1, W2)):
+    serial = serial_call("mlp_loss_grad", (X, W1, W2))
+    with kernel_blas(serial):
         loss = _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2,
-                              chunk, groups)
+                              chunk, groups, serial)
     return X.dtype.type(loss), dW1, db1, dW2, db2

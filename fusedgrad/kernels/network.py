@@ -14,7 +14,15 @@ from numba import njit, prange
 
 from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
-from fusedgrad.kernels._blas import kernel_threads, mm_nn, mm_nt, mm_tn
+from fusedgrad.kernels._blas import (
+    enter_threads,
+    kernel_blas,
+    leave_threads,
+    mm_nn,
+    mm_nt,
+    mm_tn,
+    serial_call,
+)
 from fusedgrad.kernels._partition import (
     add_column_sums,
     chunk_of,
@@ -44,7 +52,7 @@ def _units(buf, offsets, layer, rows, chunk):
 
 @njit(**opt.PARALLEL)
 def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW, db,
-                       chunk, groups):
+                       chunk, groups, serial):
     """Jitted core: writes the gradients of all weights into the flat ``dW`` (the
     matrices one after the other, row-major) and of all biases into ``db``,
     returns the loss.
@@ -63,7 +71,11 @@ def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW,
     3. from the last layer down: ``dW_l += A_{l-1}^T dZ``, ``db_l += sum dZ``;
        below the first layer, ``dA = dZ W_l^T`` and ``dZ <- dA * f'(A_{l-1})``
        (two scratch buffers; with the identity, ``dZ`` is ``dA``).
+
+    ``serial``: run on the calling thread alone (see
+    :func:`~fusedgrad.kernels._blas.enter_threads`).
     """
+    threads = enter_threads(serial)
     L = len(Ws)
     N = rows.shape[0] if gather else X.shape[0]
     d = X.shape[1]
@@ -136,6 +148,7 @@ def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW,
     total = 0.0
     for g in range(groups):
         total += ploss[g]
+    leave_threads(threads)
     return dt(total / N)
 
 
@@ -261,9 +274,10 @@ def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, check_f
                          int(w_off[-1] + b_off[-1]) * item, _max_chunk_rows)
     dW = np.empty(int(w_off[-1]), X.dtype)
     db = np.empty(int(b_off[-1]), X.dtype)
-    with kernel_threads((X, *Ws)):
+    serial = serial_call("network_loss_grad", (X, *Ws))
+    with kernel_blas(serial):
         loss = _network_loss_grad(X, y, rows, gather, Ws, bs, ACTIVATIONS.index(activation),
-                                  w_off, b_off, u_off, dW, db, chunk, groups)
+                                  w_off, b_off, u_off, dW, db, chunk, groups, serial)
     coef_grads = [dW[w_off[i]:w_off[i + 1]].reshape(W.shape) for i, W in enumerate(Ws)]
     intercept_grads = [db[b_off[i]:b_off[i + 1]] for i in range(L)]
     return X.dtype.type(loss), coef_grads, intercept_grads
@@ -323,6 +337,7 @@ class PreparedLossGrad:
         else:
             self.row_bytes = (d + hidden + 2 * widest + widths[-1]) * item
         self.group_bytes = int(self.w_off[-1] + self.b_off[-1]) * item
+        self.weight_bytes = sum(W.nbytes for W in self.Ws)
         self._plans = {}
 
     def __call__(self, X, y, rows=None):
@@ -330,15 +345,19 @@ class PreparedLossGrad:
         n = rows.shape[0] if gather else X.shape[0]
         chunking = self._plans.get(n)
         if chunking is None:
-            chunking = self._plans[n] = plan(n, self.row_bytes, self.group_bytes)
-        chunk, groups = chunking
+            # the rule of serial_call, for the n rows the step reads
+            kernel = "mlp_loss_grad" if self.lecture else "network_loss_grad"
+            serial = (n * X.shape[1] * X.itemsize + self.weight_bytes
+                      < opt.SERIAL_CALL_BYTES[kernel])
+            chunking = self._plans[n] = plan(n, self.row_bytes, self.group_bytes) + (serial,)
+        chunk, groups, serial = chunking
         rows = rows if gather else _NO_ROWS
         if self.lecture:
             dW1, dW2, db1, db2 = self.grads
             loss = _mlp_loss_grad(X, y, rows, gather, self.Ws[0], self.bs[0], self.Ws[1],
-                                  self.bs[1], dW1, db1, dW2, db2, chunk, groups)
+                                  self.bs[1], dW1, db1, dW2, db2, chunk, groups, serial)
         else:
             loss = _network_loss_grad(X, y, rows, gather, self.Ws, self.bs, self.act,
                                       self.w_off, self.b_off, self.u_off, self.dW, self.db,
-                                      chunk, groups)
+                                      chunk, groups, serial)
         return float(loss), self.grads

@@ -5,18 +5,27 @@ from numba import njit, prange
 
 from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
-from fusedgrad.kernels._blas import gram_tn, kernel_threads, single_threaded_blas
+from fusedgrad.kernels._blas import (
+    enter_threads,
+    gram_tn,
+    kernel_blas,
+    leave_threads,
+    serial_call,
+    single_threaded_blas,
+)
 from fusedgrad.kernels._partition import chunk_range, plan, sum_groups
 
 __all__ = ["ols_loss_grad", "gram", "centered_gram"]
 
 
 @njit(**opt.PARALLEL)
-def _ols_loss_grad(X, y, w, grad, chunk, groups):
+def _ols_loss_grad(X, y, w, grad, chunk, groups, serial):
     """Jitted core: writes the gradient into ``grad`` and returns the loss.
 
     Per row: residual ``r = y_i - x_i w``; loss ``+= r^2``; gradient ``-= r x_i``.
+    ``serial``: run on the calling thread alone (see :func:`enter_threads`).
     """
+    threads = enter_threads(serial)
     N, d = X.shape
     n_chunks = (N + chunk - 1) // chunk
     pg = np.zeros((groups, d), X.dtype)
@@ -45,12 +54,18 @@ def _ols_loss_grad(X, y, w, grad, chunk, groups):
     total = 0.0
     for g in range(groups):
         total += ploss[g]
+    leave_threads(threads)
     return total / (2.0 * N)
 
 
 @njit(**opt.PARALLEL)
-def _gram(X, y, XtX, Xty, chunk, groups):
-    """Jitted core: writes ``X^T X`` (see :func:`gram_tn`) and ``y X``."""
+def _gram(X, y, XtX, Xty, chunk, groups, serial):
+    """Jitted core: writes ``X^T X`` (see :func:`gram_tn`) and ``y X``; returns
+    whether the diagonal of ``X^T X`` and ``y X`` are finite.
+
+    ``serial``: run on the calling thread alone (see :func:`enter_threads`).
+    """
+    threads = enter_threads(serial)
     N, d = X.shape
     n_chunks = (N + chunk - 1) // chunk
     pG = np.zeros((groups, d, d), X.dtype)
@@ -68,9 +83,14 @@ def _gram(X, y, XtX, Xty, chunk, groups):
                     acc[j] += yi * X[i, j]
     sum_groups(pG, XtX)
     sum_groups(pv, Xty)
+    finite = True
     for i in range(d):
+        if not (np.isfinite(XtX[i, i]) and np.isfinite(Xty[i])):
+            finite = False
         for j in range(i):
             XtX[i, j] = XtX[j, i]
+    leave_threads(threads)
+    return finite
 
 
 def _ols_inputs(X, y, extra, check_finite, deferred=()):
@@ -110,8 +130,8 @@ def ols_loss_grad(X, y, w, *, check_finite=True):
     N, d = X.shape
     chunk, groups = plan(N, (d + 1) * X.itemsize, d * X.itemsize)
     grad = np.empty(d, X.dtype)
-    with kernel_threads((X,), opt.SERIAL_CALL_BYTES_STREAMING, blas=False):
-        loss = _ols_loss_grad(X, y, w, grad, chunk, groups)
+    loss = _ols_loss_grad(X, y, w, grad, chunk, groups,
+                          serial_call("ols_loss_grad", (X,)))
     if check_finite and not np.isfinite(loss):
         _validate.require_finite(("X", X), ("y", y))
     with np.errstate(over="ignore"):  # a float64 sum beyond float32's range is inf in float32
@@ -151,9 +171,10 @@ def gram(X, y, *, check_finite=True):
     chunk, groups = plan(N, (d + 1) * X.itemsize, (d + 1) * d * X.itemsize)
     XtX = np.empty((d, d), X.dtype)
     Xty = np.empty(d, X.dtype)
-    with kernel_threads((X,), opt.SERIAL_CALL_BYTES_STREAMING):
-        _gram(X, y, XtX, Xty, chunk, groups)
-    if check_finite and not (np.isfinite(np.diagonal(XtX)).all() and np.isfinite(Xty).all()):
+    serial = serial_call("gram", (X,))
+    with kernel_blas(serial):
+        finite = _gram(X, y, XtX, Xty, chunk, groups, serial)
+    if check_finite and not finite:
         _validate.require_finite(("X", X), ("y", y))
     return XtX, Xty
 

@@ -5,7 +5,7 @@ from numba import njit, prange
 
 from fusedgrad import _validate
 from fusedgrad.kernels import _options as opt
-from fusedgrad.kernels._blas import kernel_threads
+from fusedgrad.kernels._blas import enter_threads, leave_threads, serial_call
 from fusedgrad.kernels._math import exp, log1p
 from fusedgrad.kernels._partition import chunk_range, plan
 
@@ -150,11 +150,14 @@ def _ce_rows(Z, dZ, y, rows, inv_n):
 
 
 @njit(**opt.PARALLEL)
-def _softmax_cross_entropy(Z, y, dZ, chunk, groups):
+def _softmax_cross_entropy(Z, y, dZ, chunk, groups, serial):
     """Jitted core: writes the gradient into ``dZ`` and returns the mean loss.
 
     Assumes valid, C-contiguous input (see :func:`softmax_cross_entropy`).
+    ``serial``: run on the calling thread alone (see
+    :func:`~fusedgrad.kernels._blas.enter_threads`).
     """
+    threads = enter_threads(serial)
     N = Z.shape[0]
     n_chunks = (N + chunk - 1) // chunk
     inv_n = Z.dtype.type(1.0) / Z.dtype.type(N)
@@ -168,6 +171,7 @@ def _softmax_cross_entropy(Z, y, dZ, chunk, groups):
     total = 0.0
     for g in range(groups):
         total += partial[g]
+    leave_threads(threads)
     return Z.dtype.type(total / N)
 
 
@@ -200,6 +204,5 @@ def softmax_cross_entropy(Z, y, *, check_finite=True):
     N, K = Z.shape
     chunk, groups = plan(N, 2 * K * Z.itemsize, 8)
     dZ = np.empty_like(Z)
-    with kernel_threads((Z,), blas=False):
-        loss = _softmax_cross_entropy(Z, y, dZ, chunk, groups)
+    loss = _softmax_cross_entropy(Z, y, dZ, chunk, groups, serial_call("softmax_cross_entropy", (Z,)))
     return Z.dtype.type(loss), dZ
