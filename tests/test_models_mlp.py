@@ -761,9 +761,15 @@ def test_load_rejects_inconsistent_arrays(tmp_path):
     ("sgd", dict(momentum=0.0)), ("sgd", dict(momentum=0.9, nesterov=False)),
     ("sgd", dict(momentum=0.9, nesterov=True)), ("adam", {}),
 ])
-def test_compiled_updates_are_the_numpy_updates_bit_for_bit(dtype, solver, options):
-    """The optimizers' compiled loops against scikit-learn's sequence of NumPy
-    operations (written out below), over several steps of the same gradients."""
+@pytest.mark.parametrize("l2", [0.0, 0.37])
+@pytest.mark.parametrize("same_list", [False, True])
+def test_compiled_updates_are_the_numpy_updates_bit_for_bit(dtype, solver, options, l2,
+                                                            same_list):
+    """The optimizers' compiled step against scikit-learn's sequence of NumPy
+    operations (written out below: the L2 term's gradient added to the weights'
+    gradients, then each parameter's update), over several steps. The
+    gradients come in a new list each step, or (as in a fit) in the same
+    list whose arrays are overwritten."""
     rng = np.random.default_rng(30)
     shapes = [(7, 5), (5, 3), (5,), (3,)]
     start = [rng.standard_normal(s).astype(dtype) for s in shapes]
@@ -776,15 +782,24 @@ def test_compiled_updates_are_the_numpy_updates_bit_for_bit(dtype, solver, optio
         opt = mlp_module._SGDOptimizer(params, lr, "constant", mu, nesterov, 0.5)
     else:
         opt = mlp_module._AdamOptimizer(params, lr, b1, b2, eps)
+    buffer = [np.empty_like(p) for p in start]
     for step in grads:
-        opt.update_params(params, [g.copy() for g in step])
+        if same_list:
+            for g, value in zip(buffer, step):
+                g[...] = value
+        passed = buffer if same_list else [g.copy() for g in step]
+        opt.update_params(params, passed, 2, l2)  # overwrites the gradients with the steps
 
     want = [p.copy() for p in start]
     first = [np.zeros_like(p) for p in start]  # velocities, or Adam's m
     second = [np.zeros_like(p) for p in start]  # Adam's v
     for t, step in enumerate(grads, 1):
         rate = lr * math.sqrt(1 - b2**t) / (1 - b1**t)  # a Python float, as the model's
-        for p, g, m, v in zip(want, [g.copy() for g in step], first, second):
+        step = [g.copy() for g in step]
+        if l2:
+            for g, W in zip(step[:2], want[:2]):  # MLPClassifier._add_l2
+                g += l2 * W
+        for p, g, m, v in zip(want, step, first, second):
             if solver == "sgd":
                 g *= lr
                 if mu == 0.0:
@@ -798,9 +813,12 @@ def test_compiled_updates_are_the_numpy_updates_bit_for_bit(dtype, solver, optio
                 m += g * (1 - b1)
                 v *= b2
                 v += (g * g) * (1 - b2)
-                p += (m * -rate) / (np.sqrt(v) + eps)
+                g[...] = (m * -rate) / (np.sqrt(v) + eps)
+                p += g
 
-    for a, b in zip(params, want):
+    # the parameters, and the last step's scaled gradients (where a wrong rounding
+    # of the L2 term shows before the parameters' larger values absorb it)
+    for a, b in zip(params + passed, want + step):
         assert a.dtype == dtype
         np.testing.assert_array_equal(a, b)
 

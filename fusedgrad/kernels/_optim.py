@@ -15,7 +15,7 @@ from numba import njit
 
 from fusedgrad.kernels import _options as opt
 
-__all__ = ["sgd_update", "adam_update"]
+__all__ = ["sgd_update", "adam_update", "sgd_step", "adam_step"]
 
 
 @njit(**opt.EXACT)
@@ -58,3 +58,34 @@ def adam_update(p, g, m, v, beta_1, beta_2, epsilon, learning_rate):
         step = (mi * neg_lr) / (math.sqrt(vi) + eps)
         g[i] = step
         p[i] = p[i] + step
+
+
+@njit(**opt.EXACT)
+def _add_l2(g, p, scale):
+    """``g += scale * p``, NumPy's two operations in ``p``'s dtype (the L2 term's
+    gradient, as :meth:`MLPClassifier._add_l2` adds it)."""
+    s = p.dtype.type(scale)
+    for i in range(p.shape[0]):
+        g[i] = g[i] + s * p[i]
+
+
+@njit(**opt.EXACT)
+def sgd_step(params, grads, velocities, n_weights, l2_scale, lr, momentum, nesterov):
+    """One optimizer step of a whole network: for each parameter ``k`` (tuples of
+    1-D views), first ``g += l2_scale * p`` when ``k < n_weights`` and
+    ``l2_scale`` is not 0, then :func:`sgd_update`. The same bits as those
+    calls one by one, in one call instead of two per parameter."""
+    for k in range(len(params)):
+        if k < n_weights and l2_scale != 0.0:
+            _add_l2(grads[k], params[k], l2_scale)
+        sgd_update(params[k], grads[k], velocities[k], lr, momentum, nesterov)
+
+
+@njit(**opt.EXACT)
+def adam_step(params, grads, ms, vs, n_weights, l2_scale, beta_1, beta_2, epsilon,
+              learning_rate):
+    """:func:`sgd_step` for :func:`adam_update`."""
+    for k in range(len(params)):
+        if k < n_weights and l2_scale != 0.0:
+            _add_l2(grads[k], params[k], l2_scale)
+        adam_update(params[k], grads[k], ms[k], vs[k], beta_1, beta_2, epsilon, learning_rate)

@@ -42,7 +42,7 @@ import warnings
 import numpy as np
 
 from fusedgrad._validate import all_finite
-from fusedgrad.kernels._optim import adam_update, sgd_update
+from fusedgrad.kernels._optim import adam_step, sgd_step
 from fusedgrad.models import _persist
 from fusedgrad.models._base import BaseModel, ClassifierMixin, ConvergenceWarning, check_array
 
@@ -383,6 +383,20 @@ def _flat(a):
     return a.reshape(-1)
 
 
+class _FlatViews:
+    """Tuples of 1-D views (:func:`_flat`) of the arrays of a list, for the
+    compiled step, rebuilt only when another list object is passed (a fit
+    passes the same parameter and gradient lists at every step)."""
+
+    def __init__(self):
+        self._source, self._views = None, None
+
+    def __call__(self, arrays):
+        if arrays is not self._source:
+            self._source, self._views = arrays, tuple(_flat(a) for a in arrays)
+        return self._views
+
+
 class _SGDOptimizer:
     """Stochastic gradient descent with momentum, as scikit-learn's ``SGDOptimizer``.
 
@@ -400,13 +414,17 @@ class _SGDOptimizer:
         self.nesterov = nesterov
         self.power_t = power_t
         self.velocities = [np.zeros_like(p) for p in params]
+        self._params, self._grads = _FlatViews(), _FlatViews()
+        self._state = tuple(_flat(v) for v in self.velocities)
 
-    def update_params(self, params, grads):
+    def update_params(self, params, grads, n_weights=0, l2_scale=0.0):
+        """One step, in one compiled call. With ``l2_scale``, the first
+        ``n_weights`` gradients get ``l2_scale * p`` added first (scikit-learn's
+        L2 term, as :meth:`MLPClassifier._add_l2` would add it)."""
         # per element: g *= lr; then p -= g (the velocity is -lr g: the same
         # step), or v = mu v - g and p += v, or p += mu v - g (Nesterov)
-        for p, g, v in zip(params, grads, self.velocities):
-            sgd_update(_flat(p), _flat(g), _flat(v), self.learning_rate, self.momentum,
-                       self.nesterov)
+        sgd_step(self._params(params), self._grads(grads), self._state, n_weights,
+                 float(l2_scale), self.learning_rate, self.momentum, self.nesterov)
 
     def iteration_ends(self, time_step):
         if self.lr_schedule == "invscaling":
@@ -434,15 +452,18 @@ class _AdamOptimizer:
         self.t = 0
         self.ms = [np.zeros_like(p) for p in params]
         self.vs = [np.zeros_like(p) for p in params]
+        self._params, self._grads = _FlatViews(), _FlatViews()
+        self._state = (tuple(_flat(m) for m in self.ms), tuple(_flat(v) for v in self.vs))
 
-    def update_params(self, params, grads):
+    def update_params(self, params, grads, n_weights=0, l2_scale=0.0):
+        """One step, in one compiled call (``n_weights``, ``l2_scale``: as
+        :meth:`_SGDOptimizer.update_params`)."""
         self.t += 1
         b1, b2 = self.beta_1, self.beta_2
         self.learning_rate = (self.learning_rate_init * math.sqrt(1 - b2**self.t)
                               / (1 - b1**self.t))
-        for p, g, m, v in zip(params, grads, self.ms, self.vs):
-            adam_update(_flat(p), _flat(g), _flat(m), _flat(v), b1, b2, self.epsilon,
-                        self.learning_rate)
+        adam_step(self._params(params), self._grads(grads), *self._state, n_weights,
+                  float(l2_scale), b1, b2, self.epsilon, self.learning_rate)
 
     def iteration_ends(self, time_step):
         pass
@@ -904,8 +925,11 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             self.validation_scores_ = None
             self.best_validation_score_ = None
 
-    def _loss_grad(self, step, X, codes, rows, n_rows, dtype):
+    def _loss_grad(self, step, X, codes, rows, n_rows, dtype, l2_grad=True):
         """Loss and gradients (L2 term included) of the minibatch ``X[rows]``.
+
+        Without ``l2_grad`` the L2 term is in the loss only: the optimizer
+        adds its gradient in its own step (``update_params(..., l2_scale=)``).
 
         ``step`` is the fit's :class:`~fusedgrad.kernels.network.PreparedLossGrad`
         and ``rows`` a slice or an index array. The whole batch goes through
@@ -921,7 +945,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                 loss, grads = step(X[rows], codes[rows].astype(np.intp))
             else:
                 loss, grads = step(X, codes[rows].astype(np.intp), rows.astype(np.intp))
-            return self._add_l2(loss, grads, n_rows)
+            return self._add_l2(loss, grads, n_rows, l2_grad)
         if isinstance(rows, slice):
             blocks = [slice(s, min(s + _BLOCK_ROWS, rows.stop))
                       for s in range(rows.start, rows.stop, _BLOCK_ROWS)]
@@ -942,19 +966,21 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                 for g, gb in zip(grads, block_grads):
                     gb *= dtype.type(weight)
                     g += gb
-        return self._add_l2(loss, grads, n_rows)
+        return self._add_l2(loss, grads, n_rows, l2_grad)
 
-    def _add_l2(self, loss, grads, n_rows):
-        """scikit-learn's L2 term: ``alpha / (2 n) sum ||W||^2``, gradient ``alpha W / n``."""
+    def _add_l2(self, loss, grads, n_rows, grad=True):
+        """scikit-learn's L2 term: ``alpha / (2 n) sum ||W||^2``, gradient ``alpha W / n``
+        (added to ``grads`` only with ``grad``)."""
         if self.alpha:
             squares = 0.0
             for W in self.coefs_:
                 w = W.reshape(-1)
                 squares += float(np.dot(w, w))
             loss += 0.5 * self.alpha * squares / n_rows
-            scale = self.alpha / n_rows
-            for g, W in zip(grads, self.coefs_):
-                g += scale * W
+            if grad:
+                scale = self.alpha / n_rows
+                for g, W in zip(grads, self.coefs_):
+                    g += scale * W
         return loss, grads
 
     def _forward(self, kernels, Xb, out_activation, out=None):
@@ -1144,11 +1170,14 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                         # consecutive rows: a view; also a whole shuffled epoch in one
                         # batch, whose gradient does not depend on the order
                         rows = slice(start, stop)
-                    loss, grads = self._loss_grad(step, X, codes, rows, stop - start, dtype)
+                    loss, grads = self._loss_grad(step, X, codes, rows, stop - start, dtype,
+                                                  l2_grad=False)
                     if not math.isfinite(loss):
                         self._diverged(loss)
                     accumulated_loss += loss * (stop - start)
-                    optimizer.update_params(params, grads)
+                    # the L2 term's gradient, alpha W / n, added in the optimizer's step
+                    optimizer.update_params(params, grads, len(self.coefs_),
+                                            self.alpha / (stop - start))
                     progress.batch(stop)
 
                 self.n_iter_ += 1
