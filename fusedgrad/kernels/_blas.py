@@ -26,7 +26,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
-from numba.np.ufunc.parallel import _iget_num_threads, _launch_threads
+from numba.np.ufunc.parallel import _launch_threads
 from scipy.linalg import cython_blas
 
 from fusedgrad.kernels import _options as opt
@@ -408,15 +408,32 @@ def kernel_blas(serial):
 
 
 @intrinsic
-def _set_num_threads(typingctx, n):
-    """``numba.set_num_threads(n)`` for compiled code that stays cacheable.
+def _get_num_threads(typingctx):
+    """``numba.get_num_threads()`` for compiled code that stays cacheable.
 
-    Numba's own jittable ``set_num_threads`` calls the threading layer
-    through a ctypes pointer, which Numba refuses to cache ("dynamic
-    globals"); this calls the same C function by the symbol name Numba
-    registers for it, as its parallel loops do for ``get_num_threads``.
+    Numba's own jittable ``get_num_threads`` and ``set_num_threads`` call the
+    threading layer through ctypes pointers, which Numba refuses to cache
+    ("dynamic globals"). These two call the same C functions (``int
+    get_num_threads(void)``, ``void set_num_threads(int)``) by the symbol
+    names Numba registers for them, as its own parallel loops do (by
+    ``numba.np.ufunc.parallel._launch_threads``).
     """
-    _launch_threads()  # registers the symbol; a cached parallel core relaunches on load
+    _launch_threads()  # registers the symbols; a cached parallel core relaunches on load
+
+    def codegen(context, builder, signature, args):
+        # declared as Numba's parallel loops declare it (returning intp), which
+        # they may do in the same module
+        fnty = ir.FunctionType(context.get_value_type(types.intp), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "get_num_threads")
+        return builder.call(fn, [])
+
+    return types.intp(), codegen
+
+
+@intrinsic
+def _set_num_threads(typingctx, n):
+    """``numba.set_num_threads(n)`` for compiled code (see :func:`_get_num_threads`)."""
+    _launch_threads()
 
     def codegen(context, builder, signature, args):
         i32 = ir.IntType(32)
@@ -444,7 +461,7 @@ if not opt.SERIAL:
         but an allocation failure, which on a serial (small) call would be of
         a few kilobytes.
         """
-        previous = _iget_num_threads()
+        previous = _get_num_threads()
         if serial:
             _set_num_threads(1)
         return previous
