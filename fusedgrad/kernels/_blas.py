@@ -17,7 +17,7 @@ threads: :func:`single_threaded_blas` sets that for the duration of a call.
 
 import ctypes
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numba
 import numpy as np
@@ -373,28 +373,21 @@ def _limit_to_one():
     return saved
 
 
-def serial_call(kernel, arrays):
+def serial_call(kernel, arrays, nbytes=0):
     """Whether a call of ``kernel`` runs its parallel loops on the calling thread alone.
 
-    True when the float inputs ``arrays`` hold fewer bytes than the kernel's
+    True when the float inputs ``arrays`` (and ``nbytes`` more, of inputs
+    that are no array of their own) hold fewer bytes than the kernel's
     entry of :data:`~fusedgrad.kernels._options.SERIAL_CALL_BYTES`: waking
     the other threads costs more than they save there. The compiled core is
     told so (its ``serial`` argument) and switches itself, with
     :func:`enter_threads` and :func:`leave_threads`. The work partition does
     not depend on the thread count, so the result is the same bit for bit.
     """
-    return sum(a.nbytes for a in arrays) < opt.SERIAL_CALL_BYTES[kernel]
+    return nbytes + sum(a.nbytes for a in arrays) < opt.SERIAL_CALL_BYTES[kernel]
 
 
-class _NoLimit:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-_NO_LIMIT = _NoLimit()
+_NO_LIMIT = nullcontext()
 
 
 def kernel_blas(serial):

@@ -337,7 +337,6 @@ class PreparedLossGrad:
         else:
             self.row_bytes = (d + hidden + 2 * widest + widths[-1]) * item
         self.group_bytes = int(self.w_off[-1] + self.b_off[-1]) * item
-        self.weight_bytes = sum(W.nbytes for W in self.Ws)
         self._plans = {}
 
     def __call__(self, X, y, rows=None):
@@ -345,10 +344,9 @@ class PreparedLossGrad:
         n = rows.shape[0] if gather else X.shape[0]
         chunking = self._plans.get(n)
         if chunking is None:
-            # the rule of serial_call, for the n rows the step reads
-            kernel = "mlp_loss_grad" if self.lecture else "network_loss_grad"
-            serial = (n * X.shape[1] * X.itemsize + self.weight_bytes
-                      < opt.SERIAL_CALL_BYTES[kernel])
+            # the weights and the n rows the step reads
+            serial = serial_call("mlp_loss_grad" if self.lecture else "network_loss_grad",
+                                 self.Ws, n * X.shape[1] * X.itemsize)
             chunking = self._plans[n] = plan(n, self.row_bytes, self.group_bytes) + (serial,)
         chunk, groups, serial = chunking
         rows = rows if gather else _NO_ROWS

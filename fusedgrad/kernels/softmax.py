@@ -204,5 +204,6 @@ def softmax_cross_entropy(Z, y, *, check_finite=True):
     N, K = Z.shape
     chunk, groups = plan(N, 2 * K * Z.itemsize, 8)
     dZ = np.empty_like(Z)
-    loss = _softmax_cross_entropy(Z, y, dZ, chunk, groups, serial_call("softmax_cross_entropy", (Z,)))
+    serial = serial_call("softmax_cross_entropy", (Z,))
+    loss = _softmax_cross_entropy(Z, y, dZ, chunk, groups, serial)
     return Z.dtype.type(loss), dZ
