@@ -136,7 +136,7 @@ def test_numba_cache_dir_honoured(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
     first = _call(env)
     files = _cache_files(cache)
-    for core in ("softmax._softmax_cross_entropy", "_validate._count_nonfinite_serial"):
+    for core in ("softmax._softmax_cross_entropy", "_validate._first_nonfinite"):
         assert any(f.startswith(core) and f.endswith(".nbi") for f in files), (core, files)
         assert any(f.startswith(core) and f.endswith(".nbc") for f in files), (core, files)
     assert first["misses"] > 0 and first["hits"] == 0, first  # compiled, into the new dir
