@@ -10,7 +10,7 @@ from scipy.linalg import lapack
 
 from fusedgrad.kernels.ols import centered_gram, ols_loss_grad
 from fusedgrad.kernels.qr import tsqr
-from fusedgrad.models import _persist
+from fusedgrad.models import _dask, _persist
 from fusedgrad.models._base import (
     BaseModel,
     ConvergenceWarning,
@@ -223,7 +223,9 @@ class LinearRegression(RegressorMixin, BaseModel):
         Parameters
         ----------
         X : array_like, shape (n_samples, n_features)
-            Real numbers, no NaN or infinity.
+            Real numbers, no NaN or infinity. A dask array is fitted block by
+            block, without being loaded whole (solvers ``'auto'``, ``'normal'``
+            and ``'qr'``, on the CPU; see :mod:`fusedgrad.models._dask`).
         y : array_like, shape (n_samples,)
 
         Returns
@@ -231,6 +233,8 @@ class LinearRegression(RegressorMixin, BaseModel):
         self
         """
         self._check_params()
+        if _dask.is_dask_collection(X) or _dask.is_dask_collection(y):
+            return self._fit_dask(X, y)
         X = check_array("X", X, dtype=self.dtype, n_samples=sample_count("y", y),
                         samples_of="y")
         y = check_target(y, X.shape[0], X.dtype)
@@ -258,14 +262,57 @@ class LinearRegression(RegressorMixin, BaseModel):
                 passes += 1
                 result["solver_"] = "qr"
             result["n_iter_"] = passes
-        self.coef_ = np.asarray(coef, dtype=X.dtype)
-        self.intercept_ = X.dtype.type(intercept)
-        self.n_features_in_ = X.shape[1]
+        return self._set_fitted(coef, intercept, X.dtype, X.shape[1], result)
+
+    def _set_fitted(self, coef, intercept, dtype, n_features, result):
+        self.coef_ = np.asarray(coef, dtype=dtype)
+        self.intercept_ = dtype.type(intercept)
+        self.n_features_in_ = n_features
         if "loss_curve_" not in result and hasattr(self, "loss_curve_"):
             del self.loss_curve_
         for name, value in result.items():
             setattr(self, name, value)
         return self
+
+    def _fit_dask(self, X, y):
+        """:meth:`fit` on dask arrays (see :mod:`fusedgrad.models._dask`): the same
+        solvers, each pass a reduction over the blocks; nothing the size of ``X``
+        is ever held in memory."""
+        if self.device != "cpu":
+            raise ValueError(f"device={self.device!r} does not take dask arrays: fit them "
+                             "with device='cpu', or pass arrays in memory")
+        if self.solver == "gd":
+            raise ValueError("solver='gd' would read a dask array once per iteration: use "
+                             "solver='auto', 'normal' or 'qr' (one pass each)")
+        X, y = _dask.prepare(X, y)
+        target = _resolve_dtype("dtype", self.dtype)
+        if target is None:
+            target = X.dtype if X.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+        N, d = X.shape
+        eps = float(np.finfo(target).eps)
+        result = {"cond_": None}
+        coef = intercept = None
+        shift = None
+        passes = 0
+        if self.solver in ("normal", "auto"):
+            _, mean, scatter = _dask.moments(X, y, target)
+            passes += 1
+            solved = self._solve_gram(N, mean, scatter, eps, result)
+            if solved is not None:
+                coef, intercept = solved
+                result["solver_"] = "normal"
+            shift = mean
+        if coef is None:
+            if not self.fit_intercept:
+                shift = np.zeros(d + 1)
+            elif shift is None:
+                shift = _dask.head_mean(X, y, target, _SHIFT_ROWS)
+            R = _dask.r_factor(X, y, target, shift, self.fit_intercept)
+            coef, intercept = self._solve_r(R, N, shift, eps, result)
+            passes += 1
+            result["solver_"] = "qr"
+        result["n_iter_"] = passes
+        return self._set_fitted(coef, intercept, target, d, result)
 
     def _solve_gram(self, n, mean, scatter, eps, result, qr_fallback=True):
         """Normal equations from ``centered_gram``'s output; ``None`` when 'auto' must use QR
@@ -322,6 +369,12 @@ class LinearRegression(RegressorMixin, BaseModel):
         else:
             shift = np.zeros(d + 1)
         R = tsqr(X, y, shift, intercept=self.fit_intercept, check_finite=False)
+        return self._solve_r(R, N, shift, eps, result)
+
+    def _solve_r(self, R, N, shift, eps, result):
+        """Least squares from the R factor of ``[1, X - shift, y - shift]`` (without the
+        ones column when not ``fit_intercept``) of ``N`` rows."""
+        d = shift.shape[0] - 1
         k = 1 if self.fit_intercept else 0
         Rxx = R[k:k + d, k:k + d]
         rxy = R[k:k + d, k + d]
@@ -512,9 +565,12 @@ class LinearRegression(RegressorMixin, BaseModel):
         Returns
         -------
         ndarray, shape (n_samples,)
-            In X's float dtype (float64 for other numbers).
+            In X's float dtype (float64 for other numbers). For a dask array
+            ``X``, a dask array (lazy, computed block by block).
         """
         self._check_is_fitted()
+        if _dask.is_dask_collection(X):
+            return _dask.predict(X, self.n_features_in_, self.predict)
         X = self._validate_X(X, reset=False)
         return X @ self.coef_.astype(X.dtype, copy=False) + X.dtype.type(self.intercept_)
 

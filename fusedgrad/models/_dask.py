@@ -1,0 +1,213 @@
+"""Least squares over dask arrays: each exact solver in one pass, a block at a time.
+
+What the ``'normal'`` and ``'qr'`` solvers of :class:`~fusedgrad.models.LinearRegression`
+need of the data are sums over its rows, and both merge exactly across blocks
+of rows:
+
+* the column means and centred Gram matrix of ``[X, y]``
+  (:func:`~fusedgrad.kernels.ols.centered_gram`), by the pairwise update of
+  Chan, Golub and LeVeque;
+* the R factor of a tall-skinny QR of ``[1, X - shift, y - shift]``
+  (:func:`~fusedgrad.kernels.qr.tsqr`), by one more QR of the stacked factors.
+
+So a dask array is fitted without ever being held in memory whole. Each block
+is converted and checked where it is computed (by the model's own
+:func:`~fusedgrad.models._base.check_array`), reduced there by the fused kernel
+to a summary of ``(n_features + 2)**2`` numbers, and only the summaries are
+merged, by a tree of fixed shape over the blocks in their order: the result
+does not depend on the scheduler, its workers or the order in which blocks
+finish. The graph runs on whatever scheduler the caller has configured.
+
+``solver='gd'`` would read the data once per iteration and is refused; so is
+``device='cuda'``.
+"""
+
+import sys
+import warnings
+
+import numpy as np
+import scipy.linalg
+
+from fusedgrad.kernels._blas import single_threaded_blas
+from fusedgrad.kernels.ols import _merge_moments, centered_gram
+from fusedgrad.kernels.qr import tsqr
+from fusedgrad.models._base import DataConversionWarning, _sk, check_array, check_target
+
+__all__ = ["is_dask_collection", "prepare", "moments", "r_factor", "head_mean", "predict"]
+
+#: Summaries merged per node of the reduction tree.
+SPLIT_EVERY = 8
+
+
+def is_dask_collection(value):
+    """Whether ``value`` is a dask collection (False when dask was never imported:
+    a dask array cannot exist then, and this module never imports dask itself
+    for a NumPy input)."""
+    dask = sys.modules.get("dask")
+    return dask is not None and bool(dask.is_dask_collection(value))
+
+
+def _as_dask_array(name, value, da):
+    if isinstance(value, da.Array):
+        return value
+    if is_dask_collection(value):
+        hint = (f" ({name}.to_dask_array(lengths=True) converts it)"
+                if hasattr(value, "to_dask_array") else "")
+        raise TypeError(f"{name} is a {type(value).__name__}; pass a dask array{hint}")
+    return da.asarray(value)
+
+
+def _known(name, a, axis):
+    size = a.shape[axis]
+    if size != size:  # NaN: unknown chunk sizes
+        raise ValueError(
+            f"{name} has unknown chunk sizes along axis {axis} (e.g. after boolean "
+            f"indexing): call {name}.compute_chunk_sizes() first"
+        )
+    return int(size)
+
+
+def prepare(X, y):
+    """Check the shapes of dask ``X`` (2-D) and ``y`` (1-D, or a column) and align them.
+
+    Returns ``(X, y)`` as dask arrays with all columns of ``X`` in one chunk
+    and ``y`` chunked as ``X``'s rows. Values are checked later, block by
+    block, where they are computed.
+    """
+    import dask.array as da
+
+    if y is None:
+        raise ValueError("y is None: this estimator requires y to be passed, but the target y "
+                         "is None")
+    X = _as_dask_array("X", X, da)
+    y = _as_dask_array("y", y, da)
+    for name, a in (("X", X), ("y", y)):
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n_samples, n_features), got {X.ndim}-D array of "
+                         f"shape {X.shape}")
+    if y.ndim == 2 and y.shape[1] == 1:
+        warnings.warn(
+            "A column-vector y was passed when a 1d array was expected. Please change the "
+            "shape of y to (n_samples,), for example using ravel().",
+            _sk(DataConversionWarning),
+            stacklevel=4,
+        )
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D of length n_samples, got shape {y.shape} "
+                         "(multi-output targets are not supported)")
+    n, d = _known("X", X, 0), _known("X", X, 1)
+    if _known("y", y, 0) != n:
+        raise ValueError(f"y has {y.shape[0]} values but X has {n} samples")
+    if n == 0:
+        raise ValueError(f"X is empty: found array with 0 sample(s) (shape={X.shape}) while a "
+                         "minimum of 1 is required.")
+    if d == 0:
+        raise ValueError(f"X has no features: found array with 0 feature(s) (shape={X.shape}) "
+                         "while a minimum of 1 is required.")
+    X = X.rechunk({1: -1})
+    y = y.rechunk((X.chunks[0],))
+    return X, y
+
+
+def _blocks(X, y):
+    """The delayed ``(X block, y block)`` pairs, in row order (empty blocks left out)."""
+    xs = X.to_delayed().ravel()
+    ys = y.to_delayed().ravel()
+    return [(xb, yb) for xb, yb, rows in zip(xs, ys, X.chunks[0]) if rows]
+
+
+def _checked(Xb, yb, dtype):
+    X = check_array("X", Xb, dtype=dtype)
+    return X, check_target(yb, X.shape[0], X.dtype)
+
+
+def _block_moments(Xb, yb, dtype):
+    X, y = _checked(Xb, yb, dtype)
+    mean, scatter = centered_gram(X, y, check_finite=False)
+    return float(X.shape[0]), mean, scatter
+
+
+def _merge_block_moments(parts):
+    counts = np.array([n for n, _, _ in parts])
+    mean, scatter = _merge_moments(counts, np.stack([m for _, m, _ in parts]),
+                                   np.stack([s for _, _, s in parts]))
+    return float(counts.sum()), mean, scatter
+
+
+def _block_r(Xb, yb, dtype, shift, intercept):
+    X, y = _checked(Xb, yb, dtype)
+    return tsqr(X, y, shift, intercept=intercept, check_finite=False)
+
+
+def _merge_r(parts):
+    P = parts[0].shape[1]
+    R = scipy.linalg.qr(np.concatenate(parts), mode="r", check_finite=False)[0]
+    return np.triu(R[:P])
+
+
+def _tree(parts, merge):
+    """Merge delayed summaries by a tree of fixed shape: groups of :data:`SPLIT_EVERY`
+    consecutive parts, level by level."""
+    from dask import delayed
+
+    while len(parts) > 1:
+        parts = [delayed(merge)(parts[i:i + SPLIT_EVERY])
+                 for i in range(0, len(parts), SPLIT_EVERY)]
+    return parts[0]
+
+
+def moments(X, y, dtype):
+    """``(n, mean, scatter)`` of :func:`~fusedgrad.kernels.ols.centered_gram` over all
+    blocks of the prepared ``X``, ``y``, each block converted to ``dtype``."""
+    import dask
+    from dask import delayed
+
+    parts = [delayed(_block_moments)(xb, yb, dtype) for xb, yb in _blocks(X, y)]
+    with single_threaded_blas():
+        (n, mean, scatter), = dask.compute(_tree(parts, _merge_block_moments))
+    upper = np.triu(scatter)
+    return n, mean, upper + np.triu(upper, 1).T
+
+
+def r_factor(X, y, dtype, shift, intercept):
+    """:func:`~fusedgrad.kernels.qr.tsqr`'s R factor over all blocks of the prepared
+    ``X``, ``y``: each block's factor, then a QR of the stacked factors."""
+    import dask
+    from dask import delayed
+
+    shift = np.asarray(shift, dtype=np.float64)
+    parts = [delayed(_block_r)(xb, yb, dtype, shift, intercept) for xb, yb in _blocks(X, y)]
+    with single_threaded_blas():
+        R, = dask.compute(_tree(parts, _merge_r))
+    return R
+
+
+def head_mean(X, y, dtype, rows):
+    """The float64 column means of ``[X, y]`` over the first ``rows`` rows (checked)."""
+    import dask
+
+    n = min(rows, X.shape[0])
+    Xh, yh = dask.compute(X[:n], y[:n])
+    Xh, yh = _checked(Xh, yh, dtype)
+    return np.r_[Xh.mean(axis=0, dtype=np.float64), yh.mean(dtype=np.float64)]
+
+
+def predict(X, n_features, predict_block):
+    """``predict_block`` mapped over the row blocks of dask ``X`` (lazy): a 1-D dask
+    array of the predictions, in ``predict_block``'s dtype."""
+    import dask.array as da
+
+    X = _as_dask_array("X", X, da)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n_samples, n_features), got {X.ndim}-D array of "
+                         f"shape {X.shape}")
+    if _known("X", X, 1) != n_features:
+        raise ValueError(f"X has {X.shape[1]} features, but LinearRegression is expecting "
+                         f"{n_features} features as input")
+    X = X.rechunk({1: -1})
+    meta = predict_block(np.zeros((1, n_features), X.dtype))
+    return X.map_blocks(predict_block, drop_axis=1, dtype=meta.dtype,
+                        meta=np.empty((0,), meta.dtype))
