@@ -167,6 +167,34 @@ class LinearRegressionSolver:
         self.make().fit(self.X, self.y)
 
 
+class LinearRegressionDask:
+    """``LinearRegression().fit`` on a dask array of four row blocks, against dask's own
+    least squares (``dask.array.linalg.lstsq`` on ``[1, X]``, a tall-skinny QR)."""
+
+    params = [["dask-lstsq", "fused"], list(SIZES), common.DTYPES]
+    param_names = ["implementation", "size", "dtype"]
+    timeout = 120
+
+    def setup(self, impl, size, dtype):
+        _quiet()
+        da = common.require_module("dask.array")
+        X, y = regression_data(size, dtype)
+        rows = -(-X.shape[0] // 4)
+        self.X = da.from_array(X, chunks=(rows, X.shape[1]))
+        self.y = da.from_array(y, chunks=rows)
+        if impl == "fused":
+            make = functools.partial(linear_regression, "fused", dtype)
+            self.fit = lambda: make().fit(self.X, self.y)
+        else:
+            ones = da.ones((X.shape[0], 1), X.dtype, chunks=(rows, 1))
+            A = da.hstack([ones, self.X]).rechunk({1: -1})
+            self.fit = lambda: da.linalg.lstsq(A, self.y)[0].compute()
+        once(("dask-warm-up", impl, size, dtype), self.fit)
+
+    def time_fit(self, impl, size, dtype):
+        self.fit()
+
+
 class MLPClassifierFit:
     """``MLPClassifier.fit``: ``EPOCHS[solver]`` epochs of minibatch (``sgd``) or full-batch GD."""
 
