@@ -11,6 +11,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
 da = pytest.importorskip("dask.array")
@@ -71,6 +73,26 @@ def test_matches_lstsq_and_in_memory_fit(solver, fit_intercept, dtype):
         assert_allclose(m.intercept_, b, rtol=0, atol=TOL[dtype] * (abs(b) + scale))
         # the same solver on the same numbers: as close as the float summation allows
         assert_allclose(m.coef_, memory.coef_, rtol=0, atol=TOL[dtype] * scale)
+
+
+@settings(max_examples=30, deadline=None)
+@given(N=st.integers(1, 200), d=st.integers(1, 6), cuts=st.lists(st.integers(1, 199), max_size=6),
+       solver=st.sampled_from(["normal", "qr"]), fit_intercept=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_any_row_blocks_give_the_in_memory_fit(N, d, cuts, solver, fit_intercept, seed):
+    # blocks of any sizes, empty ones included, and fewer rows than columns
+    X, y = make_data(N, d, seed=seed)
+    bounds = sorted({0, N} | {c for c in cuts if c < N})
+    chunks = tuple(b - a for a, b in zip(bounds, bounds[1:])) + ((0,) if cuts[:1] == [1] else ())
+    Xd = da.from_array(X, chunks=(chunks, d))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rank deficiency at tiny N warns in both fits
+        memory = LinearRegression(solver=solver, fit_intercept=fit_intercept).fit(X, y)
+        m = LinearRegression(solver=solver, fit_intercept=fit_intercept).fit(Xd, y)
+    assert m.rank_ == memory.rank_ and m.solver_ == memory.solver_
+    # predictions are unique even where the coefficients are not (rank deficiency)
+    scale = np.abs(y).max() + 1.0
+    assert_allclose(m.predict(X), memory.predict(X), rtol=0, atol=1e-8 * scale)
 
 
 @pytest.mark.parametrize("solver", ["normal", "qr"])
