@@ -1062,3 +1062,49 @@ def test_all_finite_both_paths_agree_with_numpy(dtype, n):
             # as a 2-D view too (the check flattens C-contiguous arrays)
             if n % 5 == 0:
                 assert not _validate.all_finite(b.reshape(5, -1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sizes", [(1, 1, 1), (300, 7, 1), ((1 << 18) - 2, 1, 1),
+                                   ((1 << 18) - 1, 1, 1)])
+def test_require_finite_names_the_first_bad_array_on_both_paths(dtype, sizes):
+    """Small inputs (2**18 elements or fewer in all) are scanned in one compiled call,
+    larger ones array by array: both name the first array holding NaN or inf, and pass
+    the largest and the subnormal floats."""
+    info = np.finfo(dtype)
+    arrays = []
+    for i, n in enumerate(sizes):
+        a = np.full(n, info.max if i % 2 else info.smallest_subnormal, dtype)
+        a[::3] = -info.max
+        arrays.append(a.reshape(-1, 1) if i == 0 else a)  # a 2-D one among them
+    names = ["A", "B", "C"]
+    _validate.require_finite(*zip(names, arrays))
+    for bad in range(3):
+        for value in (np.nan, np.inf, -np.inf):
+            for later in range(bad, 3):  # a second bad array after the first
+                broken = [a.copy() for a in arrays]
+                broken[bad].reshape(-1)[-1] = value
+                broken[later].reshape(-1)[0] = np.nan
+                with pytest.raises(ValueError, match=f"^{names[bad]} contains NaN"):
+                    _validate.require_finite(*zip(names, broken))
+
+
+def test_require_finite_layouts_and_mixed_dtypes():
+    # read-only, non-contiguous and mixed-dtype inputs (the array-by-array path for the
+    # last two) are scanned as well
+    a = np.ones((4, 6), np.float32)
+    ro = a.copy()
+    ro[2, 3] = np.inf
+    ro.flags.writeable = False
+    strided = a.copy()
+    strided[1, 2] = np.nan
+    f64 = np.ones(3)
+    f64[1] = np.nan
+    with pytest.raises(ValueError, match="^R contains"):
+        _validate.require_finite(("A", a), ("R", ro))
+    with pytest.raises(ValueError, match="^S contains"):
+        _validate.require_finite(("A", a), ("S", strided[:, ::2]))
+    with pytest.raises(ValueError, match="^D contains"):
+        _validate.require_finite(("A", a), ("D", f64))
+    _validate.require_finite()
+    _validate.require_finite(("A", a), ("T", a.T), ("E", np.ones(2)))
