@@ -259,3 +259,34 @@ def test_nan_in_one_block_is_named(where, solver):
     with pytest.raises(ValueError, match=f"{where} contains NaN or infinity"):
         LinearRegression(solver=solver).fit(da.from_array(X, chunks=(30, 3)),
                                             da.from_array(y, chunks=30))
+
+
+@pytest.mark.parametrize("labels", ["ints", "strings"])
+def test_mlp_predictions_are_lazy_and_blockwise(labels):
+    from fusedgrad.models import MLPClassifier
+
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((900, 5)).astype(np.float32)
+    y = np.argmax(X @ rng.standard_normal((5, 3)), axis=1)
+    if labels == "strings":
+        y = np.array(["a", "bb", "c"])[y]
+    m = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stops at max_iter
+        m.fit(X, y)
+    Xd = da.from_array(X, chunks=(250, 2))
+    for method in ("predict", "predict_proba", "predict_log_proba"):
+        lazy = getattr(m, method)(Xd)
+        ref = getattr(m, method)(X)
+        assert isinstance(lazy, da.Array) and lazy.shape == ref.shape
+        assert lazy.dtype == ref.dtype
+        got = lazy.compute()
+        if method == "predict":
+            assert np.array_equal(got, ref)
+        else:
+            assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="X has 4 features, but MLPClassifier is expecting 5"):
+        m.predict(Xd[:, :4])
+    X[7, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        m.predict(da.from_array(X, chunks=(250, 5))).compute()

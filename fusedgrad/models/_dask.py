@@ -33,7 +33,7 @@ from fusedgrad.kernels.ols import _merge_moments, centered_gram
 from fusedgrad.kernels.qr import tsqr
 from fusedgrad.models._base import DataConversionWarning, _sk, check_array, check_target
 
-__all__ = ["is_dask_collection", "prepare", "moments", "r_factor", "head_mean", "predict"]
+__all__ = ["is_dask_collection", "prepare", "moments", "r_factor", "head_mean", "map_rows"]
 
 #: Summaries merged per node of the reduction tree.
 SPLIT_EVERY = 8
@@ -195,9 +195,10 @@ def head_mean(X, y, dtype, rows):
     return np.r_[Xh.mean(axis=0, dtype=np.float64), yh.mean(dtype=np.float64)]
 
 
-def predict(X, n_features, predict_block):
-    """``predict_block`` mapped over the row blocks of dask ``X`` (lazy): a 1-D dask
-    array of the predictions, in ``predict_block``'s dtype."""
+def map_rows(X, n_features, owner, predict_block):
+    """``predict_block`` mapped over the row blocks of dask ``X`` (lazy): a dask
+    array of its results, 1-D or 2-D as ``predict_block`` returns them, in its dtype.
+    ``n_features`` is the fitted model's, ``owner`` its name (for the message)."""
     import dask.array as da
 
     X = _as_dask_array("X", X, da)
@@ -205,9 +206,14 @@ def predict(X, n_features, predict_block):
         raise ValueError(f"X must be 2-D (n_samples, n_features), got {X.ndim}-D array of "
                          f"shape {X.shape}")
     if _known("X", X, 1) != n_features:
-        raise ValueError(f"X has {X.shape[1]} features, but LinearRegression is expecting "
+        raise ValueError(f"X has {X.shape[1]} features, but {owner} is expecting "
                          f"{n_features} features as input")
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"X must hold real numbers, got dtype {X.dtype}")
     X = X.rechunk({1: -1})
-    meta = predict_block(np.zeros((1, n_features), X.dtype))
-    return X.map_blocks(predict_block, drop_axis=1, dtype=meta.dtype,
-                        meta=np.empty((0,), meta.dtype))
+    sample = predict_block(np.zeros((1, n_features), X.dtype))
+    if sample.ndim == 1:
+        return X.map_blocks(predict_block, drop_axis=1, dtype=sample.dtype,
+                            meta=np.empty((0,), sample.dtype))
+    return X.map_blocks(predict_block, chunks=(X.chunks[0], (sample.shape[1],)),
+                        dtype=sample.dtype, meta=np.empty((0, 0), sample.dtype))

@@ -570,7 +570,7 @@ class LinearRegression(RegressorMixin, BaseModel):
         """
         self._check_is_fitted()
         if _dask.is_dask_collection(X):
-            return _dask.predict(X, self.n_features_in_, self.predict)
+            return _dask.map_rows(X, self.n_features_in_, "LinearRegression", self.predict)
         X = self._validate_X(X, reset=False)
         return X @ self.coef_.astype(X.dtype, copy=False) + X.dtype.type(self.intercept_)
 

@@ -43,7 +43,7 @@ import numpy as np
 
 from fusedgrad._validate import all_finite
 from fusedgrad.kernels._optim import adam_step, sgd_step
-from fusedgrad.models import _persist
+from fusedgrad.models import _dask, _persist
 from fusedgrad.models._base import BaseModel, ClassifierMixin, ConvergenceWarning, check_array
 
 __all__ = ["MLPClassifier"]
@@ -1476,8 +1476,12 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         Returns
         -------
         ndarray, shape (n_samples, n_classes)
-            Columns in the order of ``classes_``, in the model's dtype.
+            Columns in the order of ``classes_``, in the model's dtype. For a dask array ``X``, a dask array (lazy,
+            computed block by block).
         """
+        if _dask.is_dask_collection(X):
+            self._check_is_fitted()
+            return _dask.map_rows(X, self.n_features_in_, "MLPClassifier", self.predict_proba)
         X, dtype, kernels = self._prediction_input(X)
         if kernels.name == "cuda":
             return self._cuda_predict(X, dtype, "proba")
@@ -1498,8 +1502,12 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         -------
         ndarray, shape (n_samples, n_classes)
             ``log(predict_proba(X))``, but finite where the probability
-            underflows to 0.
+            underflows to 0. For a dask array ``X``, a dask array (lazy,
+            computed block by block).
         """
+        if _dask.is_dask_collection(X):
+            self._check_is_fitted()
+            return _dask.map_rows(X, self.n_features_in_, "MLPClassifier", self.predict_log_proba)
         X, dtype, kernels = self._prediction_input(X)
         out = np.empty((X.shape[0], self.n_outputs_), dtype)
         with kernels.session():
@@ -1523,8 +1531,12 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         Returns
         -------
         ndarray, shape (n_samples,)
-            Labels from ``classes_``.
+            Labels from ``classes_``. For a dask array ``X``, a dask array (lazy,
+            computed block by block).
         """
+        if _dask.is_dask_collection(X):
+            self._check_is_fitted()
+            return _dask.map_rows(X, self.n_features_in_, "MLPClassifier", self.predict)
         X, dtype, kernels = self._prediction_input(X)
         if kernels.name == "cuda":
             return self.classes_[self._cuda_predict(X, dtype, "codes")]
