@@ -1,4 +1,4 @@
-"""Least squares over dask arrays: each exact solver in one pass, a block at a time.
+"""Dask arrays in the models: least squares in one pass per solver, predictions per block.
 
 What the ``'normal'`` and ``'qr'`` solvers of :class:`~fusedgrad.models.LinearRegression`
 need of the data are sums over its rows, and both merge exactly across blocks
@@ -19,7 +19,8 @@ does not depend on the scheduler, its workers or the order in which blocks
 finish. The graph runs on whatever scheduler the caller has configured.
 
 ``solver='gd'`` would read the data once per iteration and is refused; so is
-``device='cuda'``.
+``device='cuda'``. Predictions (:func:`map_rows`) are the models' own methods
+mapped over the row blocks, lazily.
 """
 
 import sys
