@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Time per epoch of MLPClassifier.fit: fusedgrad against scikit-learn and a PyTorch loop.
+"""Time per epoch of MLPClassifier.fit: fusedgrad against scikit-learn, PyTorch and JAX loops.
 
 The same network (``d``-``h``-``K``, logistic hidden layer, or ``--hidden`` and
 ``--activation``, softmax output,
@@ -12,7 +12,12 @@ mean cross-entropy), data and batch size for all three, float32:
 * ``torch``: a plain training loop, ``torch.set_num_threads(2)`` (``--threads``),
   ``nn.Linear -> sigmoid -> nn.Linear``, ``F.cross_entropy``,
   ``torch.optim.SGD`` without momentum, minibatches gathered through a
-  ``torch.randperm`` of the rows each epoch.
+  ``torch.randperm`` of the rows each epoch;
+* ``jax``: the same loop with one ``jax.jit``-compiled step (the gather of the
+  minibatch from the epoch's permutation, ``jax.value_and_grad`` of the mean
+  cross-entropy, and the SGD update, without momentum), XLA's CPU backend.
+  Its compilation for both minibatch shapes happens in a warm-up epoch on the
+  same data before timing.
 
 Each measurement is one ``fit`` of ``--epochs`` epochs (``tol=0``, so all of
 them run) on a fresh model, divided by the number of epochs; fusedgrad's
@@ -36,7 +41,7 @@ import numpy as np
 
 from fusedgrad.bench import format_machine, machine_info, markdown_table
 
-IMPLEMENTATIONS = ("fusedgrad", "sklearn", "torch")
+IMPLEMENTATIONS = ("fusedgrad", "sklearn", "torch", "jax")
 
 #: Threads of every implementation (numba's, BLAS's and PyTorch's): ``--threads``.
 THREADS = 2
@@ -116,14 +121,71 @@ def torch_fit(X, y, hidden, batch_size, epochs, learning_rate):
     return loss_sum / n
 
 
-FITS = {"fusedgrad": fusedgrad_fit, "sklearn": sklearn_fit, "torch": torch_fit}
+def _jax_step(activation, learning_rate):
+    """The jitted minibatch step of :func:`jax_fit` (one per activation and rate)."""
+    key = (activation, learning_rate)
+    if key not in _JAX_STEPS:
+        import jax
+        import jax.numpy as jnp
+
+        act = {"logistic": jax.nn.sigmoid, "relu": jax.nn.relu, "tanh": jnp.tanh,
+               "identity": lambda z: z}[activation]
+
+        def loss_fn(params, xb, yb):
+            a = xb
+            for W, b in params[:-1]:
+                a = act(a @ W + b)
+            W, b = params[-1]
+            logp = jax.nn.log_softmax(a @ W + b, axis=1)
+            return -jnp.mean(jnp.take_along_axis(logp, yb[:, None], axis=1))
+
+        @jax.jit
+        def step(params, X, y, rows):
+            loss, grads = jax.value_and_grad(loss_fn)(params, X[rows], y[rows])
+            params = jax.tree_util.tree_map(lambda p, g: p - learning_rate * g, params, grads)
+            return params, loss
+
+        _JAX_STEPS[key] = step
+    return _JAX_STEPS[key]
+
+
+_JAX_STEPS = {}
+
+
+def jax_fit(X, y, hidden, batch_size, epochs, learning_rate):
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    n, d = X.shape
+    K = int(y.max()) + 1
+    params, width = [], d
+    for units in list(hidden) + [K]:  # PyTorch's default initialisation
+        bound = 1.0 / np.sqrt(width)
+        params.append((jnp.asarray(rng.uniform(-bound, bound, (width, units)), jnp.float32),
+                       jnp.asarray(rng.uniform(-bound, bound, units), jnp.float32)))
+        width = units
+    step = _jax_step(ACTIVATION, float(learning_rate))
+    Xj, yj = jnp.asarray(X), jnp.asarray(y.astype(np.int32))
+    loss_sum = 0.0
+    for _ in range(epochs):
+        order = (rng.permutation(n) if batch_size < n else np.arange(n)).astype(np.int32)
+        losses = []
+        for start in range(0, n, batch_size):
+            rows = order[start:start + batch_size]
+            params, loss = step(params, Xj, yj, rows)
+            losses.append(loss * rows.shape[0])
+        loss_sum = float(sum(losses))
+    return loss_sum / n
+
+
+FITS = {"fusedgrad": fusedgrad_fit, "sklearn": sklearn_fit, "torch": torch_fit, "jax": jax_fit}
 
 
 def available(names):
     """The implementations whose packages import, and the reasons of the others."""
     ok, skipped = [], {}
     for name in names:
-        module = {"sklearn": "sklearn", "torch": "torch"}.get(name)
+        module = {"sklearn": "sklearn", "torch": "torch", "jax": "jax"}.get(name)
         if module is not None:
             try:
                 __import__(module)
@@ -140,6 +202,8 @@ def bench(X, y, hidden, batch_size, epochs, repeat, learning_rate, names):
     fusedgrad_fit(X[:256], y[:256], hidden, min(batch_size, 128), 1, learning_rate)
     if "torch" in names:
         torch_fit(X[:256], y[:256], hidden, min(batch_size, 128), 1, learning_rate)
+    if "jax" in names:  # compiles the step for this batch size and the last, shorter batch
+        jax_fit(X, y, hidden, batch_size, 1, learning_rate)
     times = {name: [] for name in names}
     losses = {}
     for _ in range(repeat):
@@ -270,8 +334,8 @@ def main(argv=None):
             return f"{ms[name] / ms['fusedgrad']:.2f}" if name in ms and "fusedgrad" in ms \
                 else None
 
-        rows.append([label, cell("fusedgrad"), cell("sklearn"), cell("torch"),
-                     ratio("sklearn"), ratio("torch")])
+        rows.append([label, cell("fusedgrad"), cell("sklearn"), cell("torch"), cell("jax"),
+                     ratio("sklearn"), ratio("torch"), ratio("jax")])
         print(f"  batch {label}: " + ", ".join(f"{n} {ms[n]:.1f} ms (last loss "
                                                 f"{losses[n]:.4f})" for n in names), flush=True)
     print()
@@ -280,8 +344,8 @@ def main(argv=None):
         for line in overhead(X, y, h[0], batch):
             print(line)
         print()
-    print(markdown_table(["batch size", "fusedgrad", "sklearn", "torch", "sklearn/fusedgrad",
-                          "torch/fusedgrad"], rows))
+    print(markdown_table(["batch size", "fusedgrad", "sklearn", "torch", "jax",
+                          "sklearn/fusedgrad", "torch/fusedgrad", "jax/fusedgrad"], rows))
     for name, reason in skipped.items():
         print(f"- {name}: skipped ({reason})")
     return 0
