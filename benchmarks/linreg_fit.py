@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Time ``LinearRegression.fit``: fusedgrad's solvers against scikit-learn and NumPy.
+"""Time ``LinearRegression.fit``: fusedgrad's solvers against scikit-learn, NumPy, PyTorch, JAX.
 
 For each shape, on the same seeded data (features with nonzero means, a
 linear target plus noise, an intercept fitted everywhere):
@@ -10,13 +10,17 @@ linear target plus noise, an intercept fitted everywhere):
   options: it centres a copy of ``X`` and calls LAPACK's ``gelsd``);
 * ``numpy normal``: the normal equations in plain NumPy with the intercept
   done algebraically, ``X.T @ X - n m m^T`` (the quickest NumPy answer, and
-  the one that cancels badly on offset data).
+  the one that cancels badly on offset data);
+* ``torch lstsq``: ``torch.linalg.lstsq`` on ``[1, X]`` (CPU driver ``gelsy``,
+  a pivoted QR), where PyTorch is installed;
+* ``jax lstsq``: ``jax.jit`` of ``jnp.linalg.lstsq`` on ``[1, X]`` (an SVD),
+  where JAX is installed (with ``jax_enable_x64``, so float64 stays float64).
 
 Each is called once to warm up (compilation happens there; the table gives
 that first call too), then all are timed round-robin so that machine noise
-hits them alike; the table shows the median. ``sklearn / fg auto`` above 1
-means fusedgrad is faster. The last columns give, for fusedgrad 'auto',
-scikit-learn and NumPy, the largest coefficient difference to fusedgrad's
+hits them alike; the table shows the median. ``<peer> / fg auto`` above 1
+means fusedgrad is faster. The last columns give, for fusedgrad 'auto' and
+each peer, the largest coefficient difference to fusedgrad's
 'qr' solver (a float64 Householder QR, as accurate as ``numpy.linalg.lstsq``)
 relative to the largest coefficient: in float32, scikit-learn's centring of
 many rows loses digits (scikit-learn#33032) and this shows it.
@@ -85,7 +89,42 @@ def implementations(include_sklearn):
                 return m.coef_, m.intercept_
             impls["sklearn"] = sk
     impls["numpy normal"] = numpy_normal
+    impls.update(_lstsq_peers())
     return impls
+
+
+def _lstsq_peers():
+    """PyTorch's and JAX's least squares on ``[1, X]``, where they are installed."""
+    peers = {}
+    try:
+        import torch
+    except ImportError:
+        print("PyTorch is not installed: its column is skipped", file=sys.stderr)
+    else:
+        def torch_lstsq(X, y):
+            Xt = torch.from_numpy(X)
+            A = torch.cat([torch.ones((X.shape[0], 1), dtype=Xt.dtype), Xt], dim=1)
+            w = torch.linalg.lstsq(A, torch.from_numpy(y)[:, None]).solution[:, 0].numpy()
+            return w[1:], w[0]
+        peers["torch lstsq"] = torch_lstsq
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        print("JAX is not installed: its column is skipped", file=sys.stderr)
+    else:
+        jax.config.update("jax_enable_x64", True)  # float64 data stays float64
+
+        @jax.jit
+        def solve(X, y):
+            A = jnp.concatenate([jnp.ones((X.shape[0], 1), X.dtype), X], axis=1)
+            return jnp.linalg.lstsq(A, y)[0]
+
+        def jax_lstsq(X, y):
+            w = np.asarray(solve(X, y))
+            return w[1:], w[0]
+        peers["jax lstsq"] = jax_lstsq
+    return peers
 
 
 def time_round_robin(impls, X, y, repeat):
@@ -133,10 +172,9 @@ def main(argv=None):
     print()
     impls = implementations(not args.no_sklearn)
     names = list(impls)
-    header = ["N, d"] + names
-    if "sklearn" in impls:
-        header += ["sklearn / fg auto", "sklearn / fg normal", "numpy / fg auto",
-                   "fg auto solver", "|Δcoef| auto", "|Δcoef| sklearn", "|Δcoef| numpy"]
+    peers = [n for n in ("sklearn", "torch lstsq", "jax lstsq", "numpy normal") if n in impls]
+    header = (["N, d"] + names + [f"{p} / fg auto" for p in peers] + ["fg auto solver"]
+              + [f"|Δcoef| {n}" for n in ["fg auto"] + peers])
     print("| " + " | ".join(header) + " |")
     print("|:---|" + "---:|" * (len(header) - 1))
     for N, d in shapes:
@@ -145,18 +183,14 @@ def main(argv=None):
             warnings.simplefilter("ignore")
             median, first, outputs = time_round_robin(impls, X, y, args.repeat)
         row = [f"{N}, {d}"] + [f"{fmt_s(median[n])} ({fmt_s(first[n])})" for n in names]
-        if "sklearn" in impls:
-            ref = np.asarray(outputs["fg qr"][0], np.float64)
+        ref = np.asarray(outputs["fg qr"][0], np.float64)
 
-            def diff(name):
-                got = np.asarray(outputs[name][0], np.float64)
-                return f"{np.abs(got - ref).max() / np.abs(ref).max():.1e}"
+        def diff(name):
+            got = np.asarray(outputs[name][0], np.float64)
+            return f"{np.abs(got - ref).max() / np.abs(ref).max():.1e}"
 
-            used = outputs["fg auto"][2]
-            row += [f"{median['sklearn'] / median['fg auto']:.1f}",
-                    f"{median['sklearn'] / median['fg normal']:.1f}",
-                    f"{median['numpy normal'] / median['fg auto']:.2f}",
-                    used, diff("fg auto"), diff("sklearn"), diff("numpy normal")]
+        row += [f"{median[p] / median['fg auto']:.2f}" for p in peers]
+        row += [outputs["fg auto"][2]] + [diff(n) for n in ["fg auto"] + peers]
         print("| " + " | ".join(row) + " |", flush=True)
         del X, y, outputs
         gc.collect()
