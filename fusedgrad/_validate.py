@@ -145,12 +145,6 @@ def _count_nonfinite_blocks(bits, exponent_mask):
     return bad
 
 
-@njit(**opt.JIT)
-def _count_nonfinite_serial(bits, exponent_mask):
-    # at most _SERIAL_FINITE elements: the narrow counter cannot overflow
-    return _count_nonfinite(bits, exponent_mask)
-
-
 _EXPONENT_BITS = {
     np.dtype(np.float32): (np.uint32, np.uint32(0x7F800000)),
     np.dtype(np.float64): (np.uint64, np.uint64(0x7FF0000000000000)),
@@ -161,15 +155,16 @@ def all_finite(a):
     """Whether every element of the float array ``a`` is finite (one parallel pass)."""
     flat = a.reshape(-1) if a.flags.c_contiguous else np.ravel(a)
     uint, mask = _EXPONENT_BITS[flat.dtype]
-    count = _count_nonfinite_serial if flat.size <= _SERIAL_FINITE else _count_nonfinite_blocks
-    return count(_writeable(flat.view(uint)), mask) == 0
+    if flat.size <= _SERIAL_FINITE:
+        return _first_nonfinite((_writeable(flat),)) < 0
+    return _count_nonfinite_blocks(_writeable(flat.view(uint)), mask) == 0
 
 
 @njit(**opt.JIT)
 def _first_nonfinite(flats):
     """Index of the first of the 1-D C-contiguous float arrays ``flats`` (a tuple,
-    one dtype, at most :data:`_SERIAL_FINITE` elements in all) that holds NaN or
-    infinity, or -1."""
+    one dtype, at most :data:`_SERIAL_FINITE` elements in all, so that the narrow
+    counter cannot overflow) that holds NaN or infinity, or -1."""
     for i in range(len(flats)):
         flat = flats[i]
         if flat.itemsize == 4:
@@ -343,7 +338,8 @@ def float_arrays(specs, check_finite=True, labels=None, deferred=()):
 
     out = [_prepared(name, a, dtype) for a, (name, _, _) in zip(arrays, specs)]
     if check_finite:
-        require_finite(*[(name, a) for a, (name, _, _) in zip(out, specs) if name not in deferred])
+        require_finite(*[(name, a) for a, (name, _, _) in zip(out, specs)
+                         if name not in deferred])
     if labels is not None:
         out.append(_label_range(y_name, y, sizes[CLASSES]))
     return out

@@ -34,7 +34,7 @@ from fusedgrad.kernels.ols import _merge_moments, centered_gram
 from fusedgrad.kernels.qr import tsqr
 from fusedgrad.models._base import DataConversionWarning, _sk, check_array, check_target
 
-__all__ = ["is_dask_collection", "prepare", "moments", "r_factor", "head_mean", "map_rows"]
+__all__ = ["is_dask_collection", "prepare", "Passes", "map_rows"]
 
 #: Summaries merged per node of the reduction tree.
 SPLIT_EVERY = 8
@@ -160,40 +160,47 @@ def _tree(parts, merge):
     return parts[0]
 
 
-def moments(X, y, dtype):
-    """``(n, mean, scatter)`` of :func:`~fusedgrad.kernels.ols.centered_gram` over all
-    blocks of the prepared ``X``, ``y``, each block converted to ``dtype``."""
-    import dask
-    from dask import delayed
+class Passes:
+    """The passes of the exact solvers over the prepared dask ``X`` and ``y`` (see
+    :func:`prepare`), each block converted to ``dtype`` and checked where it is
+    computed; the same methods as :class:`fusedgrad.models.linear._Passes`."""
 
-    parts = [delayed(_block_moments)(xb, yb, dtype) for xb, yb in _blocks(X, y)]
-    with single_threaded_blas():
-        (n, mean, scatter), = dask.compute(_tree(parts, _merge_block_moments))
-    upper = np.triu(scatter)
-    return n, mean, upper + np.triu(upper, 1).T
+    def __init__(self, X, y, dtype, intercept):
+        self.X, self.y, self.dtype, self.intercept = X, y, dtype, intercept
 
+    def _reduce(self, block, merge, *args):
+        """``block(X block, y block, dtype, *args)`` on every block, merged by
+        :func:`_tree`; the graph runs under one BLAS limit (the local schedulers run
+        blocks in threads of this process: a limit entered and left by each block
+        would switch OpenBLAS's thread count between concurrent blocks)."""
+        import dask
+        from dask import delayed
 
-def r_factor(X, y, dtype, shift, intercept):
-    """:func:`~fusedgrad.kernels.qr.tsqr`'s R factor over all blocks of the prepared
-    ``X``, ``y``: each block's factor, then a QR of the stacked factors."""
-    import dask
-    from dask import delayed
+        parts = [delayed(block)(xb, yb, self.dtype, *args) for xb, yb in _blocks(self.X, self.y)]
+        with single_threaded_blas():
+            result, = dask.compute(_tree(parts, merge))
+        return result
 
-    shift = np.asarray(shift, dtype=np.float64)
-    parts = [delayed(_block_r)(xb, yb, dtype, shift, intercept) for xb, yb in _blocks(X, y)]
-    with single_threaded_blas():
-        R, = dask.compute(_tree(parts, _merge_r))
-    return R
+    def moments(self):
+        """``(mean, scatter)`` of :func:`~fusedgrad.kernels.ols.centered_gram` over all
+        blocks (symmetric: every block's scatter is, and so is every merge)."""
+        _, mean, scatter = self._reduce(_block_moments, _merge_block_moments)
+        return mean, scatter
 
+    def head_mean(self, rows):
+        """The float64 column means of ``[X, y]`` over the first ``rows`` rows (checked)."""
+        import dask
 
-def head_mean(X, y, dtype, rows):
-    """The float64 column means of ``[X, y]`` over the first ``rows`` rows (checked)."""
-    import dask
+        n = min(rows, self.X.shape[0])
+        Xh, yh = dask.compute(self.X[:n], self.y[:n])
+        Xh, yh = _checked(Xh, yh, self.dtype)
+        return np.r_[Xh.mean(axis=0, dtype=np.float64), yh.mean(dtype=np.float64)]
 
-    n = min(rows, X.shape[0])
-    Xh, yh = dask.compute(X[:n], y[:n])
-    Xh, yh = _checked(Xh, yh, dtype)
-    return np.r_[Xh.mean(axis=0, dtype=np.float64), yh.mean(dtype=np.float64)]
+    def r_factor(self, shift):
+        """:func:`~fusedgrad.kernels.qr.tsqr`'s R factor over all blocks: each block's
+        factor, then a QR of the stacked factors."""
+        return self._reduce(_block_r, _merge_r, np.asarray(shift, dtype=np.float64),
+                            self.intercept)
 
 
 def map_rows(X, n_features, owner, predict_block):

@@ -33,6 +33,29 @@ _SOLVERS = ("auto", "normal", "qr", "gd")
 _SHIFT_ROWS = 1024
 
 
+class _Passes:
+    """The passes of the exact solvers over ``X`` and ``y`` in memory (the fused
+    kernels); :class:`fusedgrad.models._dask.Passes` is the same over dask arrays."""
+
+    def __init__(self, X, y, intercept):
+        self.X, self.y, self.intercept = X, y, intercept
+
+    def moments(self):
+        """``(mean, scatter)`` of ``[X, y]`` (:func:`centered_gram`)."""
+        return centered_gram(self.X, self.y, check_finite=False)
+
+    def head_mean(self, rows):
+        """The float64 column means of ``[X, y]`` over the first ``rows`` rows."""
+        head = slice(0, min(self.X.shape[0], rows))
+        return np.r_[self.X[head].mean(axis=0, dtype=np.float64),
+                     self.y[head].mean(dtype=np.float64)]
+
+    def r_factor(self, shift):
+        """:func:`tsqr`'s R factor of ``[1, X - shift, y - shift]`` (no ones column
+        without an intercept)."""
+        return tsqr(self.X, self.y, shift, intercept=self.intercept, check_finite=False)
+
+
 class RankDeficientWarning(UserWarning):
     """The (centred) design matrix is rank deficient: a minimum-norm solution was returned."""
 
@@ -234,50 +257,55 @@ class LinearRegression(RegressorMixin, BaseModel):
         """
         self._check_params()
         if _dask.is_dask_collection(X) or _dask.is_dask_collection(y):
-            return self._fit_dask(X, y)
-        X = check_array("X", X, dtype=self.dtype, n_samples=sample_count("y", y),
-                        samples_of="y")
-        y = check_target(y, X.shape[0], X.dtype)
-        eps = float(np.finfo(X.dtype).eps)
+            X, y, dtype = self._dask_inputs(X, y)
+            source = _dask.Passes(X, y, dtype, self.fit_intercept)
+        else:
+            X = check_array("X", X, dtype=self.dtype, n_samples=sample_count("y", y),
+                            samples_of="y")
+            y = check_target(y, X.shape[0], X.dtype)
+            dtype = X.dtype
+            source = _Passes(X, y, self.fit_intercept)
+        N, d = X.shape
+        eps = float(np.finfo(dtype).eps)
         result = {"cond_": None}
         if self.device == "cuda":
             coef, intercept = self._fit_cuda(X, y, eps, result)
         elif self.solver == "gd":
             coef, intercept = self._fit_gd(X, y, result)
-            result["solver_"], result["rank_"] = "gd", X.shape[1]
+            result["solver_"], result["rank_"] = "gd", d
         else:
             coef = intercept = None
             shift = None
             passes = 0
             if self.solver in ("normal", "auto"):
-                mean, scatter = centered_gram(X, y, check_finite=False)
+                mean, scatter = source.moments()
                 passes += 1
-                solved = self._solve_gram(X.shape[0], mean, scatter, eps, result)
+                solved = self._solve_gram(N, mean, scatter, eps, result)
                 if solved is not None:
                     coef, intercept = solved
                     result["solver_"] = "normal"
                 shift = mean
             if coef is None:
-                coef, intercept = self._fit_qr(X, y, shift, eps, result)
+                if not self.fit_intercept:
+                    shift = np.zeros(d + 1)
+                elif shift is None:
+                    shift = source.head_mean(_SHIFT_ROWS)
+                coef, intercept = self._solve_r(source.r_factor(shift), N, shift, eps, result)
                 passes += 1
                 result["solver_"] = "qr"
             result["n_iter_"] = passes
-        return self._set_fitted(coef, intercept, X.dtype, X.shape[1], result)
-
-    def _set_fitted(self, coef, intercept, dtype, n_features, result):
         self.coef_ = np.asarray(coef, dtype=dtype)
         self.intercept_ = dtype.type(intercept)
-        self.n_features_in_ = n_features
+        self.n_features_in_ = d
         if "loss_curve_" not in result and hasattr(self, "loss_curve_"):
             del self.loss_curve_
         for name, value in result.items():
             setattr(self, name, value)
         return self
 
-    def _fit_dask(self, X, y):
-        """:meth:`fit` on dask arrays (see :mod:`fusedgrad.models._dask`): the same
-        solvers, each pass a reduction over the blocks; nothing the size of ``X``
-        is ever held in memory."""
+    def _dask_inputs(self, X, y):
+        """Dask ``X`` and ``y`` aligned for :class:`~fusedgrad.models._dask.Passes`, and the
+        fit's dtype; the solvers that cannot take them refuse here."""
         if self.device != "cpu":
             raise ValueError(f"device={self.device!r} does not take dask arrays: fit them "
                              "with device='cpu', or pass arrays in memory")
@@ -285,34 +313,10 @@ class LinearRegression(RegressorMixin, BaseModel):
             raise ValueError("solver='gd' would read a dask array once per iteration: use "
                              "solver='auto', 'normal' or 'qr' (one pass each)")
         X, y = _dask.prepare(X, y)
-        target = _resolve_dtype("dtype", self.dtype)
-        if target is None:
-            target = X.dtype if X.dtype in (np.float32, np.float64) else np.dtype(np.float64)
-        N, d = X.shape
-        eps = float(np.finfo(target).eps)
-        result = {"cond_": None}
-        coef = intercept = None
-        shift = None
-        passes = 0
-        if self.solver in ("normal", "auto"):
-            _, mean, scatter = _dask.moments(X, y, target)
-            passes += 1
-            solved = self._solve_gram(N, mean, scatter, eps, result)
-            if solved is not None:
-                coef, intercept = solved
-                result["solver_"] = "normal"
-            shift = mean
-        if coef is None:
-            if not self.fit_intercept:
-                shift = np.zeros(d + 1)
-            elif shift is None:
-                shift = _dask.head_mean(X, y, target, _SHIFT_ROWS)
-            R = _dask.r_factor(X, y, target, shift, self.fit_intercept)
-            coef, intercept = self._solve_r(R, N, shift, eps, result)
-            passes += 1
-            result["solver_"] = "qr"
-        result["n_iter_"] = passes
-        return self._set_fitted(coef, intercept, target, d, result)
+        dtype = _resolve_dtype("dtype", self.dtype)
+        if dtype is None:
+            dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+        return X, y, dtype
 
     def _solve_gram(self, n, mean, scatter, eps, result, qr_fallback=True):
         """Normal equations from ``centered_gram``'s output; ``None`` when 'auto' must use QR
@@ -358,18 +362,6 @@ class LinearRegression(RegressorMixin, BaseModel):
             )
         intercept = mean[d] - mean[:d] @ coef if self.fit_intercept else 0.0
         return coef, intercept
-
-    def _fit_qr(self, X, y, shift, eps, result):
-        N, d = X.shape
-        if self.fit_intercept:
-            if shift is None:
-                head = slice(0, min(N, _SHIFT_ROWS))
-                shift = np.r_[X[head].mean(axis=0, dtype=np.float64),
-                              y[head].mean(dtype=np.float64)]
-        else:
-            shift = np.zeros(d + 1)
-        R = tsqr(X, y, shift, intercept=self.fit_intercept, check_finite=False)
-        return self._solve_r(R, N, shift, eps, result)
 
     def _solve_r(self, R, N, shift, eps, result):
         """Least squares from the R factor of ``[1, X - shift, y - shift]`` (without the
