@@ -583,6 +583,39 @@ def test_max_iter_warns():
     X, y = blobs(60, d=3, k=3, seed=23)
     with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
         MLPClassifier((4,), max_iter=2, tol=0.0).fit(X, y)
+    # code that filters scikit-learn's class catches it too
+    from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
+
+    with pytest.warns(SkConvergenceWarning, match="Maximum iterations"):
+        MLPClassifier((4,), max_iter=2, tol=0.0).fit(X, y)
+
+
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+def test_column_vector_labels_warn_and_fit_as_1d(method):
+    from sklearn.exceptions import DataConversionWarning
+
+    X, y = blobs(60, d=3, k=3, seed=30)
+    kwargs = {"classes": [0, 1, 2]} if method == "partial_fit" else {}
+    flat = getattr(MLPClassifier((4,), max_iter=3, random_state=0), method)
+    column = getattr(MLPClassifier((4,), max_iter=3, random_state=0), method)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        flat = flat(X, y, **kwargs)
+        with pytest.warns(DataConversionWarning, match="column-vector y") as record:
+            column = column(X, y[:, None], **kwargs)
+    assert record[0].filename == __file__  # points at the caller
+    for a, b in zip(flat.coefs_ + flat.intercepts_, column.coefs_ + column.intercepts_):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sklearn_check_estimator():
+    from sklearn.utils.estimator_checks import check_estimator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = check_estimator(MLPClassifier(), on_fail=None)
+    failed = {r["check_name"]: str(r["exception"]) for r in results if r["status"] == "failed"}
+    assert failed == {}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -653,8 +686,8 @@ def _bad_inputs():
         ("y-2d", X, np.stack([y, y], axis=1), ValueError, r"\by\b"),
         ("y-continuous", X, y + 0.5, ValueError, r"\by\b.*continuous"),
         ("y-nan", X, np.where(y == 1, np.nan, y), ValueError, r"\by\b.*NaN"),
-        ("y-one-class", X, np.zeros(30, int), ValueError, r"\by\b.*single class"),
-        ("y-none", X, None, TypeError, r"\by\b"),
+        ("y-one-class", X, np.zeros(30, int), ValueError, r"\by\b.*one class"),
+        ("y-none", X, None, ValueError, r"\by\b is None"),
         ("y-mixed-types", X, np.array([1, "a"] * 15, dtype=object), TypeError, r"\by\b"),
         ("y-ragged", X, [0, [1, 2]] + [0] * 28, ValueError, r"\by\b"),
         ("X-masked", np.ma.masked_array(X, mask=X > 1), y, TypeError, r"\bX\b.*mask"),

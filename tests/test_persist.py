@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import zipfile
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -40,12 +41,25 @@ def _mlp(labels="str", hidden=(6,), dtype="float32"):
     return model, X
 
 
+def _named(make):
+    """``make()``'s model refitted on a dataframe of ``X``: ``feature_names_in_`` too."""
+    pd = pytest.importorskip("pandas")
+    model, X = make()
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+    y = model.predict(X)
+    with pytest.warns(Warning) if isinstance(model, MLPClassifier) else nullcontext():
+        model.fit(frame, y)  # the MLP's 5 iterations do not converge
+    return model, frame
+
+
 MODELS = {
     "linear-normal": lambda: _linear(),
     "linear-qr-no-intercept": lambda: _linear("qr", False),
     "linear-gd-float32": lambda: _linear("gd", True, np.float32),
     "mlp-str-labels": lambda: _mlp(),
     "mlp-int-labels-2-layers-f64": lambda: _mlp("int", (5, 3), "float64"),
+    "linear-feature-names": lambda: _named(_linear),
+    "mlp-feature-names": lambda: _named(_mlp),
 }
 
 
@@ -313,7 +327,10 @@ def test_wrong_state(saved):
     for key, value, match in [("n_features_in_", 3, "coef_' has shape"),
                               ("n_features_in_", "4", "n_features_in_ must be"),
                               ("rank_", 9, "rank_ must be"),
-                              ("solver_", "svd", "solver_ must be")]:
+                              ("solver_", "svd", "solver_ must be"),
+                              ("feature_names_in_", ["a", "b"], "feature_names_in_ must be"),
+                              ("feature_names_in_", [1, 2, 3, 4], "feature_names_in_ must be"),
+                              ("feature_names_in_", "abcd", "feature_names_in_ must be")]:
         good = path.read_bytes()
         _rewrite(path, meta=state(key, value))
         with pytest.raises(ValueError, match=match):

@@ -17,7 +17,17 @@ API
     exists), and ``_validate_X(X, reset, dtype=None, ensure_finite=True)``,
     which checks a feature matrix with :func:`check_array` and records
     (``reset=True``, in ``fit``) or checks (``reset=False``, in ``predict``)
-    ``n_features_in_``.
+    ``n_features_in_``. Feature names, as scikit-learn keeps them:
+    ``_fit_feature_names(names)`` records ``feature_names_in_`` (the string
+    column names of a dataframe ``X``, from :func:`feature_names`) or drops
+    it, and ``_check_feature_names(X)`` compares a later ``X``'s: a
+    ``ValueError`` when both have names and they differ (in order too), a
+    ``UserWarning`` when only one side has them. ``_predict_any(X, method)``
+    runs a prediction method on an in-memory ``X`` or, lazily, on the row
+    blocks of a dask array, after the fitted and feature-name checks.
+``feature_names(X)``
+    String column names of a dataframe as an object array; ``None`` for
+    arrays and for columns with no string names; ``TypeError`` for a mix.
 ``RegressorMixin``, ``ClassifierMixin``
     Put them before ``BaseModel`` in the bases. They set the estimator type
     and provide ``score(X, y, sample_weight=None)``: R² (the coefficient of
@@ -62,6 +72,7 @@ __all__ = [
     "DataConversionWarning",
     "check_array",
     "check_target",
+    "feature_names",
     "sample_count",
 ]
 
@@ -117,6 +128,38 @@ def _refuse_masked(name, value):
             f"{name} is a masked array; fusedgrad would ignore its mask: pass "
             f"{name}.filled(...) or drop the masked samples"
         )
+
+
+def feature_names(X):
+    """The column names of a dataframe ``X`` (pandas, polars, or anything with
+    ``columns``) as an object array, when every name is a string; ``None`` for
+    an array, and for names none of which is a string (pandas's default
+    integer columns). The rule is scikit-learn's.
+
+    Raises
+    ------
+    TypeError
+        For string names mixed with others: whether to check them is then
+        ambiguous.
+    """
+    if isinstance(X, np.ndarray):
+        return None
+    columns = getattr(X, "columns", None)
+    # a list (polars) or an index (pandas); not, e.g., a lazy dask.delayed attribute
+    if not (isinstance(columns, (list, tuple)) or hasattr(columns, "__array__")):
+        return None
+    names = np.asarray(list(columns), dtype=object)
+    if names.shape[0] == 0:
+        return None
+    kinds = sorted({type(v).__qualname__ for v in names})
+    if kinds == ["str"]:
+        return names
+    if "str" in kinds:
+        raise TypeError(
+            f"X has feature names of the types {kinds}; feature names are checked only "
+            "when all are strings: convert them, e.g. X.columns = X.columns.astype(str)"
+        )
+    return None
 
 
 def check_array(name, value, *, dtype=None, ndim=2, ensure_finite=True, n_samples=None,
@@ -397,6 +440,77 @@ class BaseModel:
         if reset:
             self.n_features_in_ = X.shape[1]
         return X
+
+    def _fit_feature_names(self, names):
+        """Record ``names`` (:func:`feature_names` of the fitted ``X``) as
+        ``feature_names_in_``, or drop a previous fit's when ``None``."""
+        if names is not None:
+            self.feature_names_in_ = names
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+
+    def _check_feature_names(self, X):
+        """Compare the feature names of ``X`` with those of the fit (see the module docstring)."""
+        fitted = getattr(self, "feature_names_in_", None)
+        names = feature_names(X)
+        owner = type(self).__name__
+        if fitted is None and names is None:
+            return
+        if fitted is None or names is None:
+            warnings.warn(
+                f"X has feature names, but {owner} was fitted without feature names"
+                if fitted is None else
+                f"X does not have valid feature names, but {owner} was fitted with feature "
+                "names",
+                UserWarning,
+                stacklevel=4,  # the caller of the public method
+            )
+            return
+        if names.shape == fitted.shape and np.all(names == fitted):
+            return
+        unseen = sorted(set(names) - set(fitted))
+        missing = sorted(set(fitted) - set(names))
+
+        def listed(title, values):
+            shown = "".join(f"- {v}\n" for v in values[:5])
+            return f"{title}:\n{shown}" + ("- ...\n" if len(values) > 5 else "")
+
+        message = "The feature names should match those that were passed during fit.\n"
+        if unseen:
+            message += listed("Feature names unseen at fit time", unseen)
+        if missing:
+            message += listed("Feature names seen at fit time, yet now missing", missing)
+        if not unseen and not missing:
+            message += "Feature names must be in the same order as they were in fit.\n"
+        raise ValueError(message)
+
+    def _persist_feature_names(self, state):
+        """Add ``feature_names_in_``, where the fit had names, to a model file's ``state``."""
+        if hasattr(self, "feature_names_in_"):
+            state["feature_names_in_"] = [str(v) for v in self.feature_names_in_]
+
+    def _restore_feature_names(self, state):
+        """Set ``feature_names_in_`` from a model file's ``state`` (after ``n_features_in_``)."""
+        names = state.get("feature_names_in_")
+        if names is None:
+            return
+        if (not isinstance(names, list) or len(names) != self.n_features_in_
+                or not all(isinstance(v, str) for v in names)):
+            raise ValueError(f"feature_names_in_ must be a list of {self.n_features_in_} "
+                             f"strings, got {names!r}")
+        self.feature_names_in_ = np.asarray(names, dtype=object)
+
+    def _predict_any(self, X, method):
+        """``method(X)`` for an in-memory ``X``; for a dask array, a lazy dask
+        array of ``method`` over its row blocks. Checks first that the model
+        is fitted and the feature names of ``X`` (once, not per block)."""
+        from fusedgrad.models import _dask  # it imports this module
+
+        self._check_is_fitted()
+        self._check_feature_names(X)
+        if _dask.is_dask_collection(X):
+            return _dask.map_rows(X, self.n_features_in_, type(self).__name__, method)
+        return method(X)
 
 
 class RegressorMixin:

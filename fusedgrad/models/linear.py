@@ -21,6 +21,7 @@ from fusedgrad.models._base import (
     _sk,
     check_array,
     check_target,
+    feature_names,
     sample_count,
 )
 
@@ -178,6 +179,10 @@ class LinearRegression(RegressorMixin, BaseModel):
     intercept_ : float scalar of the compute dtype
         ``b`` (0 without ``fit_intercept``).
     n_features_in_ : int
+    feature_names_in_ : ndarray of str objects, shape (n_features_in_,)
+        The column names of a dataframe ``X`` given to ``fit``, where all are
+        strings; absent otherwise. A later ``X`` with other names, or the
+        same in another order, is refused (``ValueError``).
     solver_ : str
         The solver that produced ``coef_``: ``'normal'``, ``'qr'`` or ``'gd'``.
     rank_ : int
@@ -256,6 +261,7 @@ class LinearRegression(RegressorMixin, BaseModel):
         self
         """
         self._check_params()
+        names = feature_names(X)
         if _dask.is_dask_collection(X) or _dask.is_dask_collection(y):
             X, y, dtype = self._dask_inputs(X, y)
             source = _dask.Passes(X, y, dtype, self.fit_intercept)
@@ -297,6 +303,7 @@ class LinearRegression(RegressorMixin, BaseModel):
         self.coef_ = np.asarray(coef, dtype=dtype)
         self.intercept_ = dtype.type(intercept)
         self.n_features_in_ = d
+        self._fit_feature_names(names)
         if "loss_curve_" not in result and hasattr(self, "loss_curve_"):
             del self.loss_curve_
         for name, value in result.items():
@@ -560,9 +567,9 @@ class LinearRegression(RegressorMixin, BaseModel):
             In X's float dtype (float64 for other numbers). For a dask array
             ``X``, a dask array (lazy, computed block by block).
         """
-        self._check_is_fitted()
-        if _dask.is_dask_collection(X):
-            return _dask.map_rows(X, self.n_features_in_, "LinearRegression", self.predict)
+        return self._predict_any(X, self._predict)
+
+    def _predict(self, X):
         X = self._validate_X(X, reset=False)
         return X @ self.coef_.astype(X.dtype, copy=False) + X.dtype.type(self.intercept_)
 
@@ -583,6 +590,7 @@ class LinearRegression(RegressorMixin, BaseModel):
             else float(self.cond_),
             "cond_is_inf": self.cond_ is not None and not math.isfinite(self.cond_),
         }
+        self._persist_feature_names(state)
         state["n_iter_"] = int(self.n_iter_)
         if hasattr(self, "loss_curve_"):
             state["loss_curve_"] = [float(v) for v in self.loss_curve_]
@@ -617,6 +625,7 @@ class LinearRegression(RegressorMixin, BaseModel):
         model.coef_ = np.array(coef)
         model.intercept_ = coef.dtype.type(intercept)
         model.n_features_in_ = d
+        model._restore_feature_names(state)
         model.solver_ = solver
         model.rank_ = rank
         model.cond_ = cond

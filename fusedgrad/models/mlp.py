@@ -44,7 +44,15 @@ import numpy as np
 from fusedgrad._validate import all_finite
 from fusedgrad.kernels._optim import adam_step, sgd_step
 from fusedgrad.models import _dask, _persist
-from fusedgrad.models._base import BaseModel, ClassifierMixin, ConvergenceWarning, check_array
+from fusedgrad.models._base import (
+    BaseModel,
+    ClassifierMixin,
+    ConvergenceWarning,
+    DataConversionWarning,
+    _sk,
+    check_array,
+    feature_names,
+)
 
 __all__ = ["MLPClassifier"]
 
@@ -261,7 +269,8 @@ def _check_finite(X, dtype):
 
 def _check_labels(y, n_samples):
     if y is None:
-        raise TypeError("y must be an array of class labels, got None")
+        raise ValueError("y is None: this estimator requires y to be passed, but the target y "
+                         "is None")
     if type(y).__module__.startswith("scipy.sparse"):
         raise TypeError("y is a sparse matrix; pass a 1-D array of class labels")
     if isinstance(y, np.ma.MaskedArray):
@@ -272,6 +281,12 @@ def _check_labels(y, n_samples):
     except (ValueError, TypeError) as exc:
         raise ValueError(f"y cannot be converted to an array of labels: {exc}") from None
     if y.ndim == 2 and y.shape[1] == 1:
+        warnings.warn(
+            "A column-vector y was passed when a 1d array was expected. Please change the "
+            "shape of y to (n_samples,), for example using ravel().",
+            _sk(DataConversionWarning),
+            stacklevel=4,  # the caller of fit or partial_fit
+        )
         y = y.reshape(-1)
     if y.ndim != 1:
         raise ValueError(
@@ -756,6 +771,10 @@ class MLPClassifier(ClassifierMixin, BaseModel):
     t_ : int
         Training samples seen, over all calls.
     n_features_in_ : int
+    feature_names_in_ : ndarray of str objects, shape (n_features_in_,)
+        The column names of a dataframe ``X`` given to ``fit``, where all are
+        strings; absent otherwise. A later ``X`` with other names, or the
+        same in another order, is refused (``ValueError``).
     n_layers_ : int
         Number of layers including input and output: ``len(hidden) + 2``.
     n_outputs_ : int
@@ -1014,7 +1033,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             fit_classes = classes if classes is not None else _unique_labels("y", y)
             if fit_classes.shape[0] < 2:
                 raise ValueError(
-                    f"y has a single class ({fit_classes[0]!r}); a classifier needs at "
+                    f"y has one class ({fit_classes[0]!r}); a classifier needs at "
                     "least 2 (pass classes= to partial_fit to declare the others)"
                 )
         else:
@@ -1076,6 +1095,9 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         if kernels.name == "cuda":
             kernels.require()
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        names = feature_names(X)
+        if not first_pass:
+            self._check_feature_names(X)
         X = _feature_matrix(X, dtype)
         n_samples, n_features = X.shape
         y = _check_labels(y, n_samples)
@@ -1099,6 +1121,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         if first_pass:
             self.classes_ = fit_classes
             self.n_features_in_ = n_features
+            self._fit_feature_names(names)
             self._initialize(layer_units, dtype, rng)
         elif self.coefs_[0].dtype != dtype:
             self.coefs_ = [c.astype(dtype) for c in self.coefs_]
@@ -1137,7 +1160,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             warnings.warn(
                 f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
                 "and the optimization hasn't converged yet.",
-                ConvergenceWarning,
+                _sk(ConvergenceWarning),
                 stacklevel=5,
             )
         return False
@@ -1414,8 +1437,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
     # --- prediction ---------------------------------------------------------------
 
     def _prediction_input(self, X):
-        """``X`` checked against the fitted model; the fitted dtype and the kernels."""
-        self._check_is_fitted()
+        """``X`` checked against the fitted model (fitted, see :meth:`_predict_any`);
+        the fitted dtype and the kernels."""
         kernels = _device_kernels(self.device)
         if kernels.name == "cuda":
             kernels.require()
@@ -1479,9 +1502,9 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             Columns in the order of ``classes_``, in the model's dtype. For a dask array ``X``, a dask array (lazy,
             computed block by block).
         """
-        if _dask.is_dask_collection(X):
-            self._check_is_fitted()
-            return _dask.map_rows(X, self.n_features_in_, "MLPClassifier", self.predict_proba)
+        return self._predict_any(X, self._predict_proba)
+
+    def _predict_proba(self, X):
         X, dtype, kernels = self._prediction_input(X)
         if kernels.name == "cuda":
             return self._cuda_predict(X, dtype, "proba")
@@ -1505,9 +1528,9 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             underflows to 0. For a dask array ``X``, a dask array (lazy,
             computed block by block).
         """
-        if _dask.is_dask_collection(X):
-            self._check_is_fitted()
-            return _dask.map_rows(X, self.n_features_in_, "MLPClassifier", self.predict_log_proba)
+        return self._predict_any(X, self._predict_log_proba)
+
+    def _predict_log_proba(self, X):
         X, dtype, kernels = self._prediction_input(X)
         out = np.empty((X.shape[0], self.n_outputs_), dtype)
         with kernels.session():
@@ -1534,9 +1557,9 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             Labels from ``classes_``. For a dask array ``X``, a dask array (lazy,
             computed block by block).
         """
-        if _dask.is_dask_collection(X):
-            self._check_is_fitted()
-            return _dask.map_rows(X, self.n_features_in_, "MLPClassifier", self.predict)
+        return self._predict_any(X, self._predict)
+
+    def _predict(self, X):
         X, dtype, kernels = self._prediction_input(X)
         if kernels.name == "cuda":
             return self.classes_[self._cuda_predict(X, dtype, "codes")]
@@ -1586,6 +1609,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             "best_validation_score_": number(self.best_validation_score_),
             "no_improvement_count": int(self._no_improvement_count),
         }
+        self._persist_feature_names(state)
         arrays = {}
         classes = self.classes_
         if classes.dtype.kind in "biuf":
@@ -1673,6 +1697,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
 
         model.classes_ = classes
         model.n_features_in_ = d
+        model._restore_feature_names(state)
         model.n_layers_ = len(units)
         model.n_outputs_ = n_classes
         model.out_activation_ = "softmax"
