@@ -196,3 +196,26 @@ def test_scikit_learn_column_name_check(kind, params):
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", UserWarning)
         check_dataframe_column_names_consistency(type(model).__name__, model)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nullable_columns(kind):
+    """pandas's nullable dtypes (an object array in NumPy): numbers fit as the
+    float data does; a missing value ``pd.NA`` is named as NaN is."""
+    X, target = _data(6)
+    X[:, 1] = np.round(3 * X[:, 1])  # integers, for an Int64 column
+    y = _y(kind, target)
+    frame = pd.DataFrame(X, columns=NAMES).astype({"height": "Float64", "weight": "Int64"})
+    assert np.asarray(frame).dtype == object
+    model = _fit(_model(kind), frame, y)
+    for a, b in zip(_parameters(model), _parameters(_fit(_model(kind), X, y))):
+        assert_array_equal(a, b)
+    holed = frame.copy()
+    holed.loc[7, "weight"] = pd.NA
+    with pytest.raises(ValueError, match=r"\bX\b contains NaN"):
+        _fit(_model(kind), holed, y)
+    with pytest.raises(ValueError, match=r"\bX\b contains NaN"):
+        model.predict(holed)
+    holed["note"] = "x"
+    with pytest.raises(TypeError, match=r"\bX\b holds objects that are not numbers"):
+        _fit(_model(kind), holed, y)

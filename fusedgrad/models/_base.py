@@ -222,6 +222,28 @@ def sample_count(name, value):
     return a.shape[0] if a.ndim >= 1 else None
 
 
+def _objects_to_float(name, a, dtype):
+    """Object array ``a`` (e.g. of a DataFrame's mixed or nullable columns) as ``dtype``.
+
+    pandas's missing value ``pd.NA`` becomes NaN, which the finiteness check
+    then names as it names NaN; anything else that is not a number is a
+    ``TypeError`` naming the argument.
+    """
+    try:
+        return a.astype(dtype)
+    except (ValueError, TypeError) as exc:
+        error = exc
+    pd = sys.modules.get("pandas")
+    if pd is not None:
+        missing = np.frompyfunc(lambda v: v is pd.NA, 1, 1)(a).astype(bool)
+        if missing.any():
+            try:
+                return np.where(missing, np.nan, a).astype(dtype)
+            except (ValueError, TypeError) as exc:
+                error = exc
+    raise TypeError(f"{name} holds objects that are not numbers: {error}") from None
+
+
 def _check_converted(name, a, target, ndim, ensure_finite, n_samples=None, n_features=None,
                      owner=None, length_error=None):
     kind = a.dtype.kind
@@ -231,10 +253,7 @@ def _check_converted(name, a, target, ndim, ensure_finite, n_samples=None, n_fea
         # ValueError, as scikit-learn raises for complex data.
         raise ValueError(f"{name} holds complex numbers. Complex data not supported")
     if kind == "O":
-        try:
-            a = a.astype(np.float64 if target is None else target)
-        except (ValueError, TypeError) as exc:
-            raise TypeError(f"{name} holds objects that are not numbers: {exc}") from None
+        a = _objects_to_float(name, a, np.float64 if target is None else target)
     elif kind not in "biuf":
         raise TypeError(f"{name} must hold numbers, got dtype {a.dtype}")
     if a.ndim != ndim:
