@@ -235,7 +235,7 @@ def _objects_to_float(name, a, dtype):
         error = exc
     pd = sys.modules.get("pandas")
     if pd is not None:
-        missing = np.frompyfunc(lambda v: v is pd.NA, 1, 1)(a).astype(bool)
+        missing = np.asarray(np.frompyfunc(lambda v: v is pd.NA, 1, 1)(a), dtype=bool)
         if missing.any():
             try:
                 return np.where(missing, np.nan, a).astype(dtype)
