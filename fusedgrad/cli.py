@@ -419,7 +419,7 @@ def build_parser():
     t.add_argument("--test-fraction", type=_fraction, default=0.2,
                    help="share of the samples held out for the score (default 0.2)")
     t.add_argument("--solver", default=None,
-                   help="mlp: gd, sgd, adam (default adam); ols: auto, normal, qr, gd "
+                   help="mlp: gd, sgd, adam, lbfgs (default adam); ols: auto, normal, qr, gd "
                         "(default auto)")
     t.add_argument("--hidden", type=_positive_int, nargs="+", default=[100],
                    help="mlp hidden layer sizes (default 100)")

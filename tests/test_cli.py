@@ -121,6 +121,15 @@ def test_train_mlp_csv_save_and_load(tmp_path):
     assert np.mean(model.predict(X.astype(np.float32)) == names) > 0.9
 
 
+def test_train_mlp_lbfgs(tmp_path):
+    X, y = blobs(300)
+    np.save(tmp_path / "d.npy", np.column_stack([X, y]))
+    result = run("train", "mlp", str(tmp_path / "d.npy"), "--solver", "lbfgs", "--hidden", "8",
+                 "--max-iter", "100")
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split("held-out accuracy")[1].split()[0]) > 0.9
+
+
 def test_train_ols_npy(tmp_path):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(500, 4))

@@ -61,6 +61,7 @@ MLP_CONFIGS = {
     "adam-early-stopping": dict(solver="adam", early_stopping=True, validation_fraction=0.3,
                                 learning_rate_init=0.05),
     "sgd-float64": dict(solver="sgd", dtype="float64", learning_rate_init=0.2),
+    "lbfgs-l2": dict(solver="lbfgs", alpha=0.05),
 }
 
 
@@ -112,6 +113,8 @@ NETWORK_CONFIGS = {
                                      solver="sgd", learning_rate_init=0.5, alpha=0.05),
     "no-hidden-float64": dict(hidden_layer_sizes=(), solver="sgd", learning_rate_init=0.2,
                               dtype="float64"),
+    "two-hidden-relu-lbfgs-float64": dict(activation="relu", hidden_layer_sizes=(4, 3),
+                                          solver="lbfgs", alpha=0.01, dtype="float64"),
 }
 
 

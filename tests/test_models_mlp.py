@@ -291,6 +291,94 @@ def test_warm_start_and_partial_fit_as_scikit_learn(agree_data):
 
 
 # ---------------------------------------------------------------------------
+# solver='lbfgs': SciPy's L-BFGS-B on the full-batch loss
+# ---------------------------------------------------------------------------
+
+LBFGS_AGREEMENT = {
+    "logistic": dict(hidden_layer_sizes=(10,), activation="logistic", alpha=1e-3),
+    "tanh-two-layers": dict(hidden_layer_sizes=(8, 6), activation="tanh", alpha=1e-3),
+    "relu-two-layers-no-l2": dict(hidden_layer_sizes=(8, 6), activation="relu", alpha=0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LBFGS_AGREEMENT))
+def test_lbfgs_same_weights_as_scikit_learn(agree_data, name):
+    """The same start, loss and gradient (to rounding), so the same iterates:
+    20 L-BFGS iterations agree to 1e-10 (they part slowly later, as any two
+    implementations of a line search on a nonconvex loss would)."""
+    X, y = agree_data
+    ours, theirs = _both(X, y, solver="lbfgs", **LBFGS_AGREEMENT[name])
+    assert ours.n_iter_ == theirs.n_iter_ == 20
+    assert max_rel_diff(params_of(ours), params_of(theirs)) < 1e-10
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-10)
+    assert len(ours.loss_curve_) == 20 and ours.loss_curve_[-1] == ours.loss_
+    assert all(b < a for a, b in zip(ours.loss_curve_, ours.loss_curve_[1:]))
+    assert ours.t_ == 0 and ours.validation_scores_ is None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_lbfgs_stops_at_a_stationary_point(dtype):
+    """Stopped by tol: no gradient component of the L2-penalised loss above
+    tol, by the NumPy reference's gradient at the fitted weights."""
+    from fusedgrad import reference
+
+    X, y = blobs(150, d=4, k=3, seed=31, spread=1.5)
+    tol, alpha = 1e-4, 0.1
+    model = MLPClassifier((6,), solver="lbfgs", alpha=alpha, tol=tol, max_iter=2000,
+                          random_state=0, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converges: no ConvergenceWarning
+        model.fit(X, y)
+    assert model.n_iter_ < 2000 and model.coefs_[0].dtype == np.dtype(dtype)
+    (W1, W2), (b1, b2) = [[p.astype(np.float64) for p in ps]
+                          for ps in (model.coefs_, model.intercepts_)]
+    loss, dW1, db1, dW2, db2 = reference.mlp_loss_grad(X, y, W1, b1, W2, b2)
+    n = X.shape[0]
+    grads = [dW1 + alpha * W1 / n, db1, dW2 + alpha * W2 / n, db2]
+    # SciPy's test is on the float64 vector; the float32 gradient carries rounding
+    assert max(np.max(np.abs(g)) for g in grads) <= (1.0 if dtype == "float64" else 1.5) * tol
+    penalty = 0.5 * alpha * (np.sum(W1 ** 2) + np.sum(W2 ** 2)) / n
+    assert model.loss_ == pytest.approx(loss + penalty, rel=1e-12 if dtype == "float64" else 1e-5)
+
+
+def test_lbfgs_limits_warn_as_scikit_learn():
+    from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
+
+    X, y = blobs(120, d=4, k=3, seed=32)
+    model = MLPClassifier((5,), solver="lbfgs", max_iter=3, tol=0.0, random_state=0)
+    with pytest.warns(SkConvergenceWarning, match=r"lbfgs failed to converge after 3 "
+                                                  r"iteration\(s\).*max_iter=3"):
+        model.fit(X, y)
+    assert model.n_iter_ == 3 and len(model.loss_curve_) == 3
+    evaluations = []
+    original = MLPClassifier._loss_grad
+
+    def counted(self, *args, **kwargs):
+        evaluations.append(1)
+        return original(self, *args, **kwargs)
+
+    model = MLPClassifier((5,), solver="lbfgs", max_fun=4, tol=0.0, random_state=0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MLPClassifier, "_loss_grad", counted)
+        with pytest.warns(SkConvergenceWarning, match=r"max_fun=4"):
+            model.fit(X, y)
+    assert 4 <= len(evaluations) <= 5 and model.n_iter_ <= 4  # SciPy stops past max_fun
+
+
+def test_lbfgs_warm_start_continues_and_partial_fit_is_refused():
+    X, y = blobs(120, d=4, k=3, seed=33)
+    model = MLPClassifier((5,), solver="lbfgs", max_iter=5, tol=0.0, warm_start=True,
+                          random_state=0)
+    fit_quietly(model, X, y)
+    first = model.loss_
+    fit_quietly(model, X, y)
+    assert len(model.loss_curve_) == 10 and model.n_iter_ == 5
+    assert model.loss_curve_[5] < first  # went on from the fitted weights
+    with pytest.raises(ValueError, match="partial_fit is not available for solver='lbfgs'"):
+        model.partial_fit(X, y)
+
+
+# ---------------------------------------------------------------------------
 # The gradient itself
 # ---------------------------------------------------------------------------
 
@@ -632,7 +720,6 @@ BAD_PARAMS = [
     ("hidden_layer_sizes", "10", TypeError),
     ("hidden_layer_sizes", (2.5,), TypeError),
     ("activation", "sigmoid", ValueError),
-    ("solver", "lbfgs", ValueError),
     ("solver", "newton", ValueError),
     ("alpha", -1.0, ValueError),
     ("batch_size", 0, ValueError),
@@ -650,6 +737,8 @@ BAD_PARAMS = [
     ("beta_2", -0.1, ValueError),
     ("epsilon", 0.0, ValueError),
     ("n_iter_no_change", 0, ValueError),
+    ("max_fun", 0, ValueError),
+    ("max_fun", 2.5, TypeError),
     ("dtype", "float16", ValueError),
     ("dtype", "int32", ValueError),
     ("device", "tpu", ValueError),

@@ -31,11 +31,12 @@ def _linear(solver="auto", fit_intercept=True, dtype=np.float64):
     return LinearRegression(solver=solver, fit_intercept=fit_intercept).fit(X, y), X
 
 
-def _mlp(labels="str", hidden=(6,), dtype="float32"):
+def _mlp(labels="str", hidden=(6,), dtype="float32", solver="adam"):
     X, rng = _data(1)
     codes = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5)
     y = np.array(["cat", "dog", "emu"])[codes] if labels == "str" else codes * 10 - 5
-    model = MLPClassifier(hidden_layer_sizes=hidden, max_iter=5, random_state=0, dtype=dtype)
+    model = MLPClassifier(hidden_layer_sizes=hidden, max_iter=5, random_state=0, dtype=dtype,
+                          solver=solver)
     with pytest.warns(Warning):  # 5 iterations do not converge
         model.fit(X, y)
     return model, X
@@ -58,6 +59,7 @@ MODELS = {
     "linear-gd-float32": lambda: _linear("gd", True, np.float32),
     "mlp-str-labels": lambda: _mlp(),
     "mlp-int-labels-2-layers-f64": lambda: _mlp("int", (5, 3), "float64"),
+    "mlp-lbfgs": lambda: _mlp(solver="lbfgs"),
     "linear-feature-names": lambda: _named(_linear),
     "mlp-feature-names": lambda: _named(_mlp),
 }

@@ -57,7 +57,7 @@ from fusedgrad.models._base import (
 __all__ = ["MLPClassifier"]
 
 _ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
-_SOLVERS = ("gd", "sgd", "adam")
+_SOLVERS = ("gd", "sgd", "adam", "lbfgs")
 _LEARNING_RATES = ("constant", "invscaling", "adaptive")
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -639,8 +639,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
 
     scikit-learn's :class:`~sklearn.neural_network.MLPClassifier` with the
     lecture's network as the default: the parameters, defaults, fitted
-    attributes and training loop are scikit-learn's (solvers ``'sgd'`` and
-    ``'adam'``; ``'lbfgs'`` is not offered), plus the full-batch solver
+    attributes and training loop are scikit-learn's (solvers ``'lbfgs'``,
+    ``'sgd'`` and ``'adam'``), plus the full-batch solver
     ``'gd'`` and the ``dtype`` and ``device`` parameters. The loss is the
     mean cross-entropy of the softmax output plus the L2 penalty
 
@@ -661,9 +661,13 @@ class MLPClassifier(ClassifierMixin, BaseModel):
     * The validation split of ``early_stopping`` is never stratified
       (scikit-learn stratifies two-class problems only).
     * ``batch_size`` larger than the number of samples is clipped silently.
-    * ``partial_fit`` is offered for every solver and ignores
+    * ``partial_fit`` is offered for every solver but ``'lbfgs'`` and ignores
       ``early_stopping`` (no validation split is taken from a partial batch)
       instead of raising.
+    * ``'lbfgs'`` computes in ``dtype`` throughout (scikit-learn's turns
+      float32 weights into float64 ones after its first evaluation), and
+      records ``loss_curve_`` (the loss after each iteration) and
+      ``best_loss_``.
     * No ``sample_weight`` and no multi-label targets.
     * ``predict_log_proba`` is computed from the logits as a log-softmax, so
       it is finite where ``log(predict_proba)`` would underflow to ``-inf``.
@@ -678,8 +682,13 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         :func:`~fusedgrad.kernels.mlp_loss_grad`; every other network through
         the fused :func:`~fusedgrad.kernels.network_loss_grad` (one call per
         step either way).
-    solver : {'adam', 'sgd', 'gd'}, default 'adam'
-        ``'gd'``: full-batch gradient descent as in the lecture,
+    solver : {'adam', 'sgd', 'gd', 'lbfgs'}, default 'adam'
+        ``'lbfgs'``: SciPy's L-BFGS-B on the full-batch loss, one fused
+        kernel call per evaluation of the loss and its gradient; it stops
+        after ``max_iter`` iterations, ``max_fun`` evaluations, or when no
+        component of the gradient exceeds ``tol`` (the learning-rate,
+        batch, shuffle, momentum, Adam and ``early_stopping`` parameters do
+        not apply). ``'gd'``: full-batch gradient descent as in the lecture,
         :math:`W \leftarrow W - \eta \nabla L` once per epoch on all training
         samples (``batch_size``, ``momentum`` and ``shuffle`` do not apply;
         the ``learning_rate`` schedule does). ``'sgd'``: minibatch stochastic
@@ -699,7 +708,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
     power_t : float, default 0.5
         Exponent of ``'invscaling'``.
     max_iter : int, default 200
-        Most epochs (passes over the training data) per ``fit``.
+        Most epochs (passes over the training data) per ``fit``; for
+        ``'lbfgs'``, most iterations.
     shuffle : bool, default True
         Shuffle the samples before each epoch (``'sgd'``, ``'adam'``).
     random_state : int, RandomState or None, default None
@@ -729,6 +739,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         Adam's guard against division by zero.
     n_iter_no_change : int, default 10
         Epochs without improvement before stopping.
+    max_fun : int, default 15000
+        Most evaluations of the loss and gradient per ``fit`` (``'lbfgs'``).
     dtype : {'float32', 'float64'}, default 'float32'
         Precision of the weights and of all computation; ``X`` is converted a
         block of rows at a time.
@@ -759,7 +771,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
     loss_ : float
         Loss (with the L2 term) of the last epoch, averaged over its batches.
     loss_curve_ : list of float
-        ``loss_`` of every epoch (continued by ``warm_start``/``partial_fit``).
+        ``loss_`` of every epoch (``'lbfgs'``: the loss after every
+        iteration), continued by ``warm_start``/``partial_fit``.
     best_loss_ : float or None
         Smallest ``loss_`` so far; None with ``early_stopping``.
     validation_scores_ : list of float or None
@@ -767,7 +780,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
     best_validation_score_ : float or None
         Best of ``validation_scores_``.
     n_iter_ : int
-        Epochs run by the last ``fit`` (1 after ``partial_fit``).
+        Epochs (``'lbfgs'``: iterations) run by the last ``fit`` (1 after
+        ``partial_fit``).
     t_ : int
         Training samples seen, over all calls.
     n_features_in_ : int
@@ -824,6 +838,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         beta_2=0.999,
         epsilon=1e-8,
         n_iter_no_change=10,
+        max_fun=15000,
         dtype="float32",
         device="cpu",
     ):
@@ -849,6 +864,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.dtype = dtype
         self.device = device
 
@@ -875,8 +891,6 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         """Check every parameter (errors name it); returns the checked hidden sizes and dtype."""
         hidden = self._hidden_sizes()
         _check_choice("activation", self.activation, _ACTIVATIONS)
-        if self.solver == "lbfgs":
-            raise ValueError("solver='lbfgs' is not offered; use 'adam', 'sgd' or 'gd'")
         _check_choice("solver", self.solver, _SOLVERS)
         _check_real("alpha", self.alpha, low=0.0)
         if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
@@ -901,6 +915,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         _check_real("beta_2", self.beta_2, low=0.0, high=1.0, high_open=True)
         _check_real("epsilon", self.epsilon, low=0.0, low_open=True)
         _check_int("n_iter_no_change", self.n_iter_no_change, 1)
+        _check_int("max_fun", self.max_fun, 1)
         dtype = _check_dtype(self.dtype)
         _check_random_state(self.random_state)
         kernels = _device_kernels(self.device)
@@ -1086,6 +1101,9 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         -------
         self
         """
+        if self.solver == "lbfgs":
+            raise ValueError("partial_fit is not available for solver='lbfgs' (it is not "
+                             "stochastic): use fit, or solver='sgd', 'adam' or 'gd'")
         if classes is None and not hasattr(self, "classes_"):
             raise ValueError("classes must be passed on the first call to partial_fit")
         return self._fit(X, y, incremental=True, classes=classes)
@@ -1135,7 +1153,9 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         # Overflow in the optimizer's NumPy steps means divergence, which the loss
         # check reports with its cause; no RuntimeWarning on the way.
         with kernels.session(), np.errstate(over="ignore", invalid="ignore"):
-            if kernels.name == "cuda":
+            if self.solver == "lbfgs":
+                self._fit_lbfgs(kernels, X, codes, dtype)
+            elif kernels.name == "cuda":
                 self._fit_cuda(X, codes, dtype, rng, incremental)
             else:
                 self._fit_stochastic(kernels, X, codes, dtype, rng, incremental)
@@ -1227,6 +1247,110 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             # the optimizer's state belongs to the last weights, not the best
             self._best_coefs = [c.copy() for c in self.coefs_]
             self._best_intercepts = [b.copy() for b in self.intercepts_]
+
+    def _fit_lbfgs(self, kernels, X, codes, dtype):
+        """scikit-learn's ``_fit_lbfgs``: SciPy's L-BFGS-B on the full-batch loss
+        (L2 term included), stopped by ``max_iter`` iterations, ``max_fun``
+        evaluations or a largest gradient component below ``tol``.
+
+        The optimizer's vector is scikit-learn's packing
+        ``[W1, ..., WL, b1, ..., bL]`` in float64 (SciPy's precision); each
+        evaluation writes it into the parameters in their dtype and runs the
+        fused kernel once over all samples (on the CPU, or on the GPU, where
+        ``X`` stays for the whole fit and only the parameters and gradients
+        travel). ``loss_curve_`` gets the loss after each iteration.
+        """
+        import scipy.optimize
+
+        params = self.coefs_ + self.intercepts_
+        ends = np.cumsum([p.size for p in params])
+        n = X.shape[0]
+        if kernels.name == "cuda":
+            evaluate = self._cuda_full_batch(X, codes, dtype)
+        else:
+            step = kernels.loss_grad(self.coefs_, self.intercepts_, self.activation)
+
+            def evaluate():
+                return self._loss_grad(step, X, codes, slice(0, n), n, dtype)
+
+        def write(x):
+            for p, part in zip(params, np.split(x, ends[:-1])):
+                p[...] = part.reshape(p.shape)  # in the parameters' dtype
+
+        def loss_grad(x):
+            write(x)
+            loss, grads = evaluate()
+            return loss, np.concatenate([np.ravel(g) for g in grads]).astype(np.float64)
+
+        progress = _Progress(self.verbose, self.max_iter, n)
+        iterations = []
+
+        def iteration_ends(intermediate_result):
+            iterations.append(float(intermediate_result.fun))
+            progress.end_epoch(iterations[-1])
+            progress.start_epoch(len(iterations) + 1)
+
+        progress.start_epoch(1)
+        result = scipy.optimize.minimize(
+            loss_grad, np.concatenate([np.ravel(p) for p in params]).astype(np.float64),
+            method="L-BFGS-B", jac=True, callback=iteration_ends,
+            options={"maxiter": self.max_iter, "maxfun": self.max_fun, "gtol": self.tol})
+        write(result.x)  # the last evaluation may have been a rejected trial point
+        self.n_iter_ = min(int(result.nit), self.max_iter)
+        self.loss_ = float(result.fun)
+        self.loss_curve_.extend(iterations)
+        self.best_loss_ = min(self.loss_curve_, default=self.loss_)
+        # early_stopping does not apply (as in scikit-learn): no validation split
+        self.validation_scores_ = self.best_validation_score_ = None
+        self._best_coefs = [c.copy() for c in self.coefs_]
+        self._best_intercepts = [b.copy() for b in self.intercepts_]
+        if not math.isfinite(self.loss_):
+            raise ValueError(f"training diverged: the loss became {self.loss_} "
+                             f"(solver='lbfgs'); scale the features")
+        if result.status != 0:
+            message = result.message
+            if isinstance(message, bytes):
+                message = message.decode()
+            warnings.warn(
+                f"lbfgs failed to converge after {result.nit} iteration(s) "
+                f"(status={result.status}): {message}. Increase the number of iterations "
+                f"(max_iter={self.max_iter}) or evaluations (max_fun={self.max_fun}), or "
+                "scale the data.",
+                _sk(ConvergenceWarning),
+                stacklevel=5,
+            )
+
+    def _cuda_full_batch(self, X, codes, dtype):
+        """For :meth:`_fit_lbfgs` on the GPU: a function that returns the loss and
+        gradients (L2 term included, host arrays in the order of
+        ``coefs_ + intercepts_``) of all of ``X`` at the current parameters.
+        ``X`` and the labels are copied to the device once."""
+        from fusedgrad.kernels.cuda import _runtime as rt
+        from fusedgrad.kernels.cuda.network import (
+            flat_size,
+            loss_grad_device,
+            split_flat,
+            units_of,
+        )
+
+        cuda = rt.cuda
+        units = units_of(self.coefs_)
+        Xd = _rows_to_device(X, dtype)
+        yd = cuda.to_device(codes)
+        p = cuda.device_array(flat_size(units), dtype)
+        Ws, bs = split_flat(p, units)
+        grad = cuda.device_array(flat_size(units), dtype)
+        loss = cuda.device_array(1, np.float64)
+        work = {}  # the activation buffers, kept across the evaluations
+        n = X.shape[0]
+
+        def evaluate():
+            p.copy_to_device(_pack(self.coefs_ + self.intercepts_, dtype))
+            loss_grad_device(Xd, yd, Ws, bs, self.activation, grad, loss, work=work)
+            grads = _unpack(grad.copy_to_host(), units)  # coefs_ + intercepts_ order
+            return self._add_l2(float(loss.copy_to_host()[0]), grads, n)
+
+        return evaluate
 
     def _fit_cuda(self, X, codes, dtype, rng, incremental):
         """The loop of :meth:`_fit_stochastic` on the GPU (``device='cuda'``).
