@@ -341,7 +341,7 @@ def test_lbfgs_stops_at_a_stationary_point(dtype):
     assert model.loss_ == pytest.approx(loss + penalty, rel=1e-12 if dtype == "float64" else 1e-5)
 
 
-def test_lbfgs_limits_warn_as_scikit_learn():
+def test_lbfgs_limits_warn_as_scikit_learn(capsys):
     from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
 
     X, y = blobs(120, d=4, k=3, seed=32)
@@ -350,6 +350,12 @@ def test_lbfgs_limits_warn_as_scikit_learn():
                                                   r"iteration\(s\).*max_iter=3"):
         model.fit(X, y)
     assert model.n_iter_ == 3 and len(model.loss_curve_) == 3
+    with pytest.warns(SkConvergenceWarning):
+        model.set_params(verbose=True).fit(X, y)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["iteration 1/3", "iteration 2/3",
+                                                      "iteration 3/3"]
+    assert float(lines[-1].split("loss ")[1].split(",")[0]) == pytest.approx(model.loss_)
     evaluations = []
     original = MLPClassifier._loss_grad
 

@@ -584,7 +584,7 @@ class _Progress:
 
     _BAR = 24
 
-    def __init__(self, verbose, max_iter, n_samples):
+    def __init__(self, verbose, max_iter, n_samples, unit="epoch"):
         self.on = bool(verbose)
         self.stream = sys.stderr
         self.max_iter = max_iter
@@ -592,6 +592,7 @@ class _Progress:
         self.live = self.on and getattr(self.stream, "isatty", lambda: False)()
         self._last = 0.0
         self._epoch = 0
+        self.unit = unit  # what a line counts: "epoch", or "iteration" for 'lbfgs'
         self._start = time.perf_counter()
 
     def start_epoch(self, epoch):
@@ -607,7 +608,7 @@ class _Progress:
         self._last = now
         filled = int(self._BAR * done / self.n_samples)
         rate = done / max(now - self._start, 1e-9)
-        self.stream.write(f"\repoch {self._epoch}/{self.max_iter} "
+        self.stream.write(f"\r{self.unit} {self._epoch}/{self.max_iter} "
                           f"[{'#' * filled}{'.' * (self._BAR - filled)}] {rate:,.0f} samples/s")
         self.stream.flush()
 
@@ -618,7 +619,7 @@ class _Progress:
         rate = self.n_samples / max(seconds, 1e-9)
         val = "" if val_score is None else f", validation score {val_score:.6f}"
         clear = "\r\033[K" if self.live else ""
-        self.stream.write(f"{clear}epoch {self._epoch}/{self.max_iter}: loss {loss:.8f}{val}, "
+        self.stream.write(f"{clear}{self.unit} {self._epoch}/{self.max_iter}: loss {loss:.8f}{val}, "
                           f"{rate:,.0f} samples/s, {seconds:.3f} s\n")
         self.stream.flush()
 
@@ -1282,7 +1283,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             loss, grads = evaluate()
             return loss, np.concatenate([np.ravel(g) for g in grads]).astype(np.float64)
 
-        progress = _Progress(self.verbose, self.max_iter, n)
+        progress = _Progress(self.verbose, self.max_iter, n, unit="iteration")
         iterations = []
 
         def iteration_ends(intermediate_result):
