@@ -347,8 +347,9 @@ def test_lbfgs_limits_warn_as_scikit_learn(capsys):
     X, y = blobs(120, d=4, k=3, seed=32)
     model = MLPClassifier((5,), solver="lbfgs", max_iter=3, tol=0.0, random_state=0)
     with pytest.warns(SkConvergenceWarning, match=r"lbfgs failed to converge after 3 "
-                                                  r"iteration\(s\).*max_iter=3"):
+                                                  r"iteration\(s\).*max_iter=3") as record:
         model.fit(X, y)
+    assert record[0].filename == __file__  # points at the caller
     assert model.n_iter_ == 3 and len(model.loss_curve_) == 3
     with pytest.warns(SkConvergenceWarning):
         model.set_params(verbose=True).fit(X, y)

@@ -1318,7 +1318,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                 f"(max_iter={self.max_iter}) or evaluations (max_fun={self.max_fun}), or "
                 "scale the data.",
                 _sk(ConvergenceWarning),
-                stacklevel=5,
+                stacklevel=4,  # the caller of fit
             )
 
     def _cuda_full_batch(self, X, codes, dtype):
