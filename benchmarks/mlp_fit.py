@@ -181,11 +181,13 @@ def jax_fit(X, y, hidden, batch_size, epochs, learning_rate):
 FITS = {"fusedgrad": fusedgrad_fit, "sklearn": sklearn_fit, "torch": torch_fit, "jax": jax_fit}
 
 
-def available(names):
-    """The implementations whose packages import, and the reasons of the others."""
+def available(names, modules=None):
+    """The implementations whose packages import, and the reasons of the others.
+    ``modules``: the package each implementation needs (default: its name)."""
+    modules = modules or {"sklearn": "sklearn", "torch": "torch", "jax": "jax"}
     ok, skipped = [], {}
     for name in names:
-        module = {"sklearn": "sklearn", "torch": "torch", "jax": "jax"}.get(name)
+        module = modules.get(name)
         if module is not None:
             try:
                 __import__(module)

@@ -38,7 +38,7 @@ import warnings
 import numpy as np
 
 from fusedgrad.bench import format_machine, machine_info, markdown_table
-from mlp_fit import make_data, set_threads
+from mlp_fit import available, make_data, set_threads
 
 IMPLEMENTATIONS = ("fusedgrad", "sklearn", "torch", "jax")
 ALPHA = 1e-4
@@ -74,26 +74,26 @@ def _count_evaluations(model, name):
     return calls
 
 
-def fusedgrad_fit(X, y, h, iterations):
-    from fusedgrad.models import MLPClassifier
-
-    model = _estimator(MLPClassifier, h, iterations)
-    calls = _count_evaluations(model, "_loss_grad")
+def _fit(cls, evaluation, X, y, h, iterations):
+    """Fit estimator class ``cls``, counting the calls of its method ``evaluation``."""
+    model = _estimator(cls, h, iterations)
+    calls = _count_evaluations(model, evaluation)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(X, y)
     return model.loss_, calls[0], model.n_iter_
+
+
+def fusedgrad_fit(X, y, h, iterations):
+    from fusedgrad.models import MLPClassifier
+
+    return _fit(MLPClassifier, "_loss_grad", X, y, h, iterations)
 
 
 def sklearn_fit(X, y, h, iterations):
     from sklearn.neural_network import MLPClassifier
 
-    model = _estimator(MLPClassifier, h, iterations)
-    calls = _count_evaluations(model, "_loss_grad_lbfgs")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.fit(X, y)
-    return model.loss_, calls[0], model.n_iter_
+    return _fit(MLPClassifier, "_loss_grad_lbfgs", X, y, h, iterations)
 
 
 def torch_fit(X, y, h, iterations):
@@ -182,20 +182,6 @@ FITS = {"fusedgrad": fusedgrad_fit, "sklearn": sklearn_fit, "torch": torch_fit,
         "jax": jax_fit}
 
 
-def available(names):
-    ok, skipped = [], {}
-    for name in names:
-        module = {"sklearn": "sklearn", "torch": "torch", "jax": "optax"}.get(name)
-        if module is not None:
-            try:
-                __import__(module)
-            except ImportError as exc:
-                skipped[name] = str(exc)
-                continue
-        ok.append(name)
-    return ok, skipped
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="N=5,000, d=16, h=32, 5 iterations")
@@ -212,7 +198,8 @@ def main(argv=None):
         args.repeat = 1
     set_threads(2)
     print(format_machine(machine_info()) + "\n", flush=True)
-    names, skipped = available(args.only)
+    names, skipped = available(args.only, {"sklearn": "sklearn", "torch": "torch",
+                                           "jax": "optax"})
     X, y = make_data(args.n_samples, args.n_features, args.classes)
     h = args.hidden
     # compile fusedgrad's kernels (or load them), warm PyTorch up, and compile JAX's
