@@ -31,13 +31,13 @@ SIZES = {
     "thin": dict(N=65536, d=16, h=32, K=4),
 }
 
-#: Epochs per MLP fit, per solver.
-EPOCHS = {"sgd": 3, "gd": 10}
+#: Epochs (lbfgs: iterations) per MLP fit, per solver.
+EPOCHS = {"sgd": 3, "gd": 10, "lbfgs": 10}
 
 if common.PROFILE == "fast":
     for _size, _n in (("small", 512), ("large-batch", 2048), ("thin", 4096)):
         SIZES[_size]["N"] = _n
-    EPOCHS = {"sgd": 1, "gd": 2}
+    EPOCHS = {"sgd": 1, "gd": 2, "lbfgs": 2}
 
 #: Minibatch size of ``'sgd'`` (scikit-learn's ``'auto'``).
 BATCH_SIZE = 200
@@ -96,6 +96,8 @@ def mlp_classifier(impl, solver, size, dtype, max_iter=None, activation="logisti
         cls = _require("sklearn.neural_network", "MLPClassifier")
         if solver == "gd":
             return cls(solver="sgd", batch_size=N, momentum=0.0, shuffle=False, **common_kw)
+        if solver == "lbfgs":
+            return cls(solver="lbfgs", **common_kw)
         return cls(solver="sgd", batch_size=BATCH_SIZE, **common_kw)
     cls = _require("fusedgrad.models", "MLPClassifier")
     return cls(solver=solver, batch_size=BATCH_SIZE, dtype=dtype, **common_kw)
@@ -196,9 +198,10 @@ class LinearRegressionDask:
 
 
 class MLPClassifierFit:
-    """``MLPClassifier.fit``: ``EPOCHS[solver]`` epochs of minibatch (``sgd``) or full-batch GD."""
+    """``MLPClassifier.fit``: ``EPOCHS[solver]`` epochs of minibatch (``sgd``) or full-batch GD,
+    or iterations of L-BFGS (``lbfgs``, tolerance 0)."""
 
-    params = [["sklearn", "fused"], ["sgd", "gd"], list(SIZES), common.DTYPES]
+    params = [["sklearn", "fused"], ["sgd", "gd", "lbfgs"], list(SIZES), common.DTYPES]
     param_names = ["implementation", "solver", "size", "dtype"]
     timeout = 180
 
