@@ -724,13 +724,18 @@ def _ptx_model_runs():
                                                 fit_intercept=False)])):
             X = rng.standard_normal((N, d)).astype(dtype)
             y = rng.standard_normal(N).astype(dtype)
+            # the weighted fits (weighted means, rows scaled on the device) at the small shape
+            weights = [None] + ([rng.uniform(0.0, 2.0, N)] if d < 100 else [])
             for params in configs:
-                def fit(params=params, X=X, y=y):
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        LinearRegression(device="cuda", **params).fit(X, y).predict(X)
+                for sw in weights:
+                    def fit(params=params, X=X, y=y, sw=sw):
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            LinearRegression(device="cuda", **params).fit(
+                                X, y, sample_weight=sw).predict(X)
 
-                runs.append((f"LinearRegression {params} {np.dtype(dtype).name} d={d}", fit))
+                    runs.append((f"LinearRegression {params} {np.dtype(dtype).name} d={d}"
+                                 + (" weighted" if sw is not None else ""), fit))
     return runs
 
 

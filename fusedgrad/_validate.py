@@ -38,7 +38,8 @@ from numba import njit, prange
 
 from fusedgrad.kernels import _options as opt
 
-__all__ = ["float_arrays", "labels", "indices", "output", "all_finite", "require_finite"]
+__all__ = ["float_arrays", "labels", "indices", "output", "all_finite", "require_finite",
+           "weights"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -456,3 +457,18 @@ def output(name, value, shape, dtype, inputs=()):
         if np.shares_memory(value, other):
             raise ValueError(f"{name} overlaps input {other_name}")
     return value
+
+
+def weights(name, w, positive_sum=True):
+    """Check checked float weights ``w`` (one per sample): none negative (NaN
+    counts as negative: it would reach a square root) and, with
+    ``positive_sum``, a positive finite sum. Returns their float64 sum."""
+    if not np.all(w >= 0):
+        raise ValueError(f"{name} must be non-negative: it holds {float(w[~(w >= 0)][0])!r}")
+    total = float(np.sum(w, dtype=np.float64))
+    if positive_sum:
+        if not total > 0:
+            raise ValueError(f"{name} must have a positive sum: all weights are zero")
+        if total == np.inf:
+            raise ValueError(f"{name} must have a finite sum: it holds infinity")
+    return total

@@ -220,6 +220,29 @@ def test_linear_fit_matches_cpu(name):
     np.testing.assert_allclose(gpu.predict(X_LIN), cpu.predict(X_LIN), rtol=1e-4, atol=1e-4)
 
 
+W_LIN = np.r_[np.zeros(5), np.random.RandomState(7).uniform(0.0, 3.0, 19)].astype(np.float32)
+
+
+@pytest.mark.parametrize("name", list(LINEAR_CONFIGS))
+def test_weighted_linear_fit_matches_cpu(name):
+    """The device copies centred by the weighted means and scaled by sqrt(n s_i / sum s)
+    give the CPU's weighted fit (the first 5 rows, weight 0, do not count)."""
+    config = LINEAR_CONFIGS[name]
+    cpu, gpu = fit_both(lambda device: LinearRegression(device=device, **config), X_LIN, Y_LIN,
+                        sample_weight=W_LIN)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gd stops at max_iter=3
+        unweighted = LinearRegression(**config).fit(X_LIN, Y_LIN)
+    assert gpu.coef_.dtype == np.float32
+    np.testing.assert_allclose(gpu.coef_, cpu.coef_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gpu.intercept_, cpu.intercept_, rtol=1e-4, atol=1e-4)
+    assert np.abs(unweighted.coef_ - cpu.coef_).max() > 1e-3  # the weights matter
+    if config["solver"] == "gd":
+        np.testing.assert_allclose(gpu.loss_curve_, cpu.loss_curve_, rtol=1e-5)
+    else:
+        np.testing.assert_allclose(gpu.cond_, cpu.cond_, rtol=1e-3)
+
+
 def test_linear_gd_copies_two_numbers_per_iteration(monkeypatch):
     sizes = count_copies(monkeypatch)
     with warnings.catch_warnings():

@@ -290,3 +290,74 @@ def test_mlp_predictions_are_lazy_and_blockwise(labels):
     X[7, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         m.predict(da.from_array(X, chunks=(250, 5))).compute()
+
+
+# ---------------------------------------------------------------------------
+# Sample weights
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+@pytest.mark.parametrize("solver", ["auto", "normal", "qr"])
+def test_weighted_matches_in_memory_fit(solver, fit_intercept):
+    X, y = make_data(10007, 7, seed=21, noise=1.0)
+    w = np.random.default_rng(22).uniform(0, 3, len(y))
+    w[:2500] = 0.0  # whole blocks of weight 0 (the first, where QR's shift comes from)
+    w[5000:5100] = 0.0
+    memory = LinearRegression(solver=solver, fit_intercept=fit_intercept).fit(
+        X, y, sample_weight=w)
+    Xd, yd = as_dask(X, y, "uneven")
+    for sw in (da.from_array(w, chunks=1000), w):  # other chunks than X's; in memory
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            m = LinearRegression(solver=solver, fit_intercept=fit_intercept).fit(
+                Xd, yd, sample_weight=sw)
+        assert m.solver_ == memory.solver_ and m.rank_ == 7
+        scale = np.abs(memory.coef_).max()
+        assert_allclose(m.coef_, memory.coef_, rtol=0, atol=1e-10 * scale)
+        assert_allclose(m.intercept_, memory.intercept_, rtol=0,
+                        atol=1e-10 * (abs(memory.intercept_) + scale))
+
+
+def test_integer_weights_equal_repeated_rows():
+    X, y = make_data(2000, 4, seed=23, noise=1.0)
+    counts = np.random.default_rng(24).integers(0, 4, len(y))
+    rows = np.repeat(np.arange(len(y)), counts)
+    coef, b = lstsq_fit(X[rows], y[rows])
+    Xd, yd = as_dask(X, y, "uneven")
+    for solver in ("normal", "qr"):
+        m = LinearRegression(solver=solver).fit(Xd, yd, sample_weight=da.from_array(counts, 300))
+        assert_allclose(m.coef_, coef, rtol=1e-10)
+        assert m.intercept_ == pytest.approx(b, rel=1e-10)
+
+
+def test_scalar_weight_is_the_unweighted_fit():
+    X, y = make_data(500, 3, seed=25)
+    Xd, yd = as_dask(X, y, "uneven")
+    plain = LinearRegression().fit(Xd, yd)
+    m = LinearRegression().fit(Xd, yd, sample_weight=4.0)
+    assert np.array_equal(m.coef_, plain.coef_) and m.intercept_ == plain.intercept_
+
+
+def test_bad_weights():
+    X, y = make_data(100, 3, seed=26)
+    Xd, yd = da.from_array(X, chunks=(30, 3)), da.from_array(y, chunks=30)
+    w = np.ones(100)
+    with pytest.raises(ValueError, match="sample_weight has 99 values but X has 100 samples"):
+        LinearRegression().fit(Xd, yd, sample_weight=da.from_array(w[:99], chunks=30))
+    with pytest.raises(ValueError, match="sample_weight must be 1-D"):
+        LinearRegression().fit(Xd, yd, sample_weight=da.ones((100, 2), chunks=30))
+    with pytest.raises(ValueError, match="sample_weight must have a positive sum"):
+        LinearRegression().fit(Xd, yd, sample_weight=da.zeros(100, chunks=30))
+    with pytest.raises(ValueError, match="sample_weight must have a positive sum"):
+        LinearRegression().fit(Xd, yd, sample_weight=0.0)
+    with pytest.raises(TypeError, match="sample_weight must hold real numbers"):
+        LinearRegression().fit(Xd, yd, sample_weight=da.from_array(w.astype(complex), 30))
+    for solver in ("normal", "qr"):
+        bad = w.copy()
+        bad[77] = -1.0  # in the third block
+        with pytest.raises(ValueError, match="sample_weight must be non-negative"):
+            LinearRegression(solver=solver).fit(Xd, yd, sample_weight=da.from_array(bad, 30))
+        bad[77] = np.nan
+        with pytest.raises(ValueError, match="sample_weight contains NaN"):
+            LinearRegression(solver=solver).fit(Xd, yd, sample_weight=da.from_array(bad, 30))

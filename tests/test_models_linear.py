@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from fusedgrad.kernels.ols import centered_gram
+from fusedgrad.kernels.ols import centered_gram, ols_loss_grad
 from fusedgrad.kernels.qr import tsqr
 from fusedgrad.models import (
     ConvergenceWarning,
@@ -118,6 +118,103 @@ def test_kernels_do_not_depend_on_thread_count():
     assert np.array_equal(one[1], many[1])
 
 
+# Weights: some rows 0, some whole chunks (2,048 rows) 0, the first chunk of one
+# group 0, and a wide range of positive values.
+def make_weights(N, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(0.0, 4.0, N) ** 2
+    w[rng.random(N) < 0.2] = 0.0
+    if N > 2048:
+        w[:2048] = 0.0
+        w[4096:8192] = 0.0
+    return w.astype(dtype)
+
+
+def weighted_moments(X, y, w):
+    """Float64 weighted means and centred scatter of [X, y], straight from the definition."""
+    A = np.column_stack([X, y]).astype(np.float64)
+    w = w.astype(np.float64)
+    mean = (w @ A) / w.sum()
+    return mean, (A - mean).T @ ((A - mean) * w[:, None])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,d", KERNEL_SHAPES[1:] + [(30000, 4)])
+def test_centered_gram_weighted_matches_numpy(N, d, dtype):
+    X, y = make_data(N, d, dtype, offset=50.0)
+    w = make_weights(N, dtype)
+    if not w.any():
+        w[0] = 1.0
+    mean_ref, scatter_ref = weighted_moments(X, y, w)
+    mean, scatter = centered_gram(X, y, sample_weight=w)
+    assert_allclose(mean, mean_ref, rtol=1e-13 if dtype == np.float64 else 1e-7)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert np.abs(scatter - scatter_ref).max() <= tol * max(np.abs(scatter_ref).max(), 1e-300)
+    assert np.array_equal(scatter, scatter.T)
+
+
+@pytest.mark.parametrize("intercept", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,d", [(37, 4), (20000, 9)])
+def test_tsqr_weighted_matches_numpy(N, d, dtype, intercept):
+    X, y = make_data(N, d, dtype)
+    w = make_weights(N, dtype, seed=1)
+    shift = np.r_[X[:7].mean(axis=0), y[:7].mean()].astype(np.float64)
+    cols = ([np.ones(N)] if intercept else []) + [X - shift[:d], y - shift[d]]
+    A = np.column_stack(cols).astype(np.float64) * np.sqrt(w.astype(np.float64))[:, None]
+    R = tsqr(X, y, shift, intercept=intercept, sample_weight=w)
+    assert np.array_equal(R, np.triu(R))
+    assert_allclose(R.T @ R, A.T @ A, rtol=0, atol=1e-12 * np.abs(A.T @ A).max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,d", [(1, 1), (37, 4), (20000, 9)])
+def test_ols_loss_grad_weighted_matches_definition(N, d, dtype):
+    X, y = make_data(N, d, dtype, seed=2)
+    w = np.random.default_rng(3).standard_normal(d).astype(dtype)
+    s = make_weights(N, dtype, seed=4)
+    if not s.any():
+        s[:] = 2.5
+    r = y.astype(np.float64) - X.astype(np.float64) @ w.astype(np.float64)
+    s64 = s.astype(np.float64)
+    loss_ref = (s64 * r * r).sum() / (2 * s64.sum())
+    grad_ref = -(s64 * r) @ X.astype(np.float64) / s64.sum()
+    loss, grad = ols_loss_grad(X, y, w, sample_weight=s)
+    assert grad.dtype == dtype and np.asarray(loss).dtype == dtype
+    rtol = 1e-12 if dtype == np.float64 else 2e-5
+    assert loss == pytest.approx(loss_ref, rel=rtol)
+    assert np.abs(grad - grad_ref).max() <= rtol * np.abs(grad_ref).max()
+
+
+def test_weighted_kernels_with_unit_weights_equal_unweighted():
+    X, y = make_data(20000, 5, seed=5)
+    ones = np.ones(len(y))
+    w = np.arange(5.0)
+    assert all(np.array_equal(a, b) for a, b in zip(centered_gram(X, y, sample_weight=ones),
+                                                    centered_gram(X, y)))
+    assert np.array_equal(tsqr(X, y, sample_weight=ones), tsqr(X, y))
+    assert all(np.array_equal(a, b) for a, b in zip(ols_loss_grad(X, y, w, sample_weight=ones),
+                                                    ols_loss_grad(X, y, w)))
+
+
+@pytest.mark.parametrize("kernel", ["centered_gram", "tsqr", "ols_loss_grad"])
+def test_weighted_kernels_check_weights(kernel):
+    X, y = make_data(10, 2)
+    call = {"centered_gram": lambda s: centered_gram(X, y, sample_weight=s),
+            "tsqr": lambda s: tsqr(X, y, sample_weight=s),
+            "ols_loss_grad": lambda s: ols_loss_grad(X, y, np.zeros(2), sample_weight=s)}[kernel]
+    with pytest.raises(TypeError, match="sample_weight has dtype float32 but X"):
+        call(np.ones(10, np.float32))
+    with pytest.raises(ValueError, match="sample_weight has shape"):
+        call(np.ones(9))
+    with pytest.raises(ValueError, match="sample_weight must be non-negative: it holds -1.0"):
+        call(np.r_[np.ones(9), -1.0])
+    with pytest.raises(ValueError, match="sample_weight must have a positive sum"):
+        call(np.zeros(10))
+    with pytest.raises(ValueError, match="sample_weight contains NaN"):
+        call(np.r_[np.ones(9), np.nan])
+
+
 # ---------------------------------------------------------------------------
 # Agreement with scikit-learn and lstsq
 # ---------------------------------------------------------------------------
@@ -162,6 +259,95 @@ def test_matches_sklearn(solver, fit_intercept, dtype, N, d):
         ref32 = sklm.LinearRegression(fit_intercept=fit_intercept).fit(X, y)
         assert (np.abs(model.coef_ - ref.coef_).max()
                 <= max(2 * np.abs(ref32.coef_ - ref.coef_).max(), 1e-5 * scale))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("solver,fit_intercept", SOLVER_INTERCEPT)
+def test_weighted_fit_matches_sklearn(solver, fit_intercept, dtype):
+    sklm = pytest.importorskip("sklearn.linear_model")
+    X, y = make_data(20000, 4, dtype, seed=11, noise=1.0)
+    y = (y + 3.0 * (X[:, 0] - X[:, 0].mean()) ** 2).astype(dtype)  # not linear: weights matter
+    w = make_weights(len(y), dtype, seed=12)
+    tol = 1e-12 if dtype == np.float64 else 1e-6
+    model = LinearRegression(solver=solver, fit_intercept=fit_intercept, tol=tol,
+                             max_iter=20000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(X, y, sample_weight=w)
+    ref = sklm.LinearRegression(fit_intercept=fit_intercept).fit(
+        X.astype(np.float64), y.astype(np.float64), sample_weight=w.astype(np.float64))
+    unweighted = sklm.LinearRegression(fit_intercept=fit_intercept).fit(
+        X.astype(np.float64), y.astype(np.float64))
+    scale = np.abs(ref.coef_).max()
+    rtol = (1e-7 if solver == "gd" else 1e-10) if dtype == np.float64 else 2e-4
+    assert model.coef_.dtype == dtype and np.asarray(model.intercept_).dtype == dtype
+    assert np.abs(model.coef_ - ref.coef_).max() <= rtol * scale
+    assert abs(model.intercept_ - ref.intercept_) <= rtol * max(abs(ref.intercept_), scale)
+    # the weights matter here: the unweighted fit is far away
+    assert np.abs(unweighted.coef_ - ref.coef_).max() > 20 * 2e-4 * scale
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_integer_weights_equal_repeated_rows(solver):
+    """Weight k is k copies of the row; weight 0 is no row at all."""
+    X, y = make_data(3000, 5, seed=13, noise=1.0)
+    counts = np.random.default_rng(14).integers(0, 4, len(y))
+    repeated = np.repeat(np.arange(len(y)), counts)
+    kwargs = dict(solver=solver, tol=1e-12, max_iter=20000)
+    weighted = quiet_fit_weighted(LinearRegression(**kwargs), X, y, counts)
+    copies = quiet_fit(LinearRegression(**kwargs), X[repeated], y[repeated])
+    rtol = 1e-7 if solver == "gd" else 1e-11
+    assert_allclose(weighted.coef_, copies.coef_, rtol=rtol)
+    assert_allclose(weighted.intercept_, copies.intercept_, rtol=rtol)
+    assert weighted.rank_ == copies.rank_ == 5
+
+
+def quiet_fit_weighted(model, X, y, sample_weight):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return model.fit(X, y, sample_weight=sample_weight)
+
+
+def test_scalar_and_constant_weights_equal_unweighted():
+    X, y = make_data(500, 3, seed=15)
+    plain = quiet_fit(LinearRegression(), X, y)
+    for sw in (2.5, np.full(len(y), 0.1), [3] * len(y)):
+        model = quiet_fit_weighted(LinearRegression(), X, y, sw)
+        assert_allclose(model.coef_, plain.coef_, rtol=1e-12)
+        assert_allclose(model.intercept_, plain.intercept_, rtol=1e-12)
+
+
+def test_fewer_weighted_rows_than_features_is_rank_deficient():
+    """Rows of weight 0 do not count: 3 weighted rows cannot determine 5 features."""
+    X, y = make_data(50, 5, seed=16)
+    w = np.zeros(50)
+    w[[3, 17, 40]] = 1.0
+    for solver in ("auto", "qr"):
+        with pytest.warns(RankDeficientWarning):
+            model = LinearRegression(solver=solver).fit(X, y, sample_weight=w)
+        assert model.rank_ == 2
+        # the minimum-norm fit interpolates the three weighted rows
+        assert_allclose(model.predict(X[w > 0]), y[w > 0], rtol=1e-9)
+
+
+BAD_WEIGHTS = [
+    ("too short", np.ones(3), ValueError, "sample_weight has 3 values but X has 4 samples"),
+    ("2-D", np.ones((4, 1)), ValueError, "sample_weight must be 1-D"),
+    ("negative", [1.0, -2.0, 1.0, 1.0], ValueError, "sample_weight must be non-negative"),
+    ("all zero", np.zeros(4), ValueError, "sample_weight must have a positive sum"),
+    ("zero scalar", 0.0, ValueError, "sample_weight must have a positive sum"),
+    ("NaN", [1.0, np.nan, 1.0, 1.0], ValueError, "sample_weight contains NaN"),
+    ("inf scalar", np.inf, ValueError, "sample_weight contains NaN or infinity"),
+    ("strings", ["a", "b", "c", "d"], TypeError, "sample_weight must hold numbers"),
+    ("dict", {}, TypeError, "sample_weight must be an array"),
+]
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("what,sw,exc,match", BAD_WEIGHTS, ids=[b[0] for b in BAD_WEIGHTS])
+def test_bad_sample_weight(what, sw, exc, match, solver):
+    with pytest.raises(exc, match=match):
+        LinearRegression(solver=solver).fit(*make_data(4, 2), sample_weight=sw)
 
 
 def test_intercept_off_fits_through_origin():

@@ -19,10 +19,12 @@ __all__ = ["ols_loss_grad", "gram", "centered_gram"]
 
 
 @njit(**opt.PARALLEL)
-def _ols_loss_grad(X, y, w, grad, chunk, groups, serial):
+def _ols_loss_grad(X, y, w, sw, weighted, total, grad, chunk, groups, serial):
     """Jitted core: writes the gradient into ``grad`` and returns the loss.
 
-    Per row: residual ``r = y_i - x_i w``; loss ``+= r^2``; gradient ``-= r x_i``.
+    Per row: residual ``r = y_i - x_i w``; loss ``+= r^2``; gradient ``-= r x_i``
+    (with ``weighted``: ``r`` times the row's weight ``sw[i]`` in both); both are
+    divided by ``total`` (the number of rows, or the sum of the weights).
     ``serial``: run on the calling thread alone (see :func:`enter_threads`).
     """
     threads = enter_threads(serial)
@@ -43,19 +45,23 @@ def _ols_loss_grad(X, y, w, grad, chunk, groups, serial):
                     s += X[i, j] * w[j]
                 r = y[i] - s
                 rr = np.float64(r)
-                sq += rr * rr
+                if weighted:
+                    sq += np.float64(sw[i]) * rr * rr
+                    r = r * sw[i]
+                else:
+                    sq += rr * rr
                 for j in range(d):
                     acc[j] -= r * X[i, j]
             ploss[g] += sq
     sum_groups(pg, grad)
-    inv_n = X.dtype.type(1.0) / X.dtype.type(N)
+    inv_n = X.dtype.type(1.0 / total)
     for j in range(d):
         grad[j] *= inv_n
-    total = 0.0
+    loss = 0.0
     for g in range(groups):
-        total += ploss[g]
+        loss += ploss[g]
     leave_threads(threads)
-    return total / (2.0 * N)
+    return loss / (2.0 * total)
 
 
 @njit(**opt.PARALLEL)
@@ -98,7 +104,19 @@ def _ols_inputs(X, y, extra, check_finite, deferred=()):
     return _validate.float_arrays(specs, check_finite, deferred=deferred)
 
 
-def ols_loss_grad(X, y, w, *, check_finite=True):
+def _weighted_inputs(X, y, extra, sample_weight, check_finite, deferred=()):
+    """:func:`_ols_inputs`, then the checked ``sample_weight`` (an empty array when
+    ``None``: X's dtype, one per sample, none negative, a positive sum) and the
+    float64 sum of the weights (the number of samples when ``None``)."""
+    if sample_weight is None:
+        arrays = _ols_inputs(X, y, extra, check_finite, deferred)
+        return arrays + [np.empty(0, arrays[0].dtype), float(arrays[0].shape[0])]
+    arrays = _ols_inputs(X, y, extra + [("sample_weight", sample_weight, ("n_samples",))],
+                         check_finite, deferred)
+    return arrays + [_validate.weights("sample_weight", arrays[-1])]
+
+
+def ols_loss_grad(X, y, w, *, sample_weight=None, check_finite=True):
     r"""OLS loss and gradient in one pass over ``X``.
 
     .. math::
@@ -106,7 +124,10 @@ def ols_loss_grad(X, y, w, *, check_finite=True):
         \nabla L(w) = \frac1n \left(-y X + w X^T X\right) = -\frac1n \textstyle\sum_i r_i x_i
 
     with residuals :math:`r_i = y_i - x_i w`; ``X^T X`` is never formed.
-    The loss is accumulated in float64 and returned in X's dtype.
+    The loss is accumulated in float64 and returned in X's dtype. With
+    ``sample_weight`` :math:`s`, the weighted mean replaces the mean:
+    :math:`L = \sum_i s_i r_i^2 / (2 \sum_i s_i)`,
+    :math:`\nabla L = -\sum_i s_i r_i x_i / \sum_i s_i`.
 
     The finiteness check of ``X`` and ``y`` costs no second pass over them:
     a NaN or infinity in either makes a residual, and so the float64 loss,
@@ -119,6 +140,8 @@ def ols_loss_grad(X, y, w, *, check_finite=True):
     X : array_like, shape (n_samples, n_features), float32 or float64
     y : array_like, shape (n_samples,), X's dtype
     w : array_like, shape (n_features,), X's dtype
+    sample_weight : array_like, shape (n_samples,), X's dtype, optional
+        Non-negative weights of the rows, with a positive sum.
     check_finite : bool, default True
 
     Returns
@@ -126,11 +149,12 @@ def ols_loss_grad(X, y, w, *, check_finite=True):
     loss : scalar of X's dtype
     grad : ndarray, shape (n_features,)
     """
-    X, y, w = _ols_inputs(X, y, [("w", w, ("n_features",))], check_finite, deferred=("X", "y"))
+    X, y, w, sw, total = _weighted_inputs(X, y, [("w", w, ("n_features",))], sample_weight,
+                                          check_finite, deferred=("X", "y"))
     N, d = X.shape
     chunk, groups = plan(N, (d + 1) * X.itemsize, d * X.itemsize)
     grad = np.empty(d, X.dtype)
-    loss = _ols_loss_grad(X, y, w, grad, chunk, groups,
+    loss = _ols_loss_grad(X, y, w, sw, sw.shape[0] > 0, total, grad, chunk, groups,
                           serial_call("ols_loss_grad", (X,)))
     if check_finite and not np.isfinite(loss):
         _validate.require_finite(("X", X), ("y", y))
@@ -180,21 +204,24 @@ def gram(X, y, *, check_finite=True):
 
 
 @njit(**opt.PARALLEL)
-def _centered_gram(X, y, chunk, groups, counts, means, scatters):
-    """Jitted core: per-group count, mean and centred scatter of the columns of ``[X, y]``.
+def _centered_gram(X, y, sw, weighted, chunk, groups, counts, means, scatters):
+    """Jitted core: per-group weight, mean and centred scatter of the columns of ``[X, y]``.
 
-    Writes, for each group ``g`` of the fixed partition, ``counts[g]`` (rows),
-    ``means[g]`` (``(d + 1,)``) and the upper triangle of ``scatters[g]``
-    (``(d + 1, d + 1)``, the sum of outer products of the rows of ``[X, y]``
-    minus the group's mean), all float64.
+    Writes, for each group ``g`` of the fixed partition, ``counts[g]`` (its
+    rows, or with ``weighted`` the sum of their weights ``sw``), ``means[g]``
+    (``(d + 1,)``, weighted) and the upper triangle of ``scatters[g]``
+    (``(d + 1, d + 1)``, the (weighted) sum of outer products of the rows of
+    ``[X, y]`` minus the group's mean), all float64.
 
     Each chunk is shifted by an estimate of its mean (the mean of the group's
     previous chunk, or its own for the first) into a cache-resident scratch
-    block (in X's dtype), its scatter is taken there by BLAS, corrected for the
-    shift's rounding by the block's column sums, and merged into the group's
-    float64 accumulators with the pairwise update of Chan, Golub and LeVeque.
-    No cancellation between large uncentred sums ever happens, so float32
-    input keeps float32 speed and accuracy.
+    block (in X's dtype; with weights, each row times the square root of its
+    weight), its scatter is taken there by BLAS, corrected for the shift's
+    rounding by the block's (weighted) column sums, and merged into the
+    group's float64 accumulators with the pairwise update of Chan, Golub and
+    LeVeque (weights in place of counts). No cancellation between large
+    uncentred sums ever happens, so float32 input keeps float32 speed and
+    accuracy. A chunk whose weights are all 0 adds nothing.
     """
     N, d = X.shape
     p = d + 1
@@ -204,6 +231,7 @@ def _centered_gram(X, y, chunk, groups, counts, means, scatters):
         Z = np.empty((chunk, p), X.dtype)
         S = np.zeros((p, p), X.dtype)
         shift = np.empty(p, X.dtype)
+        root = np.empty(chunk if weighted else 0, X.dtype)
         s = np.empty(p, np.float64)
         delta = np.empty(p, np.float64)
         M_prev = np.empty(p, np.float64)
@@ -216,34 +244,55 @@ def _centered_gram(X, y, chunk, groups, counts, means, scatters):
             r0 = c * chunk
             r1 = min(N, r0 + chunk)
             m = r1 - r0
-            # The shift, in X's dtype: the mean of the previous chunk of the group
-            # (already known), or of this chunk for the group's first one.
-            if c == first:
+            m_w = np.float64(m)
+            if weighted:
+                m_w = 0.0
+                for i in range(m):
+                    m_w += np.float64(sw[r0 + i])
+                    root[i] = np.sqrt(sw[r0 + i])
+                if m_w == 0.0:
+                    continue
+            # The shift, in X's dtype: the mean of the group's previous chunk
+            # (already known), or this chunk's own (weighted) mean.
+            if n_g == 0.0:
                 s[:] = 0.0
                 for i in range(r0, r1):
+                    wi = np.float64(sw[i]) if weighted else 1.0
                     for j in range(d):
-                        s[j] += X[i, j]
-                    s[d] += y[i]
+                        s[j] += wi * X[i, j]
+                    s[d] += wi * y[i]
                 for j in range(p):
-                    shift[j] = s[j] / m
+                    shift[j] = s[j] / m_w
             else:
                 for j in range(p):
                     shift[j] = M_prev[j]
-            # Shifted block and its exact column sums (float64).
+            # Shifted (and weighted) block and its exact weighted column sums (float64).
             s[:] = 0.0
-            for i in range(m):
-                for j in range(d):
-                    z = X[r0 + i, j] - shift[j]
-                    Z[i, j] = z
-                    s[j] += z
-                z = y[r0 + i] - shift[d]
-                Z[i, d] = z
-                s[d] += z
+            if weighted:
+                for i in range(m):
+                    a = root[i]
+                    aa = np.float64(a)
+                    for j in range(d):
+                        z = (X[r0 + i, j] - shift[j]) * a
+                        Z[i, j] = z
+                        s[j] += aa * z
+                    z = (y[r0 + i] - shift[d]) * a
+                    Z[i, d] = z
+                    s[d] += aa * z
+            else:
+                for i in range(m):
+                    for j in range(d):
+                        z = X[r0 + i, j] - shift[j]
+                        Z[i, j] = z
+                        s[j] += z
+                    z = y[r0 + i] - shift[d]
+                    Z[i, d] = z
+                    s[d] += z
             gram_tn(Z[:m], S, 0.0)
-            # Merge (count m, mean shift + s/m, scatter S - s s^T / m) into the group.
-            n_new = n_g + m
-            f = n_g * m / n_new
-            inv_m = 1.0 / m
+            # Merge (weight m_w, mean shift + s/m_w, scatter S - s s^T / m_w) into the group.
+            n_new = n_g + m_w
+            f = n_g * m_w / n_new
+            inv_m = 1.0 / m_w
             for j in range(p):
                 delta[j] = (shift[j] + s[j] * inv_m) - M[j]
             for a in range(p):
@@ -251,7 +300,7 @@ def _centered_gram(X, y, chunk, groups, counts, means, scatters):
                 fa = f * delta[a]
                 for b in range(a, p):
                     C[a, b] += (S[a, b] - sa * s[b]) + fa * delta[b]
-            w = m / n_new
+            w = m_w / n_new
             for j in range(p):
                 M[j] += delta[j] * w
                 M_prev[j] = shift[j] + s[j] * inv_m
@@ -275,7 +324,7 @@ def _merge_moments(counts, means, scatters):
     return mean, scatter
 
 
-def centered_gram(X, y, *, check_finite=True):
+def centered_gram(X, y, *, sample_weight=None, check_finite=True):
     r"""Means and centred Gram matrix of ``[X, y]`` in one pass over ``X``.
 
     With :math:`A = [X, y]` (``(n_samples, n_features + 1)``) and its column
@@ -292,6 +341,12 @@ def centered_gram(X, y, *, check_finite=True):
     without copying ``X`` and without the cancellation of
     :math:`X^T X - n \bar x \bar x^T`.
 
+    With ``sample_weight`` :math:`w` both are weighted: the mean is
+    :math:`\sum_i w_i a_i / \sum_i w_i` and the scatter
+    :math:`\sum_i w_i (a_i - \bar a)^T (a_i - \bar a)`, the inputs of the
+    weighted least-squares fit; ``scatter + sum(w) * outer(mean, mean)`` is
+    then :math:`A^T \operatorname{diag}(w) A`.
+
     Rows are processed in chunks: each chunk is shifted by its own mean in a
     cache-sized scratch block, its products are taken in ``X``'s dtype (BLAS,
     as in :func:`gram`), and the chunks are merged in float64 by the pairwise update
@@ -303,16 +358,18 @@ def centered_gram(X, y, *, check_finite=True):
     ----------
     X : array_like, shape (n_samples, n_features), float32 or float64
     y : array_like, shape (n_samples,), X's dtype
+    sample_weight : array_like, shape (n_samples,), X's dtype, optional
+        Non-negative weights of the rows, with a positive sum.
     check_finite : bool, default True
 
     Returns
     -------
     mean : ndarray, shape (n_features + 1,), float64
-        Column means of ``X`` followed by the mean of ``y``.
+        Column means of ``X`` followed by the mean of ``y`` (weighted).
     scatter : ndarray, shape (n_features + 1, n_features + 1), float64
         Symmetric centred Gram matrix of ``[X, y]``.
     """
-    X, y = _ols_inputs(X, y, [], check_finite)
+    X, y, sw, _ = _weighted_inputs(X, y, [], sample_weight, check_finite)
     N, d = X.shape
     p = d + 1
     # per group: the float64 scatter and the chunk's scatter in X's dtype
@@ -321,7 +378,7 @@ def centered_gram(X, y, *, check_finite=True):
     means = np.empty((groups, p))
     scatters = np.empty((groups, p, p))
     with single_threaded_blas():
-        _centered_gram(X, y, chunk, groups, counts, means, scatters)
+        _centered_gram(X, y, sw, sw.shape[0] > 0, chunk, groups, counts, means, scatters)
     mean, scatter = _merge_moments(counts, means, scatters)
     upper = np.triu(scatter)
     scatter = upper + np.triu(upper, 1).T

@@ -90,10 +90,11 @@ _ROWS_PER_COLUMN = 4
 
 
 @njit(**opt.PARALLEL)
-def _tsqr(X, y, shift, intercept, chunk, groups, Rs):
+def _tsqr(X, y, sw, weighted, shift, intercept, chunk, groups, Rs):
     """Jitted core: ``Rs[g]`` (upper triangular, ``(P, P)``) is the R factor of the rows of
     group ``g`` of ``[1, X - shift[:d], y - shift[d]]`` (the ones column only if
-    ``intercept``), ``P = d + 1 + intercept``. Returns the first nonzero LAPACK info, or 0.
+    ``intercept``), ``P = d + 1 + intercept``; with ``weighted``, of those rows each
+    times the square root of its weight ``sw``. Returns the first nonzero LAPACK info, or 0.
     """
     N, d = X.shape
     off = 1 if intercept else 0
@@ -109,23 +110,40 @@ def _tsqr(X, y, shift, intercept, chunk, groups, Rs):
         T = np.zeros((P, cap), np.float64)
         tau = np.empty(P, np.float64)
         work = np.empty(P * _WORK_PER_COLUMN, np.float64)
+        root = np.empty(chunk if weighted else 0, np.float64)
         top = 0
         for c in range(first, stop):
             r0 = c * chunk
             r1 = min(N, r0 + chunk)
             m = r1 - r0
-            if intercept:
+            if weighted:
                 for i in range(m):
-                    T[0, top + i] = 1.0
-            for j in range(d):
-                s = shift[j]
-                col = T[off + j]
+                    root[i] = np.sqrt(np.float64(sw[r0 + i]))
+                if intercept:
+                    for i in range(m):
+                        T[0, top + i] = root[i]
+                for j in range(d):
+                    s = shift[j]
+                    col = T[off + j]
+                    for i in range(m):
+                        col[top + i] = (X[r0 + i, j] - s) * root[i]
+                col = T[off + d]
+                s = shift[d]
                 for i in range(m):
-                    col[top + i] = X[r0 + i, j] - s
-            col = T[off + d]
-            s = shift[d]
-            for i in range(m):
-                col[top + i] = y[r0 + i] - s
+                    col[top + i] = (y[r0 + i] - s) * root[i]
+            else:
+                if intercept:
+                    for i in range(m):
+                        T[0, top + i] = 1.0
+                for j in range(d):
+                    s = shift[j]
+                    col = T[off + j]
+                    for i in range(m):
+                        col[top + i] = X[r0 + i, j] - s
+                col = T[off + d]
+                s = shift[d]
+                for i in range(m):
+                    col[top + i] = y[r0 + i] - s
             rows = top + m
             info = _dgeqrf(rows, P, T, cap, tau, work, work.shape[0])
             if info != 0 and infos[g] == 0:
@@ -149,7 +167,7 @@ def _tsqr(X, y, shift, intercept, chunk, groups, Rs):
     return 0
 
 
-def tsqr(X, y, shift=None, *, intercept=True, check_finite=True):
+def tsqr(X, y, shift=None, *, intercept=True, sample_weight=None, check_finite=True):
     r"""R factor of ``[1, X - shift[:d], y - shift[d]]`` by a tall-skinny QR in one pass.
 
     .. math:: [\mathbf 1, X - \mathbf 1 s_x^T, y - s_y] = Q R
@@ -162,6 +180,11 @@ def tsqr(X, y, shift=None, *, intercept=True, check_finite=True):
     means are ``R[0, 1:] / R[0, 0]``. The ``shift`` (e.g. the column means)
     changes nothing in exact arithmetic; a shift near the means keeps the
     ones column far from collinear with the others.
+
+    With ``sample_weight`` :math:`w`, every row (the ones column included)
+    is multiplied by :math:`\sqrt{w_i}`: the R factor of the weighted
+    least-squares problem. The shifted column means from ``R[0]`` are then
+    the weighted means.
 
     The computation is in float64 whatever X's dtype (float32 rows are
     converted one cache-sized chunk at a time): this is the accurate path.
@@ -176,6 +199,8 @@ def tsqr(X, y, shift=None, *, intercept=True, check_finite=True):
         Subtracted from the columns of ``[X, y]``; zeros when omitted.
     intercept : bool, default True
         Prepend a column of ones.
+    sample_weight : array_like, shape (n_samples,), X's dtype, optional
+        Non-negative weights of the rows, with a positive sum.
     check_finite : bool, default True
 
     Returns
@@ -183,9 +208,15 @@ def tsqr(X, y, shift=None, *, intercept=True, check_finite=True):
     R : ndarray, shape (P, P), float64
         Upper triangular; its rows are defined up to sign.
     """
-    X, y = _validate.float_arrays(
-        [("X", X, ("n_samples", "n_features")), ("y", y, ("n_samples",))], check_finite
-    )
+    specs = [("X", X, ("n_samples", "n_features")), ("y", y, ("n_samples",))]
+    if sample_weight is not None:
+        specs.append(("sample_weight", sample_weight, ("n_samples",)))
+    X, y, *rest = _validate.float_arrays(specs, check_finite)
+    if rest:
+        sw, = rest
+        _validate.weights("sample_weight", sw)
+    else:
+        sw = np.empty(0, X.dtype)
     N, d = X.shape
     if shift is None:
         shift = np.zeros(d + 1)
@@ -203,7 +234,7 @@ def tsqr(X, y, shift=None, *, intercept=True, check_finite=True):
     groups = max(1, min(groups, -(-N // chunk)))
     Rs = np.empty((groups, P, P))
     with single_threaded_blas():
-        info = _tsqr(X, y, shift, bool(intercept), chunk, groups, Rs)
+        info = _tsqr(X, y, sw, sw.shape[0] > 0, shift, bool(intercept), chunk, groups, Rs)
     if info != 0:
         raise RuntimeError(f"LAPACK dgeqrf failed with info={info}")
     if groups == 1:

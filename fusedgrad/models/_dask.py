@@ -32,7 +32,14 @@ import scipy.linalg
 from fusedgrad.kernels._blas import single_threaded_blas
 from fusedgrad.kernels.ols import _merge_moments, centered_gram
 from fusedgrad.kernels.qr import tsqr
-from fusedgrad.models._base import DataConversionWarning, _sk, check_array, check_target
+from fusedgrad.models._base import (
+    DataConversionWarning,
+    _is_real,
+    _sk,
+    check_array,
+    check_sample_weight,
+    check_target,
+)
 
 __all__ = ["is_dask_collection", "prepare", "Passes", "map_rows"]
 
@@ -68,12 +75,15 @@ def _known(name, a, axis):
     return int(size)
 
 
-def prepare(X, y):
-    """Check the shapes of dask ``X`` (2-D) and ``y`` (1-D, or a column) and align them.
+def prepare(X, y, sample_weight=None):
+    """Check the shapes of dask ``X`` (2-D), ``y`` (1-D, or a column) and
+    ``sample_weight`` (None, a number or 1-D) and align them.
 
-    Returns ``(X, y)`` as dask arrays with all columns of ``X`` in one chunk
-    and ``y`` chunked as ``X``'s rows. Values are checked later, block by
-    block, where they are computed.
+    Returns ``(X, y, sample_weight)`` as dask arrays with all columns of ``X``
+    in one chunk and ``y`` and ``sample_weight`` chunked as ``X``'s rows
+    (``sample_weight`` None when not given, or a number: equal weights are
+    the unweighted fit). Values are checked later, block by block, where
+    they are computed.
     """
     import dask.array as da
 
@@ -110,25 +120,56 @@ def prepare(X, y):
                          "while a minimum of 1 is required.")
     X = X.rechunk({1: -1})
     y = y.rechunk((X.chunks[0],))
-    return X, y
+    if sample_weight is None:
+        return X, y, None
+    if _is_real(sample_weight) or np.ndim(sample_weight) == 0 and not is_dask_collection(
+            sample_weight):
+        check_sample_weight(sample_weight, 1, np.float64)  # finite, >= 0, nonzero
+        return X, y, None
+    sw = _as_dask_array("sample_weight", sample_weight, da)
+    if sw.dtype.kind not in "biuf":
+        raise TypeError(f"sample_weight must hold real numbers, got dtype {sw.dtype}")
+    if sw.ndim != 1:
+        raise ValueError(f"sample_weight must be 1-D, got {sw.ndim}-D array of shape "
+                         f"{sw.shape}")
+    if _known("sample_weight", sw, 0) != n:
+        raise ValueError(f"sample_weight has {sw.shape[0]} values but X has {n} samples")
+    return X, y, sw.rechunk((X.chunks[0],))
 
 
-def _blocks(X, y):
-    """The delayed ``(X block, y block)`` pairs, in row order (empty blocks left out)."""
+def _blocks(X, y, sw):
+    """The delayed ``(X block, y block, weights block or None)`` triples, in row
+    order (empty blocks left out)."""
     xs = X.to_delayed().ravel()
     ys = y.to_delayed().ravel()
-    return [(xb, yb) for xb, yb, rows in zip(xs, ys, X.chunks[0]) if rows]
+    ws = [None] * len(xs) if sw is None else sw.to_delayed().ravel()
+    return [(xb, yb, wb) for xb, yb, wb, rows in zip(xs, ys, ws, X.chunks[0]) if rows]
 
 
-def _checked(Xb, yb, dtype):
+def _checked(Xb, yb, wb, dtype):
+    """A block checked and converted: ``(X, y, weights or None, sum of the weights)``."""
     X = check_array("X", Xb, dtype=dtype)
-    return X, check_target(yb, X.shape[0], X.dtype)
+    y = check_target(yb, X.shape[0], X.dtype)
+    w, total = check_sample_weight(wb, X.shape[0], X.dtype, positive_sum=False)
+    return X, y, w, total
 
 
-def _block_moments(Xb, yb, dtype):
-    X, y = _checked(Xb, yb, dtype)
-    mean, scatter = centered_gram(X, y, check_finite=False)
-    return float(X.shape[0]), mean, scatter
+def _block_weights(wb, dtype):
+    w, total = check_sample_weight(wb, np.shape(wb)[0], dtype, positive_sum=False)
+    return total, int(np.count_nonzero(w))
+
+
+def _merge_weights(parts):
+    return (float(sum(t for t, _ in parts)), sum(n for _, n in parts))
+
+
+def _block_moments(Xb, yb, wb, dtype):
+    X, y, w, total = _checked(Xb, yb, wb, dtype)
+    if total == 0:  # every weight 0: the block adds nothing
+        p = X.shape[1] + 1
+        return 0.0, np.zeros(p), np.zeros((p, p))
+    mean, scatter = centered_gram(X, y, sample_weight=w, check_finite=False)
+    return total, mean, scatter
 
 
 def _merge_block_moments(parts):
@@ -138,9 +179,12 @@ def _merge_block_moments(parts):
     return float(counts.sum()), mean, scatter
 
 
-def _block_r(Xb, yb, dtype, shift, intercept):
-    X, y = _checked(Xb, yb, dtype)
-    return tsqr(X, y, shift, intercept=intercept, check_finite=False)
+def _block_r(Xb, yb, wb, dtype, shift, intercept):
+    X, y, w, total = _checked(Xb, yb, wb, dtype)
+    if total == 0:  # every weight 0: zero rows, nothing to factor
+        P = X.shape[1] + 1 + int(intercept)
+        return np.zeros((P, P))
+    return tsqr(X, y, shift, intercept=intercept, sample_weight=w, check_finite=False)
 
 
 def _merge_r(parts):
@@ -165,18 +209,37 @@ class Passes:
     :func:`prepare`), each block converted to ``dtype`` and checked where it is
     computed; the same methods as :class:`fusedgrad.models.linear._Passes`."""
 
-    def __init__(self, X, y, dtype, intercept):
+    def __init__(self, X, y, dtype, intercept, sample_weight=None):
         self.X, self.y, self.dtype, self.intercept = X, y, dtype, intercept
+        self.sw = sample_weight
+
+    def weight_stats(self):
+        """``(sum of the weights, number of nonzero weights)``, the weights checked
+        block by block (one pass over them alone); ``(n, n)`` without weights."""
+        import dask
+        from dask import delayed
+
+        n = self.X.shape[0]
+        if self.sw is None:
+            return float(n), n
+        parts = [delayed(_block_weights)(wb, self.dtype) for wb in self.sw.to_delayed().ravel()]
+        (total, nonzero), = dask.compute(_tree(parts, _merge_weights))
+        if not total > 0:
+            raise ValueError("sample_weight must have a positive sum: all weights are zero")
+        if total == np.inf:
+            raise ValueError("sample_weight must have a finite sum")
+        return total, nonzero
 
     def _reduce(self, block, merge, *args):
-        """``block(X block, y block, dtype, *args)`` on every block, merged by
+        """``block(X block, y block, weights block, dtype, *args)`` on every block, merged by
         :func:`_tree`; the graph runs under one BLAS limit (the local schedulers run
         blocks in threads of this process: a limit entered and left by each block
         would switch OpenBLAS's thread count between concurrent blocks)."""
         import dask
         from dask import delayed
 
-        parts = [delayed(block)(xb, yb, self.dtype, *args) for xb, yb in _blocks(self.X, self.y)]
+        parts = [delayed(block)(xb, yb, wb, self.dtype, *args)
+                 for xb, yb, wb in _blocks(self.X, self.y, self.sw)]
         with single_threaded_blas():
             result, = dask.compute(_tree(parts, merge))
         return result
@@ -188,13 +251,17 @@ class Passes:
         return mean, scatter
 
     def head_mean(self, rows):
-        """The float64 column means of ``[X, y]`` over the first ``rows`` rows (checked)."""
+        """The float64 column means of ``[X, y]`` over the first ``rows`` rows (checked;
+        weighted unless their weights are all 0)."""
         import dask
 
+        from fusedgrad.models.linear import _head_mean
+
         n = min(rows, self.X.shape[0])
-        Xh, yh = dask.compute(self.X[:n], self.y[:n])
-        Xh, yh = _checked(Xh, yh, self.dtype)
-        return np.r_[Xh.mean(axis=0, dtype=np.float64), yh.mean(dtype=np.float64)]
+        Xh, yh, wh = dask.compute(self.X[:n], self.y[:n],
+                                  None if self.sw is None else self.sw[:n])
+        Xh, yh, wh, _ = _checked(Xh, yh, wh, self.dtype)
+        return _head_mean(Xh, yh, wh)
 
     def r_factor(self, shift):
         """:func:`~fusedgrad.kernels.qr.tsqr`'s R factor over all blocks: each block's

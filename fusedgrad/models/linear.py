@@ -20,6 +20,7 @@ from fusedgrad.models._base import (
     _resolve_dtype,
     _sk,
     check_array,
+    check_sample_weight,
     check_target,
     feature_names,
     sample_count,
@@ -38,23 +39,33 @@ class _Passes:
     """The passes of the exact solvers over ``X`` and ``y`` in memory (the fused
     kernels); :class:`fusedgrad.models._dask.Passes` is the same over dask arrays."""
 
-    def __init__(self, X, y, intercept):
-        self.X, self.y, self.intercept = X, y, intercept
+    def __init__(self, X, y, intercept, sample_weight=None):
+        self.X, self.y, self.intercept, self.sw = X, y, intercept, sample_weight
 
     def moments(self):
-        """``(mean, scatter)`` of ``[X, y]`` (:func:`centered_gram`)."""
-        return centered_gram(self.X, self.y, check_finite=False)
+        """``(mean, scatter)`` of ``[X, y]`` (:func:`centered_gram`; weighted with weights)."""
+        return centered_gram(self.X, self.y, sample_weight=self.sw, check_finite=False)
 
     def head_mean(self, rows):
-        """The float64 column means of ``[X, y]`` over the first ``rows`` rows."""
+        """The float64 column means of ``[X, y]`` over the first ``rows`` rows
+        (weighted, unless their weights are all 0)."""
         head = slice(0, min(self.X.shape[0], rows))
-        return np.r_[self.X[head].mean(axis=0, dtype=np.float64),
-                     self.y[head].mean(dtype=np.float64)]
+        return _head_mean(self.X[head], self.y[head], None if self.sw is None else self.sw[head])
 
     def r_factor(self, shift):
         """:func:`tsqr`'s R factor of ``[1, X - shift, y - shift]`` (no ones column
-        without an intercept)."""
-        return tsqr(self.X, self.y, shift, intercept=self.intercept, check_finite=False)
+        without an intercept; rows times the square roots of the weights)."""
+        return tsqr(self.X, self.y, shift, intercept=self.intercept, sample_weight=self.sw,
+                    check_finite=False)
+
+
+def _head_mean(X, y, sw):
+    """Float64 column means of ``[X, y]``, weighted by ``sw`` unless it is None or all 0
+    (the QR's shift: any shift is exact, one near the means keeps it accurate)."""
+    A = np.c_[X.astype(np.float64), y.astype(np.float64)]
+    if sw is not None and np.any(sw > 0):
+        return np.average(A, axis=0, weights=sw.astype(np.float64))
+    return A.mean(axis=0)
 
 
 class RankDeficientWarning(UserWarning):
@@ -245,8 +256,8 @@ class LinearRegression(RegressorMixin, BaseModel):
 
     # --- fit ----------------------------------------------------------------------
 
-    def fit(self, X, y):
-        """Fit the linear model.
+    def fit(self, X, y, sample_weight=None):
+        r"""Fit the linear model.
 
         Parameters
         ----------
@@ -255,6 +266,14 @@ class LinearRegression(RegressorMixin, BaseModel):
             block, without being loaded whole (solvers ``'auto'``, ``'normal'``
             and ``'qr'``, on the CPU; see :mod:`fusedgrad.models._dask`).
         y : array_like, shape (n_samples,)
+        sample_weight : float or array_like, shape (n_samples,), optional
+            Non-negative weights of the samples (finite, with a positive sum):
+            the fit minimises :math:`\sum_i s_i (y_i - x_i w - b)^2`, as
+            scikit-learn's does. A number weights every sample alike. Every
+            solver and device takes them, in the fused passes (no weighted
+            copy of ``X`` on the CPU); a sample of weight 0 counts as absent.
+            With a dask ``X``, a dask array (or one in memory) chunked as
+            its rows or not.
 
         Returns
         -------
@@ -263,21 +282,24 @@ class LinearRegression(RegressorMixin, BaseModel):
         self._check_params()
         names = feature_names(X)
         if _dask.is_dask_collection(X) or _dask.is_dask_collection(y):
-            X, y, dtype = self._dask_inputs(X, y)
-            source = _dask.Passes(X, y, dtype, self.fit_intercept)
+            X, y, sw, dtype = self._dask_inputs(X, y, sample_weight)
+            source = _dask.Passes(X, y, dtype, self.fit_intercept, sw)
+            total, n_eff = source.weight_stats()
         else:
             X = check_array("X", X, dtype=self.dtype, n_samples=sample_count("y", y),
                             samples_of="y")
             y = check_target(y, X.shape[0], X.dtype)
+            sw, total = check_sample_weight(sample_weight, X.shape[0], X.dtype)
             dtype = X.dtype
-            source = _Passes(X, y, self.fit_intercept)
+            source = _Passes(X, y, self.fit_intercept, sw)
+            n_eff = X.shape[0] if sw is None else int(np.count_nonzero(sw))
         N, d = X.shape
         eps = float(np.finfo(dtype).eps)
         result = {"cond_": None}
         if self.device == "cuda":
-            coef, intercept = self._fit_cuda(X, y, eps, result)
+            coef, intercept = self._fit_cuda(X, y, sw, total, eps, result)
         elif self.solver == "gd":
-            coef, intercept = self._fit_gd(X, y, result)
+            coef, intercept = self._fit_gd(X, y, sw, total, result)
             result["solver_"], result["rank_"] = "gd", d
         else:
             coef = intercept = None
@@ -286,7 +308,7 @@ class LinearRegression(RegressorMixin, BaseModel):
             if self.solver in ("normal", "auto"):
                 mean, scatter = source.moments()
                 passes += 1
-                solved = self._solve_gram(N, mean, scatter, eps, result)
+                solved = self._solve_gram(total, mean, scatter, eps, result)
                 if solved is not None:
                     coef, intercept = solved
                     result["solver_"] = "normal"
@@ -296,7 +318,8 @@ class LinearRegression(RegressorMixin, BaseModel):
                     shift = np.zeros(d + 1)
                 elif shift is None:
                     shift = source.head_mean(_SHIFT_ROWS)
-                coef, intercept = self._solve_r(source.r_factor(shift), N, shift, eps, result)
+                coef, intercept = self._solve_r(source.r_factor(shift), n_eff, shift, eps,
+                                                result)
                 passes += 1
                 result["solver_"] = "qr"
             result["n_iter_"] = passes
@@ -310,23 +333,25 @@ class LinearRegression(RegressorMixin, BaseModel):
             setattr(self, name, value)
         return self
 
-    def _dask_inputs(self, X, y):
-        """Dask ``X`` and ``y`` aligned for :class:`~fusedgrad.models._dask.Passes`, and the
-        fit's dtype; the solvers that cannot take them refuse here."""
+    def _dask_inputs(self, X, y, sample_weight):
+        """Dask ``X``, ``y`` and ``sample_weight`` (or None) aligned for
+        :class:`~fusedgrad.models._dask.Passes`, and the fit's dtype; the solvers that
+        cannot take them refuse here."""
         if self.device != "cpu":
             raise ValueError(f"device={self.device!r} does not take dask arrays: fit them "
                              "with device='cpu', or pass arrays in memory")
         if self.solver == "gd":
             raise ValueError("solver='gd' would read a dask array once per iteration: use "
                              "solver='auto', 'normal' or 'qr' (one pass each)")
-        X, y = _dask.prepare(X, y)
+        X, y, sw = _dask.prepare(X, y, sample_weight)
         dtype = _resolve_dtype("dtype", self.dtype)
         if dtype is None:
             dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.dtype(np.float64)
-        return X, y, dtype
+        return X, y, sw, dtype
 
     def _solve_gram(self, n, mean, scatter, eps, result, qr_fallback=True):
-        """Normal equations from ``centered_gram``'s output; ``None`` when 'auto' must use QR
+        """Normal equations from ``centered_gram``'s output (``n``: the number of
+        samples, or the sum of their weights); ``None`` when 'auto' must use QR
         (never without ``qr_fallback``: then 'auto' is solved as 'normal')."""
         d = scatter.shape[0] - 1
         G = scatter if self.fit_intercept else scatter + n * np.outer(mean, mean)
@@ -372,7 +397,7 @@ class LinearRegression(RegressorMixin, BaseModel):
 
     def _solve_r(self, R, N, shift, eps, result):
         """Least squares from the R factor of ``[1, X - shift, y - shift]`` (without the
-        ones column when not ``fit_intercept``) of ``N`` rows."""
+        ones column when not ``fit_intercept``) of ``N`` rows (of nonzero weight)."""
         d = shift.shape[0] - 1
         k = 1 if self.fit_intercept else 0
         Rxx = R[k:k + d, k:k + d]
@@ -418,17 +443,18 @@ class LinearRegression(RegressorMixin, BaseModel):
             stacklevel=4,
         )
 
-    def _fit_gd(self, X, y, result):
+    def _fit_gd(self, X, y, sw, total, result):
         """Gradient descent on ``w``; with an intercept, ``b = mean(y) - mean(X) w``
         is eliminated exactly (the centred problem), so the step only sees ``X``'s
-        spread, not its offset."""
+        spread, not its offset. With weights ``sw`` (sum ``total``) the means and
+        the loss are weighted."""
         N, d = X.shape
         dt = X.dtype.type
-        mean, scatter = centered_gram(X, y, check_finite=False)
+        mean, scatter = centered_gram(X, y, sample_weight=sw, check_finite=False)
         if not self.fit_intercept:
-            scatter = scatter + N * np.outer(mean, mean)
+            scatter = scatter + total * np.outer(mean, mean)
         if isinstance(self.learning_rate, str):
-            H = scatter[:d, :d] / N
+            H = scatter[:d, :d] / total
             lam = scipy.linalg.eigvalsh(H, subset_by_index=[d - 1, d - 1], check_finite=False)[0]
             step = 1.0 / lam if lam > 0 else 1.0
         else:
@@ -443,7 +469,7 @@ class LinearRegression(RegressorMixin, BaseModel):
             if self.fit_intercept:
                 b = mean_y - mean_x @ w.astype(np.float64)
                 np.subtract(y, dt(b), out=target)
-            loss, grad = ols_loss_grad(X, target, w, check_finite=False)
+            loss, grad = ols_loss_grad(X, target, w, sample_weight=sw, check_finite=False)
             loss = float(loss)
             if not math.isfinite(loss) or not np.all(np.isfinite(grad)):
                 raise ValueError(
@@ -466,13 +492,18 @@ class LinearRegression(RegressorMixin, BaseModel):
         intercept = mean_y - mean_x @ w.astype(np.float64) if self.fit_intercept else 0.0
         return w, intercept
 
-    def _fit_cuda(self, X, y, eps, result):
-        """Every solver of ``device='cuda'``; ``X`` and ``y`` are copied to the GPU once.
+    def _fit_cuda(self, X, y, sw, total, eps, result):
+        r"""Every solver of ``device='cuda'``; ``X`` and ``y`` are copied to the GPU once.
 
         With ``fit_intercept`` the device copies are centred in place by a
         kernel (column means in float64, one pass, then a shift by the means
         rounded to X's dtype), so the products see the spread of ``X``, not
-        its offset, and no augmented column is formed. ``'normal'`` and
+        its offset, and no augmented column is formed. With weights ``sw``
+        (sum ``total``) the means are weighted and the same kernel multiplies
+        row ``i`` of the copies by :math:`\sqrt{n s_i / \sum s}`: the
+        unweighted problem on those rows is the weighted one (its Gram matrix
+        scaled by ``n / total``, which the normal equations do not see, and
+        its mean loss the weighted mean loss). ``'normal'`` and
         ``'auto'``: :func:`fusedgrad.kernels.cuda.gram` of the centred data,
         copied back once, and the ``(d, d)`` solve on the host as on the CPU.
         ``'gd'``: per iteration the fused
@@ -492,13 +523,19 @@ class LinearRegression(RegressorMixin, BaseModel):
         dt = X.dtype.type
         Xd = cuda.to_device(X)
         yd = cuda.to_device(y)
+        scale_d = sw_d = None
+        if sw is not None:
+            sw_d = cuda.to_device(sw)
+            scale_d = cuda.to_device(np.sqrt(sw * dt(N / total)))
         if self.fit_intercept:
             mean_d = cuda.device_array(d + 1, np.float64)
-            _train.column_means(Xd, yd, mean_d)
-            _train.center(Xd, yd, mean_d)
+            _train.column_means(Xd, yd, mean_d, sw_d, total)
+            _train.center(Xd, yd, mean_d, scale_d)
             mean = mean_d.copy_to_host()
         else:
             mean = np.zeros(d + 1)
+            if sw is not None:
+                _train.center(Xd, yd, cuda.to_device(mean), scale_d)
         scatter = None
         if self.solver != "gd" or isinstance(self.learning_rate, str):
             XtX, Xty = gram(Xd, yd, check_finite=False)

@@ -377,9 +377,10 @@ def _linear_kernels(dtype, tpb, shuffle):
     _d_block_sum = helpers(np.dtype(dtype), tpb, shuffle)._d_block_sum
 
     @jit()
-    def colsum(X, y, part, rows_per_block):
+    def colsum(X, y, sw, weighted, part, rows_per_block):
         # part[b * L + lane, c]: float64 sum of column c of [X, y] over the
-        # rows r0 + lane, r0 + lane + L, ... of block b's row range.
+        # rows r0 + lane, r0 + lane + L, ... of block b's row range (each row
+        # times its weight sw[r] when weighted).
         d = X.shape[1]
         W = d + 1
         tid = cuda.threadIdx.x
@@ -402,24 +403,33 @@ def _linear_kernels(dtype, tpb, shuffle):
                 r = r0 + lane
                 while r < r1:
                     if c < d:
-                        s += np.float64(X[r, c])
+                        v = np.float64(X[r, c])
                     else:
-                        s += np.float64(y[r])
+                        v = np.float64(y[r])
+                    if weighted:
+                        v *= np.float64(sw[r])
+                    s += v
                     r += L
                 part[b * L + lane, c] = s
                 c += cstep
 
     @jit()
-    def shift(X, y, mean):
+    def shift(X, y, mean, scale, scaled):
         d = X.shape[1]
         e = cuda.grid(1)
         step = cuda.gridsize(1)
         while e < X.shape[0] * d:
             r = e // d
             c = e - r * d
-            X[r, c] = X[r, c] - dt(mean[c])
-            if c == 0:
-                y[r] = y[r] - dt(mean[d])
+            if scaled:
+                a = scale[r]
+                X[r, c] = (X[r, c] - dt(mean[c])) * a
+                if c == 0:
+                    y[r] = (y[r] - dt(mean[d])) * a
+            else:
+                X[r, c] = X[r, c] - dt(mean[c])
+                if c == 0:
+                    y[r] = y[r] - dt(mean[d])
             e += step
 
     @jit()
@@ -442,8 +452,10 @@ def _linear_kernels(dtype, tpb, shuffle):
     return colsum, shift, step
 
 
-def column_means(X, y, mean):
-    """``mean[:d]`` = the column means of ``X``, ``mean[d]`` that of ``y``, in float64.
+def column_means(X, y, mean, sample_weight=None, total=None):
+    """``mean[:d]`` = the column means of ``X``, ``mean[d]`` that of ``y``, in float64;
+    with ``sample_weight`` (a device array of X's dtype, summing to ``total``)
+    the weighted means.
 
     Each block sums a range of rows, several threads per column, into its own
     partial row; the partials are added in a fixed order.
@@ -456,16 +468,22 @@ def column_means(X, y, mean):
     rows_per_block = -(-N // blocks)
     blocks = -(-N // rows_per_block)
     part = cuda.device_array((blocks * lanes, d + 1), np.float64)
-    colsum[blocks, tpb](X, y, part, rows_per_block)
-    rt.sum_partials(part, mean, 1.0 / N)
+    weighted = sample_weight is not None
+    sw = sample_weight if weighted else cuda.device_array(0, X.dtype)
+    colsum[blocks, tpb](X, y, sw, weighted, part, rows_per_block)
+    rt.sum_partials(part, mean, 1.0 / (total if weighted else N))
     return mean
 
 
-def center(X, y, mean):
-    """``X -= mean[:d]`` and ``y -= mean[d]`` in place (the means rounded to X's dtype)."""
+def center(X, y, mean, scale=None):
+    """``X -= mean[:d]`` and ``y -= mean[d]`` in place (the means rounded to X's dtype);
+    then each row of both times ``scale`` (a device array of X's dtype), if given."""
     tpb = opt.CUDA_TPB
     _, shift, _ = _linear_kernels(np.dtype(X.dtype), tpb, rt.use_shuffle())
-    shift[_blocks(X.size, tpb), tpb](X, y, mean)
+    scaled = scale is not None
+    if not scaled:
+        scale = cuda.device_array(0, X.dtype)
+    shift[_blocks(X.size, tpb), tpb](X, y, mean, scale, scaled)
 
 
 def gd_step(w, grad, lr, w_next, loss, stats):
