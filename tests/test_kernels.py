@@ -377,3 +377,26 @@ def test_mlp_confident_predictions(margin, dtype):
     assert rel_error(db2, want_dZ2.sum(axis=0)) <= tol
     assert rel_error(dW2, A.T @ want_dZ2) <= tol
     assert not np.any(dW1) and not np.any(db1)  # W2 = 0 stops the gradient
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K", [3, 40])  # transposed blocks; row by row
+def test_softmax_cross_entropy_weighted_is_the_weighted_mean_of_the_rows(K, dtype):
+    rng = np.random.default_rng(K)
+    N = 5000
+    Z = (3 * rng.standard_normal((N, K))).astype(dtype)
+    y = rng.integers(0, K, N)
+    s = (rng.uniform(0, 2, N) * (rng.random(N) < 0.7)).astype(dtype)
+    s[:1024] = 0.0
+    loss, dZ = fusedgrad.kernels.softmax_cross_entropy(Z, y, sample_weight=s)
+    # each row alone through the NumPy reference, then the weighted mean
+    row_losses = np.array([ref.softmax_cross_entropy(Z[i:i + 1].astype(np.float64),
+                                                           y[i:i + 1])[0] for i in range(N)])
+    _, row_grads = ref.softmax_cross_entropy(Z.astype(np.float64), y)  # (p - Y) / N
+    w = s.astype(np.float64) / s.astype(np.float64).sum()
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert loss.dtype == dtype and dZ.dtype == dtype
+    assert loss == pytest.approx(w @ row_losses, rel=tol)
+    want = row_grads * N * w[:, None]
+    assert np.abs(dZ - want).max() <= tol * np.abs(want).max()
+    assert np.all(dZ[s == 0] == 0)

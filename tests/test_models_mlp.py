@@ -181,6 +181,7 @@ def test_same_random_state_same_model(hidden, activation):
 # ---------------------------------------------------------------------------
 
 N_AGREE = 240
+LBFGS_AGREEMENT_LOGISTIC = dict(hidden_layer_sizes=(10,), activation="logistic", alpha=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -291,11 +292,155 @@ def test_warm_start_and_partial_fit_as_scikit_learn(agree_data):
 
 
 # ---------------------------------------------------------------------------
+# Sample weights
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def agree_weights():
+    rng = np.random.default_rng(30)
+    w = rng.uniform(0.0, 3.0, N_AGREE)
+    w[rng.random(N_AGREE) < 0.2] = 0.0
+    return w
+
+
+def _both_weighted(X, y, w, **kw):
+    settings = dict(max_iter=20, tol=0.0, n_iter_no_change=10**6, random_state=3,
+                    activation="logistic")
+    settings.update(kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # both stop at max_iter
+        ours = MLPClassifier(dtype="float64", **settings).fit(X, y, sample_weight=w)
+        if settings.get("solver") == "gd":
+            settings.update(solver="sgd", batch_size=X.shape[0], shuffle=False, momentum=0.0)
+        theirs = SkMLPClassifier(**settings).fit(X, y, sample_weight=w)
+    return ours, theirs
+
+
+WEIGHTED_AGREEMENT = {name: AGREEMENT[name] for name in
+                      ("gd", "sgd-momentum-l2-shuffled", "adam-tanh-two-layers",
+                       "sgd-relu-two-layers")}
+WEIGHTED_AGREEMENT["lbfgs"] = dict(solver="lbfgs", **LBFGS_AGREEMENT_LOGISTIC)
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHTED_AGREEMENT))
+def test_weighted_same_weights_as_scikit_learn(agree_data, agree_weights, name):
+    """scikit-learn's weighting: each batch's weighted mean loss, its L2 term over
+    the sum of its weights; the same steps, so the same weights."""
+    X, y = agree_data
+    ours, theirs = _both_weighted(X, y, agree_weights, **WEIGHTED_AGREEMENT[name])
+    assert ours.n_iter_ == theirs.n_iter_ == 20
+    assert max_rel_diff(params_of(ours), params_of(theirs)) < 1e-10
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-10)
+    unweighted = fit_quietly(MLPClassifier(dtype="float64", max_iter=20, tol=0.0,
+                                           n_iter_no_change=10**6, random_state=3,
+                                           **WEIGHTED_AGREEMENT[name]), X, y)
+    assert max_rel_diff(params_of(unweighted), params_of(ours)) > 1e-3  # weights matter
+
+
+def test_weighted_early_stopping_and_partial_fit_as_scikit_learn(agree_data, agree_weights):
+    X, y = agree_data
+    ours, theirs = _both_weighted(X, y, agree_weights, hidden_layer_sizes=(10,), solver="sgd",
+                                  batch_size=32, learning_rate_init=0.3, early_stopping=True,
+                                  validation_fraction=0.2, n_iter_no_change=3, tol=1e-3,
+                                  max_iter=200)
+    # the weighted accuracy of the same split
+    np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_, rtol=1e-12)
+    assert ours.n_iter_ == theirs.n_iter_ < 200
+    assert max_rel_diff(params_of(ours), params_of(theirs)) < 1e-12
+
+    kw = dict(hidden_layer_sizes=(10,), activation="relu", solver="adam", batch_size=50,
+              random_state=5)
+    ours = MLPClassifier(dtype="float64", **kw)
+    theirs = SkMLPClassifier(**kw)
+    classes = np.unique(y)
+    for part in np.array_split(np.arange(len(y)), 3):
+        ours.partial_fit(X[part], y[part], agree_weights[part], classes=classes)
+        theirs.partial_fit(X[part], y[part], agree_weights[part], classes=classes)
+    assert max_rel_diff(params_of(ours), params_of(theirs)) < 1e-12
+
+
+def test_batch_of_zero_weights_takes_no_step(agree_data):
+    """scikit-learn divides by a batch's weight sum (NaN for a sum of 0); here such a
+    batch is skipped: with plain SGD, as if its rows were not there."""
+    X, y = agree_data
+    w = np.ones(N_AGREE)
+    w[:40] = 0.0  # the first batch of 40
+    kw = dict(hidden_layer_sizes=(6,), solver="sgd", momentum=0.0, batch_size=40,
+              shuffle=False, alpha=0.01, random_state=0, dtype="float64")
+    classes = np.unique(y)
+    skipped = MLPClassifier(**kw).partial_fit(X, y, w, classes=classes)
+    without = MLPClassifier(**kw).partial_fit(X[40:], y[40:], classes=classes)
+    assert max_rel_diff(params_of(skipped), params_of(without)) < 1e-14
+    assert np.isfinite(skipped.loss_)
+
+
+def test_scalar_and_unit_weights_are_the_unweighted_fit(agree_data):
+    X, y = agree_data
+    kw = dict(hidden_layer_sizes=(6,), max_iter=5, random_state=0)
+    plain = fit_quietly(MLPClassifier(**kw), X, y)
+    for sw in (1.0, np.ones(N_AGREE), [1] * N_AGREE):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = MLPClassifier(**kw).fit(X, y, sample_weight=sw)
+        for a, b in zip(params_of(model), params_of(plain)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_weights_of_rows_converted_in_blocks(monkeypatch, agree_data, agree_weights):
+    """X that must be converted goes through in blocks of rows, each with its weights."""
+    X, y = agree_data
+    kw = dict(hidden_layer_sizes=(6,), solver="lbfgs", max_iter=5, random_state=0,
+              dtype="float64")
+    whole = MLPClassifier(**kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        whole.fit(X, y, sample_weight=agree_weights)
+        monkeypatch.setattr(mlp_module, "_BLOCK_ROWS", 7)
+        blocked = MLPClassifier(**kw).fit(np.asfortranarray(X), y, sample_weight=agree_weights)
+    assert max_rel_diff(params_of(blocked), params_of(whole)) < 1e-10
+
+
+BAD_WEIGHTS = [
+    (np.ones(3), ValueError, "sample_weight has 3 values but X has"),
+    ([1.0, -1.0] * (N_AGREE // 2), ValueError, "sample_weight must be non-negative"),
+    (np.zeros(N_AGREE), ValueError, "sample_weight must have a positive sum"),
+    (np.full(N_AGREE, np.nan), ValueError, "sample_weight contains NaN"),
+    ("heavy", TypeError, "sample_weight must be an array"),
+]
+
+
+@pytest.mark.parametrize("value, error, match", BAD_WEIGHTS)
+def test_bad_weights_are_named(agree_data, value, error, match):
+    X, y = agree_data
+    with pytest.raises(error, match=match):
+        MLPClassifier(max_iter=1).fit(X, y, sample_weight=value)
+
+
+def test_weights_on_cuda_are_refused(agree_data):
+    X, y = agree_data
+    with pytest.raises(ValueError, match="sample_weight is not supported with device='cuda'"):
+        MLPClassifier(device="cuda").fit(X, y, sample_weight=np.ones(N_AGREE))
+
+
+def test_early_stopping_split_of_zero_weights_is_refused(agree_data):
+    """One sample of nonzero weight: either part of the split has weight 0."""
+    X, y = agree_data
+    for k in range(4):
+        w = np.zeros(N_AGREE)
+        w[k] = 1.0
+        with pytest.raises(ValueError, match="sample_weight is 0 for every sample of the "
+                                             "(validation|training) split of early_stopping"):
+            MLPClassifier(early_stopping=True, validation_fraction=0.1, max_iter=2,
+                          random_state=0).fit(X, y, sample_weight=w)
+
+
+# ---------------------------------------------------------------------------
 # solver='lbfgs': SciPy's L-BFGS-B on the full-batch loss
 # ---------------------------------------------------------------------------
 
 LBFGS_AGREEMENT = {
-    "logistic": dict(hidden_layer_sizes=(10,), activation="logistic", alpha=1e-3),
+    "logistic": LBFGS_AGREEMENT_LOGISTIC,
     "tanh-two-layers": dict(hidden_layer_sizes=(8, 6), activation="tanh", alpha=1e-3),
     "relu-two-layers-no-l2": dict(hidden_layer_sizes=(8, 6), activation="relu", alpha=0.0),
 }
@@ -402,7 +547,7 @@ def test_gradient_matches_finite_differences(hidden, activation):
     codes = np.searchsorted(model.classes_, y)
     rows = slice(0, len(y))
     params = params_of(model)
-    _, grads = model._loss_grad(step, X, codes, rows, len(y), np.dtype(np.float64))
+    _, grads, _ = model._loss_grad(step, X, codes, rows, len(y), np.dtype(np.float64))
     grads = [g.copy() for g in grads]  # the step reuses its gradient arrays
     for p, g in zip(params, grads):
         def loss_at(value, p=p):
@@ -614,7 +759,10 @@ def test_memmap_peak_memory_bounded(tmp_path, monkeypatch, x_dtype, solver):
     del X
     monkeypatch.setattr(mlp_module, "_BLOCK_ROWS", 2048)
     model = MLPClassifier((8,), solver=solver, batch_size=512, max_iter=2, random_state=0)
-    fit_quietly(model.set_params(max_iter=1), mm[:1000], y[:1000])  # compile first
+    # compile first, on the same arrays (the finiteness check of a large X and the
+    # last, shorter batch have their own compiled paths)
+    fit_quietly(model.set_params(max_iter=1), mm, y)
+    model.predict(mm)
     tracemalloc.start()
     try:
         fit_quietly(model.set_params(max_iter=2), mm, y)
@@ -638,9 +786,9 @@ def test_batches_are_views_or_gathered_in_the_kernel(monkeypatch, hidden, activa
     calls = []
     real = network.PreparedLossGrad.__call__
 
-    def spy(self, X_, y_, rows=None):
+    def spy(self, X_, y_, rows=None, sample_weight=None, total=None):
         calls.append((np.shares_memory(X_, X), X_.shape[0], None if rows is None else len(rows)))
-        return real(self, X_, y_, rows)
+        return real(self, X_, y_, rows, sample_weight, total)
 
     monkeypatch.setattr(network.PreparedLossGrad, "__call__", spy)
     net = dict(hidden_layer_sizes=hidden, activation=activation, max_iter=1)
@@ -706,11 +854,29 @@ def test_column_vector_labels_warn_and_fit_as_1d(method):
 def test_sklearn_check_estimator():
     from sklearn.utils.estimator_checks import check_estimator
 
+    # Weights equal to repeated rows only for a full-batch solver: scikit-learn
+    # runs this check on its own MLPClassifier with solver='lbfgs' (next test).
+    stochastic = {"check_sample_weight_equivalence_on_dense_data":
+                  "minibatches of repeated rows are not the weighted minibatches"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results = check_estimator(MLPClassifier(), on_fail=None)
+        results = check_estimator(MLPClassifier(), on_fail=None,
+                                  expected_failed_checks=stochastic)
     failed = {r["check_name"]: str(r["exception"]) for r in results if r["status"] == "failed"}
     assert failed == {}
+    assert {r["check_name"] for r in results} >= {"check_all_zero_sample_weights_error",
+                                                  "check_sample_weights_not_overwritten"}
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "gd"])
+def test_sklearn_weights_equal_repeated_rows(solver):
+    """scikit-learn's check: integer weights give the model of the repeated rows."""
+    from sklearn.utils.estimator_checks import check_sample_weight_equivalence_on_dense_data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_sample_weight_equivalence_on_dense_data(
+            "MLPClassifier", MLPClassifier(solver=solver, random_state=0, dtype="float64"))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -264,3 +264,95 @@ def test_prepared_step_rejects_parameters_it_would_misread():
         PreparedLossGrad([coefs[0], np.asfortranarray(coefs[1]), coefs[2]], intercepts, "relu")
     with pytest.raises(ValueError, match=r"intercepts\[0\]"):
         PreparedLossGrad(coefs, [intercepts[0].astype(np.float64)] + intercepts[1:], "relu")
+
+
+# ---------------------------------------------------------------------------
+# Sample weights
+# ---------------------------------------------------------------------------
+
+
+def weighted_reference(X, y, coefs, intercepts, activation, s):
+    """The weighted mean of the rows' own losses and gradients, each row through the
+    reference alone: ``sum_i s_i (loss_i, grads_i) / sum_i s_i`` (float64)."""
+    total = None
+    for i in range(X.shape[0]):
+        row = _flat(*network_reference(X[i:i + 1], y[i:i + 1], coefs, intercepts, activation))
+        part = [float(s[i]) * r for r in row]
+        total = part if total is None else [t + p for t, p in zip(total, part)]
+    return [t / float(np.sum(s, dtype=np.float64)) for t in total]
+
+
+def make_weights(N, dtype, seed):
+    rng = np.random.default_rng(seed)
+    s = rng.uniform(0.0, 3.0, N) ** 2
+    s[rng.random(N) < 0.25] = 0.0
+    s[:N // 4] = 0.0  # whole chunks of weight 0
+    s[-1] = 1.0
+    return s.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", ["logistic", "relu"])
+@pytest.mark.parametrize("name", ["softmax regression", "one hidden", "two hidden"])
+@pytest.mark.parametrize("max_chunk", [None, 8])
+def test_weighted_kernel_is_the_weighted_mean_of_the_rows(name, activation, dtype, max_chunk):
+    X, y, coefs, intercepts = make_network(SHAPES[name], 60, dtype, 8)
+    s = make_weights(60, dtype, 9)
+    got = network_loss_grad(X, y, coefs, intercepts, activation=activation, sample_weight=s,
+                            _max_chunk_rows=max_chunk)
+    assert np.asarray(got[0]).dtype == dtype and all(g.dtype == dtype for g in got[1] + got[2])
+    want = weighted_reference(X, y, coefs, intercepts, activation, s)
+    tol = TOLERANCE[np.dtype(dtype)]
+    for g, w in zip(_flat(*got), want):
+        assert rel_error(g, w) <= tol
+    if len(coefs) == 2 and activation == "logistic":  # the lecture's kernel
+        W1, W2 = coefs
+        b1, b2 = intercepts
+        lecture = mlp_loss_grad(X, y, W1, b1, W2, b2, sample_weight=s,
+                                _max_chunk_rows=max_chunk)
+        for g, w in zip([np.float64(lecture[0])] + [np.asarray(a, np.float64)
+                                                    for a in lecture[1:]],
+                        [want[0], want[1], want[3], want[2], want[4]]):
+            assert rel_error(g, w) <= tol
+
+
+def test_weighted_rows_and_integer_weights():
+    """With ``rows``, the weights are those of the selected rows; an integer weight
+    is that many copies of the row (against the unweighted reference)."""
+    X, y, coefs, intercepts = make_network(SHAPES["two hidden"], 200, np.float64, 10)
+    rows = np.random.default_rng(11).integers(0, 200, 90)
+    counts = np.random.default_rng(12).integers(0, 4, 90).astype(np.float64)
+    counts[0] = 1.0
+    got = network_loss_grad(X, y[rows], coefs, intercepts, activation="tanh", rows=rows,
+                            sample_weight=counts, _max_chunk_rows=16)
+    copies = np.repeat(rows, counts.astype(int))
+    want = network_reference(X[copies], y[copies], coefs, intercepts, "tanh")
+    for g, w in zip(_flat(*got), _flat(*want)):
+        assert rel_error(g, w) <= 1e-12
+
+
+def test_unit_weights_are_the_unweighted_kernel_bit_for_bit():
+    X, y, coefs, intercepts = make_network(SHAPES["two hidden"], 300, np.float32, 13)
+    ones = np.ones(300, np.float32)
+    got = network_loss_grad(X, y, coefs, intercepts, activation="relu", sample_weight=ones)
+    want = network_loss_grad(X, y, coefs, intercepts, activation="relu")
+    for g, w in zip(_flat(*got), _flat(*want)):
+        assert np.array_equal(g, w)
+
+
+@pytest.mark.parametrize("value, error, match", [
+    (np.ones(20, np.float32), TypeError, "sample_weight has dtype float32 but X"),
+    (np.ones(19), ValueError, r"sample_weight must have shape \(20,\)"),
+    (np.ones((20, 1)), ValueError, r"sample_weight must have shape \(20,\)"),
+    (np.r_[np.ones(19), -0.5], ValueError, "sample_weight must be non-negative: it holds -0.5"),
+    (np.zeros(20), ValueError, "sample_weight must have a positive sum"),
+    (np.r_[np.ones(19), np.inf], ValueError, "sample_weight contains NaN or infinity"),
+    (np.array(["a"] * 20), TypeError, "sample_weight must be a float32 or float64 array"),
+])
+def test_bad_weights_are_named(value, error, match):
+    X, y, coefs, intercepts = make_network(SHAPES["one hidden"], 20, np.float64, 14)
+    with pytest.raises(error, match=match):
+        network_loss_grad(X, y, coefs, intercepts, activation="relu", sample_weight=value)
+    with pytest.raises(error, match=match):
+        mlp_loss_grad(X, y, *coefs[:1], *intercepts[:1], coefs[1], intercepts[1],
+                      sample_weight=value)

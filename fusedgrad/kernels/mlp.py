@@ -28,8 +28,8 @@ __all__ = ["mlp_loss_grad"]
 
 
 @njit(**opt.PARALLEL)
-def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk, groups,
-                   serial):
+def _mlp_loss_grad(X, y, rows, gather, sw, weighted, total, W1, b1, W2, b2, dW1, db1, dW2,
+                   db2, chunk, groups, serial):
     """Jitted core: writes the gradients into ``dW1, db1, dW2, db2``, returns the loss.
 
     Assumes valid, C-contiguous input of one float dtype, labels in range and
@@ -42,7 +42,9 @@ def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk
 
     1. ``A = sigmoid(X_c W1 + b1)``              (gemm, then in place)
     2. ``Z2 = A W2 + b2``                         (gemm, then in place)
-    3. loss and ``dZ2 = (softmax(Z2) - Y) / N``   (one pass per row, in place)
+    3. loss and ``dZ2 = (softmax(Z2) - Y) / N``   (one pass per row, in place;
+       with ``weighted``, row ``i`` times ``sw[i]`` and ``N`` is ``total``, the
+       sum of the weights)
     4. ``dW2 += A^T dZ2``, ``db2 += sum dZ2``
     5. ``dZ1 = (dZ2 W2^T) * A (1 - A)``, ``db1 += sum dZ1``, ``dW1 += X_c^T dZ1``
 
@@ -56,7 +58,7 @@ def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk
     K = W2.shape[1]
     dt = X.dtype.type
     one = dt(1.0)
-    inv_n = one / dt(N)
+    inv_n = one / dt(total)
     n_chunks = (N + chunk - 1) // chunk
     # The weight-gradient partials are written (beta = 0) by each group's first
     # chunk: no serial zeroing of groups * d * h elements before the loop.
@@ -85,7 +87,8 @@ def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk
             for i in range(m):
                 for k in range(K):
                     Z2c[i, k] += b2[k]
-            ploss[g] += softmax_ce_rows(Z2c, Z2c, y[r0:r1], m, inv_n)
+            ploss[g] += softmax_ce_rows(Z2c, Z2c, y[r0:r1], sw[r0:r1] if weighted else sw,
+                                        weighted, m, inv_n)
             add_column_sums(Z2c, m, pb2[g])
             beta = 0.0 if c == first else 1.0
             mm_tn(Ac, Z2c, pW2[g], beta)
@@ -102,17 +105,20 @@ def _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2, chunk
     sum_groups(pb1, db1)
     sum_groups(pW2, dW2)
     sum_groups(pb2, db2)
-    total = 0.0
+    loss = 0.0
     for g in range(groups):
-        total += ploss[g]
+        loss += ploss[g]
     leave_threads(threads)
-    return dt(total / N)
+    return dt(loss / total)
 
 
 _NO_ROWS = np.zeros(0, np.intp)
+#: The unused weights argument of an unweighted call, per dtype.
+_NO_WEIGHTS = {np.float32: np.zeros(0, np.float32), np.float64: np.zeros(0, np.float64)}
 
 
-def mlp_loss_grad(X, y, W1, b1, W2, b2, *, rows=None, check_finite=True, _max_chunk_rows=None):
+def mlp_loss_grad(X, y, W1, b1, W2, b2, *, rows=None, sample_weight=None, check_finite=True,
+                  _max_chunk_rows=None):
     r"""Loss and gradients of the 2-layer MLP, forward and backward pass fused.
 
     The network of the lecture, :math:`\hat y = \operatorname{softmax}(\sigma(x W^1 + b^1) W^2 + b^2)`
@@ -144,6 +150,11 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, rows=None, check_finite=True, _max_ch
         minibatch of a larger ``X``, in any order, repeats allowed) without
         forming ``X[rows]``: each chunk's rows are gathered into a buffer that
         stays in cache. The result equals that of ``X[rows]``, bit for bit.
+    sample_weight : array_like, shape like ``y``, X's dtype, optional
+        Non-negative weights of the samples (with a positive sum): the weighted
+        mean of the cross-entropy, :math:`\sum_i s_i \ell_i / \sum_i s_i`,
+        replaces the mean, so row ``i`` of :math:`\delta^2` is
+        :math:`s_i (\hat y_i - y_i) / \sum s` (scikit-learn's weighting).
     check_finite : bool, default True
         Reject NaN/inf in the inputs (one extra pass over all of ``X``, also
         when ``rows`` selects only some of it).
@@ -177,6 +188,8 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, rows=None, check_finite=True, _max_ch
     else:
         rows = _NO_ROWS
         (y,) = labels
+    sw, total = _validate.row_weights(sample_weight, X.dtype, N, check_finite,
+                                      "rows" if gather else "X")
     item = X.itemsize
     # the same chunks with and without rows (so the same bits); a gathered
     # chunk adds one (chunk, d) buffer to the working set
@@ -186,6 +199,6 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, rows=None, check_finite=True, _max_ch
     dW2, db2 = np.empty_like(W2), np.empty_like(b2)
     serial = serial_call("mlp_loss_grad", (X, W1, W2))
     with kernel_blas(serial):
-        loss = _mlp_loss_grad(X, y, rows, gather, W1, b1, W2, b2, dW1, db1, dW2, db2,
-                              chunk, groups, serial)
+        loss = _mlp_loss_grad(X, y, rows, gather, sw, sw.shape[0] > 0, total, W1, b1, W2, b2,
+                              dW1, db1, dW2, db2, chunk, groups, serial)
     return X.dtype.type(loss), dW1, db1, dW2, db2

@@ -31,7 +31,7 @@ from fusedgrad.kernels._partition import (
     sum_groups,
 )
 from fusedgrad.kernels.layers import _IDENTITY, ACTIVATIONS, _activate_rows, _delta_rows
-from fusedgrad.kernels.mlp import _NO_ROWS, _mlp_loss_grad
+from fusedgrad.kernels.mlp import _NO_ROWS, _NO_WEIGHTS, _mlp_loss_grad
 from fusedgrad.kernels.softmax import softmax_ce_rows
 
 __all__ = ["HIDDEN_ACTIVATIONS", "network_loss_grad"]
@@ -51,8 +51,8 @@ def _units(buf, offsets, layer, rows, chunk):
 
 
 @njit(**opt.PARALLEL)
-def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW, db,
-                       chunk, groups, serial):
+def _network_loss_grad(X, y, rows, gather, sw, weighted, total, Ws, bs, act, w_off, b_off,
+                       u_off, dW, db, chunk, groups, serial):
     """Jitted core: writes the gradients of all weights into the flat ``dW`` (the
     matrices one after the other, row-major) and of all biases into ``db``,
     returns the loss.
@@ -67,7 +67,9 @@ def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW,
 
     1. ``A_l = f(A_{l-1} W_l + b_l)`` for the hidden layers, ``Z = A W_L + b_L``
        (gemm, then bias and activation in place);
-    2. loss and ``dZ = (softmax(Z) - Y) / N``, in place of ``Z``;
+    2. loss and ``dZ = (softmax(Z) - Y) / N``, in place of ``Z`` (with
+       ``weighted``, row ``i`` times ``sw[i]`` and ``N`` is ``total``, the sum
+       of the weights);
     3. from the last layer down: ``dW_l += A_{l-1}^T dZ``, ``db_l += sum dZ``;
        below the first layer, ``dA = dZ W_l^T`` and ``dZ <- dA * f'(A_{l-1})``
        (two scratch buffers; with the identity, ``dZ`` is ``dA``).
@@ -81,7 +83,7 @@ def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW,
     d = X.shape[1]
     K = Ws[L - 1].shape[1]
     dt = X.dtype.type
-    inv_n = dt(1.0) / dt(N)
+    inv_n = dt(1.0) / dt(total)
     n_chunks = (N + chunk - 1) // chunk
     hidden = u_off[L - 1]
     widest = 1
@@ -120,7 +122,8 @@ def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW,
                 mm_nn(A_in, Ws[l], A_out, 0.0)
                 _activate_rows(A_out, bs[l], m, _IDENTITY if l == L - 1 else act)
                 A_in = A_out
-            ploss[g] += softmax_ce_rows(Zc, Zc, y[r0:r1], m, inv_n)
+            ploss[g] += softmax_ce_rows(Zc, Zc, y[r0:r1], sw[r0:r1] if weighted else sw,
+                                        weighted, m, inv_n)
             beta = 0.0 if c == first else 1.0
             dZ = Zc
             dz_in_da = False  # with the identity, dZ alternates between dA and dZh
@@ -145,11 +148,11 @@ def _network_loss_grad(X, y, rows, gather, Ws, bs, act, w_off, b_off, u_off, dW,
                         dZ = dZn
     sum_groups(pW, dW)
     sum_groups(pb, db)
-    total = 0.0
+    loss = 0.0
     for g in range(groups):
-        total += ploss[g]
+        loss += ploss[g]
     leave_threads(threads)
-    return dt(total / N)
+    return dt(loss / total)
 
 
 
@@ -195,8 +198,8 @@ def network_specs(X, coefs, intercepts, activation):
     return L, specs
 
 
-def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, check_finite=True,
-                      _max_chunk_rows=None):
+def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, sample_weight=None,
+                      check_finite=True, _max_chunk_rows=None):
     r"""Loss and gradients of a multi-layer perceptron classifier, forward and backward fused.
 
     The network :math:`A_0 = X`, :math:`A_l = f(A_{l-1} W_l + b_l)` for the
@@ -234,6 +237,11 @@ def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, check_f
         Compute the loss and gradients of the samples ``X[rows]`` without
         forming ``X[rows]`` (gathered a chunk at a time into a buffer that
         stays in cache); the result equals that of ``X[rows]``, bit for bit.
+    sample_weight : array_like, shape like ``y``, X's dtype, optional
+        Non-negative weights of the samples (with a positive sum): the weighted
+        mean of the cross-entropy, :math:`\sum_i s_i \ell_i / \sum_i s_i`,
+        replaces the mean, so row ``i`` of :math:`\delta_L` is
+        :math:`s_i (\hat y_i - y_i) / \sum s` (scikit-learn's weighting).
     check_finite : bool, default True
         Reject NaN/inf in the inputs (one extra pass over all of ``X``).
 
@@ -265,6 +273,8 @@ def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, check_f
     else:
         rows = _NO_ROWS
         y = arrays[2 * L]
+    sw, total = _validate.row_weights(sample_weight, X.dtype, N, check_finite,
+                                      "rows" if gather else "X")
     w_off, b_off, u_off = _offsets(Ws)
     item = X.itemsize
     widths = [W.shape[1] for W in Ws]
@@ -276,8 +286,9 @@ def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, check_f
     db = np.empty(int(b_off[-1]), X.dtype)
     serial = serial_call("network_loss_grad", (X, *Ws))
     with kernel_blas(serial):
-        loss = _network_loss_grad(X, y, rows, gather, Ws, bs, ACTIVATIONS.index(activation),
-                                  w_off, b_off, u_off, dW, db, chunk, groups, serial)
+        loss = _network_loss_grad(X, y, rows, gather, sw, sw.shape[0] > 0, total, Ws, bs,
+                                  ACTIVATIONS.index(activation), w_off, b_off, u_off, dW, db,
+                                  chunk, groups, serial)
     coef_grads = [dW[w_off[i]:w_off[i + 1]].reshape(W.shape) for i, W in enumerate(Ws)]
     intercept_grads = [db[b_off[i]:b_off[i + 1]] for i in range(L)]
     return X.dtype.type(loss), coef_grads, intercept_grads
@@ -304,7 +315,9 @@ class PreparedLossGrad:
 
     Calling it with ``X`` (C-contiguous, the parameters' dtype, finite),
     ``y`` (``intp`` labels in range, one per sample) and optionally ``rows``
-    (``intp`` indices into ``X``) returns ``(loss, grads)``: a float and the
+    (``intp`` indices into ``X``) and ``sample_weight`` (the weights of the
+    samples, in X's dtype, and ``total``, their float64 sum; checked by the
+    caller) returns ``(loss, grads)``: a float and the
     list ``coef_grads + intercept_grads``. The gradient arrays are reused:
     each call overwrites those of the previous one. Must be called inside
     :func:`~fusedgrad.kernels._blas.single_threaded_blas`.
@@ -339,7 +352,7 @@ class PreparedLossGrad:
         self.group_bytes = int(self.w_off[-1] + self.b_off[-1]) * item
         self._plans = {}
 
-    def __call__(self, X, y, rows=None):
+    def __call__(self, X, y, rows=None, sample_weight=None, total=None):
         gather = rows is not None
         n = rows.shape[0] if gather else X.shape[0]
         chunking = self._plans.get(n)
@@ -350,12 +363,18 @@ class PreparedLossGrad:
             chunking = self._plans[n] = plan(n, self.row_bytes, self.group_bytes) + (serial,)
         chunk, groups, serial = chunking
         rows = rows if gather else _NO_ROWS
+        weighted = sample_weight is not None
+        if weighted:
+            sw = sample_weight
+        else:
+            sw, total = _NO_WEIGHTS[X.dtype.type], float(n)
         if self.lecture:
             dW1, dW2, db1, db2 = self.grads
-            loss = _mlp_loss_grad(X, y, rows, gather, self.Ws[0], self.bs[0], self.Ws[1],
-                                  self.bs[1], dW1, db1, dW2, db2, chunk, groups, serial)
+            loss = _mlp_loss_grad(X, y, rows, gather, sw, weighted, total, self.Ws[0],
+                                  self.bs[0], self.Ws[1], self.bs[1], dW1, db1, dW2, db2,
+                                  chunk, groups, serial)
         else:
-            loss = _network_loss_grad(X, y, rows, gather, self.Ws, self.bs, self.act,
-                                      self.w_off, self.b_off, self.u_off, self.dW, self.db,
-                                      chunk, groups, serial)
+            loss = _network_loss_grad(X, y, rows, gather, sw, weighted, total, self.Ws,
+                                      self.bs, self.act, self.w_off, self.b_off, self.u_off,
+                                      self.dW, self.db, chunk, groups, serial)
         return float(loss), self.grads

@@ -21,29 +21,31 @@ _BLOCK_ELEMENTS = 4096
 
 
 @njit(**opt.INLINE)
-def softmax_ce_rows(Z, dZ, y, rows, inv_n):
+def softmax_ce_rows(Z, dZ, y, sw, weighted, rows, inv_n):
     """Loss and gradient of ``rows`` rows of logits; returns the summed row losses (float64).
 
-    With few classes a row is too short to fill a SIMD register, so blocks
-    of rows are transposed into a small scratch array and processed across
-    rows (:func:`_ce_block_columns`); with many classes, row by row
-    (:func:`_ce_rows`). Both compute the same sums in the same order.
+    With ``weighted``, row ``i``'s loss and gradient are multiplied by its
+    weight ``sw[i]`` (``sw`` is not read otherwise). With few classes a row is
+    too short to fill a SIMD register, so blocks of rows are transposed into a
+    small scratch array and processed across rows (:func:`_ce_block_columns`);
+    with many classes, row by row (:func:`_ce_rows`). Both compute the same
+    sums in the same order.
     """
     K = Z.shape[1]
     if K > _COLUMNS_MAX_CLASSES:
-        return _ce_rows(Z, dZ, y, rows, inv_n)
+        return _ce_rows(Z, dZ, y, sw, weighted, rows, inv_n)
     block = max(16, (_BLOCK_ELEMENTS // K) // 16 * 16)
     T = np.empty((K, block), Z.dtype)
     scratch = np.empty((4, block), Z.dtype)
     total = 0.0
     for r0 in range(0, rows, block):
         r1 = min(rows, r0 + block)
-        total += _ce_block_columns(Z, dZ, y, r0, r1, inv_n, T, scratch)
+        total += _ce_block_columns(Z, dZ, y, sw, weighted, r0, r1, inv_n, T, scratch)
     return total
 
 
 @njit(**opt.JIT)
-def _ce_block_columns(Z, dZ, y, r0, r1, inv_n, T, scratch):
+def _ce_block_columns(Z, dZ, y, sw, weighted, r0, r1, inv_n, T, scratch):
     """Rows ``[r0, r1)`` of :func:`softmax_ce_rows`, vectorised across rows.
 
     ``T`` (K, block) receives the transposed logits and then their shifted
@@ -84,11 +86,19 @@ def _ce_block_columns(Z, dZ, y, r0, r1, inv_n, T, scratch):
     log_sum = 0.0
     margin_sum = 0.0
     for i in range(n):
-        log_sum += np.float64(log1p(t[i]))
-        margin_sum += np.float64(mx[i] - zy[i])
+        # one call site of the inlined log1p (two trip numba's IR checks)
+        lt = np.float64(log1p(t[i]))
+        mg = np.float64(mx[i] - zy[i])
+        if weighted:
+            wi = np.float64(sw[r0 + i])
+            lt *= wi
+            mg *= wi
+        log_sum += lt
+        margin_sum += mg
     for i in range(n):
-        scale = inv_n / (one + t[i])
         row = r0 + i
+        inv = inv_n * sw[row] if weighted else inv_n
+        scale = inv / (one + t[i])
         label = y[row]
         ey = T[label, i]
         for k in range(K):
@@ -96,12 +106,12 @@ def _ce_block_columns(Z, dZ, y, r0, r1, inv_n, T, scratch):
         if label == np.intp(am[i]):
             dZ[row, label] = -t[i] * scale
         else:
-            dZ[row, label] = ey * scale - inv_n
+            dZ[row, label] = ey * scale - inv
     return log_sum + margin_sum
 
 
 @njit(**opt.JIT)
-def _ce_rows(Z, dZ, y, rows, inv_n):
+def _ce_rows(Z, dZ, y, sw, weighted, rows, inv_n):
     """Loss and gradient of ``rows`` rows of logits, one row at a time (many classes).
 
     Per row, with ``m = max z`` (first reached at ``k = a``) and
@@ -111,6 +121,7 @@ def _ce_rows(Z, dZ, y, rows, inv_n):
     the label's entry is computed as ``-t / s * inv_n``: forming ``s`` and
     subtracting 1 again would cancel all of ``t``'s digits.
     ``Z`` and ``dZ`` may be the same array (the logits are then overwritten).
+    With ``weighted``, row ``i``'s loss and ``inv_n`` are multiplied by ``sw[i]``.
     """
     K = Z.shape[1]
     # The losses log1p(t) and the margins m - z_y are summed apart: with
@@ -136,22 +147,32 @@ def _ce_rows(Z, dZ, y, rows, inv_n):
             t += dZ[i, k]
         for k in range(a + 1, K):
             t += dZ[i, k]
-        log_sum += np.float64(log1p(t))
-        margin_sum += np.float64(m - zy)
-        scale = inv_n / (one + t)
+        lt = np.float64(log1p(t))
+        mg = np.float64(m - zy)
+        inv = inv_n
+        if weighted:
+            wi = np.float64(sw[i])
+            lt *= wi
+            mg *= wi
+            inv = inv_n * sw[i]
+        log_sum += lt
+        margin_sum += mg
+        scale = inv / (one + t)
         ey = dZ[i, label]
         for k in range(K):
             dZ[i, k] *= scale
         if label == a:
             dZ[i, label] = -t * scale
         else:
-            dZ[i, label] = ey * scale - inv_n
+            dZ[i, label] = ey * scale - inv
     return log_sum + margin_sum
 
 
 @njit(**opt.PARALLEL)
-def _softmax_cross_entropy(Z, y, dZ, chunk, groups, serial):
-    """Jitted core: writes the gradient into ``dZ`` and returns the mean loss.
+def _softmax_cross_entropy(Z, y, sw, weighted, total, dZ, chunk, groups, serial):
+    """Jitted core: writes the gradient into ``dZ`` and returns the mean loss
+    (weighted by ``sw`` with ``weighted``; ``total``: the number of rows or the
+    sum of the weights).
 
     Assumes valid, C-contiguous input (see :func:`softmax_cross_entropy`).
     ``serial``: run on the calling thread alone (see
@@ -160,22 +181,24 @@ def _softmax_cross_entropy(Z, y, dZ, chunk, groups, serial):
     threads = enter_threads(serial)
     N = Z.shape[0]
     n_chunks = (N + chunk - 1) // chunk
-    inv_n = Z.dtype.type(1.0) / Z.dtype.type(N)
+    inv_n = Z.dtype.type(1.0) / Z.dtype.type(total)
     partial = np.zeros(groups, np.float64)
     for g in prange(groups):
         first, stop = chunk_range(g, groups, n_chunks)
         for c in range(first, stop):
             r0 = c * chunk
             r1 = min(N, r0 + chunk)
-            partial[g] += softmax_ce_rows(Z[r0:r1], dZ[r0:r1], y[r0:r1], r1 - r0, inv_n)
-    total = 0.0
+            partial[g] += softmax_ce_rows(Z[r0:r1], dZ[r0:r1], y[r0:r1],
+                                          sw[r0:r1] if weighted else sw, weighted, r1 - r0,
+                                          inv_n)
+    loss = 0.0
     for g in range(groups):
-        total += partial[g]
+        loss += partial[g]
     leave_threads(threads)
-    return Z.dtype.type(total / N)
+    return Z.dtype.type(loss / total)
 
 
-def softmax_cross_entropy(Z, y, *, check_finite=True):
+def softmax_cross_entropy(Z, y, *, sample_weight=None, check_finite=True):
     r"""Mean categorical cross-entropy of ``softmax(Z)`` and its gradient, fused.
 
     One pass per row: the row maximum, the shifted exponentials and their
@@ -191,6 +214,10 @@ def softmax_cross_entropy(Z, y, *, check_finite=True):
         Logits.
     y : array_like of int, shape (n_samples,)
         Class labels in ``[0, n_classes)``.
+    sample_weight : array_like, shape (n_samples,), Z's dtype, optional
+        Non-negative weights of the rows, with a positive sum: the weighted
+        mean :math:`\sum_i s_i \ell_i / \sum_i s_i` replaces the mean, and
+        row ``i`` of the gradient is multiplied by :math:`s_i N / \sum s`.
     check_finite : bool, default True
         Reject NaN/inf in ``Z`` (one extra pass over it).
 
@@ -199,11 +226,14 @@ def softmax_cross_entropy(Z, y, *, check_finite=True):
     loss : scalar of Z's dtype
     dZ : ndarray, shape (n_samples, n_classes), Z's dtype
     """
-    Z, y = _validate.float_arrays([("Z", Z, ("n_samples", "n_classes"))], check_finite,
-                                  labels=("y", y))
+    specs = [("Z", Z, ("n_samples", "n_classes"))]
+    if sample_weight is not None:
+        specs.append(("sample_weight", sample_weight, ("n_samples",)))
+    Z, *rest, y = _validate.float_arrays(specs, check_finite, labels=("y", y))
     N, K = Z.shape
+    sw, total = _validate.sample_weights(rest, Z.dtype, N)
     chunk, groups = plan(N, 2 * K * Z.itemsize, 8)
     dZ = np.empty_like(Z)
     serial = serial_call("softmax_cross_entropy", (Z,))
-    loss = _softmax_cross_entropy(Z, y, dZ, chunk, groups, serial)
+    loss = _softmax_cross_entropy(Z, y, sw, sw.shape[0] > 0, total, dZ, chunk, groups, serial)
     return Z.dtype.type(loss), dZ

@@ -51,6 +51,7 @@ from fusedgrad.models._base import (
     DataConversionWarning,
     _sk,
     check_array,
+    check_sample_weight,
     feature_names,
 )
 
@@ -960,8 +961,13 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             self.validation_scores_ = None
             self.best_validation_score_ = None
 
-    def _loss_grad(self, step, X, codes, rows, n_rows, dtype, l2_grad=True):
-        """Loss and gradients (L2 term included) of the minibatch ``X[rows]``.
+    def _loss_grad(self, step, X, codes, rows, n_rows, dtype, l2_grad=True, sw=None):
+        """Loss and gradients (L2 term included) of the minibatch ``X[rows]``, and the
+        sum of its weights.
+
+        With ``sw`` (the weights of all samples) the batch's weights ``sw[rows]``
+        weight its mean loss and divide the L2 term, as in scikit-learn; a
+        batch whose weights are all 0 returns ``(0.0, None, 0.0)`` (no step).
 
         Without ``l2_grad`` the L2 term is in the loss only: the optimizer
         adds its gradient in its own step (``update_params(..., l2_scale=)``).
@@ -975,12 +981,20 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         converted in blocks of at most :data:`_BLOCK_ROWS` rows, whose means
         are combined with weights ``n_block / n_rows``.
         """
+        if sw is None:
+            weights, total = None, float(n_rows)
+        else:
+            weights = sw[rows]
+            total = float(np.sum(weights, dtype=np.float64))
+            if total == 0.0:
+                return 0.0, None, 0.0
         if _is_native(X, dtype):
             if isinstance(rows, slice):
-                loss, grads = step(X[rows], codes[rows].astype(np.intp))
+                loss, grads = step(X[rows], codes[rows].astype(np.intp), None, weights, total)
             else:
-                loss, grads = step(X, codes[rows].astype(np.intp), rows.astype(np.intp))
-            return self._add_l2(loss, grads, n_rows, l2_grad)
+                loss, grads = step(X, codes[rows].astype(np.intp), rows.astype(np.intp),
+                                   weights, total)
+            return (*self._add_l2(loss, grads, total, l2_grad), total)
         if isinstance(rows, slice):
             blocks = [slice(s, min(s + _BLOCK_ROWS, rows.stop))
                       for s in range(rows.start, rows.stop, _BLOCK_ROWS)]
@@ -988,12 +1002,19 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             blocks = [rows[s:s + _BLOCK_ROWS] for s in range(0, n_rows, _BLOCK_ROWS)]
         loss, grads = 0.0, None
         for block in blocks:
+            if sw is None:
+                block_weights, block_total = None, float(len(codes[block]))
+            else:
+                block_weights = sw[block]
+                block_total = float(np.sum(block_weights, dtype=np.float64))
+                if block_total == 0.0:
+                    continue
             Xb, yb = _rows(X, block, dtype), codes[block].astype(np.intp)
-            block_loss, block_grads = step(Xb, yb)
+            block_loss, block_grads = step(Xb, yb, None, block_weights, block_total)
             if len(blocks) == 1:
                 loss, grads = block_loss, block_grads
                 break
-            weight = Xb.shape[0] / n_rows
+            weight = block_total / total
             loss += weight * block_loss
             if grads is None:  # a copy: step reuses its gradient arrays
                 grads = [g * dtype.type(weight) for g in block_grads]
@@ -1001,11 +1022,12 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                 for g, gb in zip(grads, block_grads):
                     gb *= dtype.type(weight)
                     g += gb
-        return self._add_l2(loss, grads, n_rows, l2_grad)
+        return (*self._add_l2(loss, grads, total, l2_grad), total)
 
     def _add_l2(self, loss, grads, n_rows, grad=True):
         """scikit-learn's L2 term: ``alpha / (2 n) sum ||W||^2``, gradient ``alpha W / n``
-        (added to ``grads`` only with ``grad``)."""
+        (added to ``grads`` only with ``grad``); ``n`` is the sum of the weights
+        with sample weights."""
         if self.alpha:
             squares = 0.0
             for W in self.coefs_:
@@ -1028,14 +1050,21 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         return kernels.affine_activation(A, W[-1], b[-1], out, activation=out_activation,
                                          check_finite=False)
 
-    def _accuracy(self, kernels, X, codes, rows, dtype):
-        """Fraction of ``X[rows]`` predicted right (``codes`` are label indices)."""
-        correct = 0
+    def _accuracy(self, kernels, X, codes, rows, dtype, sw=None):
+        """Fraction of ``X[rows]`` predicted right (``codes`` are label indices),
+        weighted by ``sw[rows]`` with sample weights ``sw``."""
+        correct = 0.0
         for s in range(0, len(rows), _BLOCK_ROWS):
             block = rows[s:s + _BLOCK_ROWS]
             logits = self._forward(kernels, _rows(X, block, dtype), "identity")
-            correct += int(np.count_nonzero(np.argmax(logits, axis=1) == codes[block]))
-        return correct / len(rows)
+            right = np.argmax(logits, axis=1) == codes[block]
+            if sw is None:
+                correct += int(np.count_nonzero(right))
+            else:
+                correct += float(np.sum(sw[block], where=right, dtype=np.float64))
+        if sw is None:
+            return correct / len(rows)
+        return correct / float(np.sum(sw[rows], dtype=np.float64))
 
     # --- labels -----------------------------------------------------------------
 
@@ -1070,7 +1099,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
 
     # --- fitting ----------------------------------------------------------------
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the model to ``X`` and the class labels ``y``.
 
         Parameters
@@ -1080,20 +1109,30 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             time and never copied as a whole.
         y : array_like, shape (n_samples,)
             Class labels of any sortable type.
+        sample_weight : float or array_like, shape (n_samples,), optional
+            Non-negative weights of the samples (finite, with a positive sum),
+            weighted as scikit-learn does: each batch's loss is the weighted
+            mean of its samples' cross-entropies and its L2 term is divided by
+            the sum of its weights (a batch whose weights are all 0 takes no
+            step); the validation score of ``early_stopping`` is the weighted
+            accuracy. The fused kernels multiply each row's gradient by its
+            weight in their one pass. CPU only: ``device='cuda'`` refuses them.
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, incremental=False, classes=None)
+        return self._fit(X, y, incremental=False, classes=None, sample_weight=sample_weight)
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over ``X, y``, continuing from the current weights.
 
         Parameters
         ----------
         X : array_like, shape (n_samples, n_features)
         y : array_like, shape (n_samples,)
+        sample_weight : float or array_like, shape (n_samples,), optional
+            As in :meth:`fit` (scikit-learn's order of the arguments).
         classes : array_like, shape (n_classes,), optional
             All the classes; required on the first call (``y`` need not hold
             them all), optional and checked afterwards.
@@ -1107,9 +1146,9 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                              "stochastic): use fit, or solver='sgd', 'adam' or 'gd'")
         if classes is None and not hasattr(self, "classes_"):
             raise ValueError("classes must be passed on the first call to partial_fit")
-        return self._fit(X, y, incremental=True, classes=classes)
+        return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
 
-    def _fit(self, X, y, incremental, classes):
+    def _fit(self, X, y, incremental, classes, sample_weight=None):
         hidden, dtype, kernels = self._check_params()
         if kernels.name == "cuda":
             kernels.require()
@@ -1120,6 +1159,10 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         X = _feature_matrix(X, dtype)
         n_samples, n_features = X.shape
         y = _check_labels(y, n_samples)
+        sw, _ = check_sample_weight(sample_weight, n_samples, dtype)
+        if sw is not None and kernels.name == "cuda":
+            raise ValueError("sample_weight is not supported with device='cuda': fit with "
+                             "device='cpu' (the fused CPU kernels take the weights)")
         if not first_pass and n_features != self.n_features_in_:
             raise ValueError(
                 f"X has {n_features} features, but MLPClassifier is expecting "
@@ -1155,11 +1198,11 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         # check reports with its cause; no RuntimeWarning on the way.
         with kernels.session(), np.errstate(over="ignore", invalid="ignore"):
             if self.solver == "lbfgs":
-                self._fit_lbfgs(kernels, X, codes, dtype)
+                self._fit_lbfgs(kernels, X, codes, dtype, sw)
             elif kernels.name == "cuda":
                 self._fit_cuda(X, codes, dtype, rng, incremental)
             else:
-                self._fit_stochastic(kernels, X, codes, dtype, rng, incremental)
+                self._fit_stochastic(kernels, X, codes, dtype, rng, incremental, sw)
         return self
 
     def _epoch_stops(self, optimizer, progress, early_stopping, incremental):
@@ -1186,10 +1229,17 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             )
         return False
 
-    def _fit_stochastic(self, kernels, X, codes, dtype, rng, incremental):
-        """scikit-learn's ``_fit_stochastic``: epochs of minibatch steps, stopping rules."""
+    def _fit_stochastic(self, kernels, X, codes, dtype, rng, incremental, sw=None):
+        """scikit-learn's ``_fit_stochastic``: epochs of minibatch steps, stopping rules
+        (``sw``: the sample weights, or None)."""
         (optimizer, early_stopping, train_idx, val_idx, n_samples, batch_size,
          shuffle) = self._stochastic_setup(X.shape[0], rng, incremental)
+        if early_stopping and sw is not None:
+            for part, idx, why in (("validation", val_idx, "its weighted accuracy is undefined"),
+                                   ("training", train_idx, "no batch would take a step")):
+                if not np.any(sw[idx]):
+                    raise ValueError(f"sample_weight is 0 for every sample of the {part} "
+                                     f"split of early_stopping: {why}")
         params = self.coefs_ + self.intercepts_
         step = kernels.loss_grad(self.coefs_, self.intercepts_, self.activation)
         sample_idx = np.arange(n_samples, dtype=_index_dtype(n_samples))
@@ -1214,14 +1264,15 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                         # consecutive rows: a view; also a whole shuffled epoch in one
                         # batch, whose gradient does not depend on the order
                         rows = slice(start, stop)
-                    loss, grads = self._loss_grad(step, X, codes, rows, stop - start, dtype,
-                                                  l2_grad=False)
+                    loss, grads, total = self._loss_grad(step, X, codes, rows, stop - start,
+                                                         dtype, l2_grad=False, sw=sw)
                     if not math.isfinite(loss):
                         self._diverged(loss)
                     accumulated_loss += loss * (stop - start)
-                    # the L2 term's gradient, alpha W / n, added in the optimizer's step
-                    optimizer.update_params(params, grads, len(self.coefs_),
-                                            self.alpha / (stop - start))
+                    if grads is not None:  # None: every weight of the batch is 0
+                        # the L2 term's gradient, alpha W / n, added in the optimizer's step
+                        optimizer.update_params(params, grads, len(self.coefs_),
+                                                self.alpha / total)
                     progress.batch(stop)
 
                 self.n_iter_ += 1
@@ -1233,7 +1284,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
 
                 val_score = None
                 if early_stopping:
-                    val_score = self._accuracy(kernels, X, codes, val_idx, dtype)
+                    val_score = self._accuracy(kernels, X, codes, val_idx, dtype, sw)
                 progress.end_epoch(self.loss_, val_score)
                 self._update_no_improvement_count(early_stopping, val_score)
                 optimizer.iteration_ends(self.t_)
@@ -1249,7 +1300,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             self._best_coefs = [c.copy() for c in self.coefs_]
             self._best_intercepts = [b.copy() for b in self.intercepts_]
 
-    def _fit_lbfgs(self, kernels, X, codes, dtype):
+    def _fit_lbfgs(self, kernels, X, codes, dtype, sw=None):
         """scikit-learn's ``_fit_lbfgs``: SciPy's L-BFGS-B on the full-batch loss
         (L2 term included), stopped by ``max_iter`` iterations, ``max_fun``
         evaluations or a largest gradient component below ``tol``.
@@ -1272,7 +1323,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             step = kernels.loss_grad(self.coefs_, self.intercepts_, self.activation)
 
             def evaluate():
-                return self._loss_grad(step, X, codes, slice(0, n), n, dtype)
+                return self._loss_grad(step, X, codes, slice(0, n), n, dtype, sw=sw)[:2]
 
         def write(x):
             for p, part in zip(params, np.split(x, ends[:-1])):
