@@ -25,6 +25,11 @@ each peer, the largest coefficient difference to fusedgrad's
 relative to the largest coefficient: in float32, scikit-learn's centring of
 many rows loses digits (scikit-learn#33032) and this shows it.
 
+With ``--weighted``, every fit gets the same seeded sample weights (uniform
+in [0, 2], one in ten 0): fusedgrad and scikit-learn take ``sample_weight``;
+NumPy forms ``X^T W X`` (``X * w`` is one temporary copy of ``X``); PyTorch
+and JAX solve the least squares of the rows scaled by ``sqrt(w)`` (a copy).
+
 Run ``python benchmarks/linreg_fit.py`` for the full shapes (float64,
 N = 4,000,000 x d = 16 and N = 1,000,000 x d = 128; about 2 GiB of memory),
 ``--quick`` for a smoke run of a few seconds, ``--help`` for the options.
@@ -59,12 +64,27 @@ def make_data(n_samples, n_features, dtype, seed=0):
     return X, y
 
 
-def numpy_normal(X, y):
-    """Coefficients and intercept from the uncentred normal equations in NumPy."""
-    n = X.shape[0]
-    mx, my = X.mean(axis=0), y.mean()
-    G = X.T @ X - n * np.outer(mx, mx)
-    b = X.T @ y - n * mx * my
+def make_weights(n_samples, dtype, seed=1):
+    """Seeded sample weights, uniform in [0, 2], one in ten 0."""
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(0.0, 2.0, n_samples)
+    w[rng.random(n_samples) < 0.1] = 0.0
+    return w.astype(dtype)
+
+
+def numpy_normal(X, y, w=None):
+    """Coefficients and intercept from the uncentred (weighted) normal equations in NumPy."""
+    if w is None:
+        n = X.shape[0]
+        mx, my = X.mean(axis=0), y.mean()
+        G = X.T @ X - n * np.outer(mx, mx)
+        b = X.T @ y - n * mx * my
+    else:
+        n = w.sum()
+        Xw = X * w[:, None]
+        mx, my = Xw.sum(axis=0) / n, w @ y / n
+        G = Xw.T @ X - n * np.outer(mx, mx)
+        b = Xw.T @ y - n * mx * my
     coef = np.linalg.solve(G, b)
     return coef, my - mx @ coef
 
@@ -74,8 +94,8 @@ def implementations(include_sklearn):
 
     impls = {}
     for solver in ("auto", "normal", "qr"):
-        def fit(X, y, solver=solver):
-            m = LinearRegression(solver=solver).fit(X, y)
+        def fit(X, y, w=None, solver=solver):
+            m = LinearRegression(solver=solver).fit(X, y, sample_weight=w)
             return m.coef_, m.intercept_, m.solver_
         impls[f"fg {solver}"] = fit
     if include_sklearn:
@@ -84,8 +104,8 @@ def implementations(include_sklearn):
         except ImportError:
             print("scikit-learn is not installed: its column is skipped", file=sys.stderr)
         else:
-            def sk(X, y):
-                m = SkLinearRegression().fit(X, y)
+            def sk(X, y, w=None):
+                m = SkLinearRegression().fit(X, y, sample_weight=w)
                 return m.coef_, m.intercept_
             impls["sklearn"] = sk
     impls["numpy normal"] = numpy_normal
@@ -101,10 +121,14 @@ def _lstsq_peers():
     except ImportError:
         print("PyTorch is not installed: its column is skipped", file=sys.stderr)
     else:
-        def torch_lstsq(X, y):
+        def torch_lstsq(X, y, sw=None):
             Xt = torch.from_numpy(X)
             A = torch.cat([torch.ones((X.shape[0], 1), dtype=Xt.dtype), Xt], dim=1)
-            w = torch.linalg.lstsq(A, torch.from_numpy(y)[:, None]).solution[:, 0].numpy()
+            b = torch.from_numpy(y)[:, None]
+            if sw is not None:
+                root = torch.from_numpy(np.sqrt(sw))[:, None]
+                A, b = A * root, b * root
+            w = torch.linalg.lstsq(A, b).solution[:, 0].numpy()
             return w[1:], w[0]
         peers["torch lstsq"] = torch_lstsq
     try:
@@ -116,30 +140,31 @@ def _lstsq_peers():
         jax.config.update("jax_enable_x64", True)  # float64 data stays float64
 
         @jax.jit
-        def solve(X, y):
+        def solve(X, y, root):
             A = jnp.concatenate([jnp.ones((X.shape[0], 1), X.dtype), X], axis=1)
-            return jnp.linalg.lstsq(A, y)[0]
+            return jnp.linalg.lstsq(A * root[:, None], y * root)[0]
 
-        def jax_lstsq(X, y):
-            w = np.asarray(solve(X, y))
+        def jax_lstsq(X, y, sw=None):
+            root = np.ones_like(y) if sw is None else np.sqrt(sw)
+            w = np.asarray(solve(X, y, root))
             return w[1:], w[0]
         peers["jax lstsq"] = jax_lstsq
     return peers
 
 
-def time_round_robin(impls, X, y, repeat):
+def time_round_robin(impls, X, y, repeat, w=None):
     first, outputs = {}, {}
     for name, fn in impls.items():
         gc.collect()
         start = time.perf_counter()
-        outputs[name] = fn(X, y)
+        outputs[name] = fn(X, y, w)
         first[name] = time.perf_counter() - start
     times = {name: [] for name in impls}
     for _ in range(repeat):
         for name, fn in impls.items():
             gc.collect()
             start = time.perf_counter()
-            fn(X, y)
+            fn(X, y, w)
             times[name].append(time.perf_counter() - start)
     return {n: statistics.median(t) for n, t in times.items()}, first, outputs
 
@@ -156,6 +181,8 @@ def main(argv=None):
     parser.add_argument("--shape", action="append", metavar="N,d",
                         help="a shape to run instead of the defaults (repeatable)")
     parser.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn")
+    parser.add_argument("--weighted", action="store_true",
+                        help="fit with seeded sample weights (see the module docstring)")
     args = parser.parse_args(argv)
 
     from fusedgrad.bench import format_machine, machine_info
@@ -167,8 +194,10 @@ def main(argv=None):
     dtype = np.dtype(args.dtype).type
     print(format_machine(machine_info()))
     print()
-    print(f"LinearRegression.fit, {args.dtype}, with intercept: median of {args.repeat} "
-          "calls, seconds (first call, which includes compilation, in brackets)")
+    print(f"LinearRegression.fit, {args.dtype}, with intercept"
+          + (", with sample weights" if args.weighted else "")
+          + f": median of {args.repeat} calls, seconds (first call, which includes "
+          "compilation, in brackets)")
     print()
     impls = implementations(not args.no_sklearn)
     names = list(impls)
@@ -179,9 +208,10 @@ def main(argv=None):
     print("|:---|" + "---:|" * (len(header) - 1))
     for N, d in shapes:
         X, y = make_data(N, d, dtype)
+        w = make_weights(N, dtype) if args.weighted else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            median, first, outputs = time_round_robin(impls, X, y, args.repeat)
+            median, first, outputs = time_round_robin(impls, X, y, args.repeat, w)
         row = [f"{N}, {d}"] + [f"{fmt_s(median[n])} ({fmt_s(first[n])})" for n in names]
         ref = np.asarray(outputs["fg qr"][0], np.float64)
 
@@ -197,7 +227,8 @@ def main(argv=None):
     print()
     print("Command: python benchmarks/linreg_fit.py" + (" --quick" if args.quick else "")
           + (f" --dtype {args.dtype}" if args.dtype != "float64" else "")
-          + (f" --repeat {args.repeat}" if args.repeat != 3 else ""))
+          + (f" --repeat {args.repeat}" if args.repeat != 3 else "")
+          + (" --weighted" if args.weighted else ""))
     return 0
 
 

@@ -19,6 +19,11 @@ mean cross-entropy), data and batch size for all three, float32:
   Its compilation for both minibatch shapes happens in a warm-up epoch on the
   same data before timing.
 
+With ``--weighted``, every implementation gets the same seeded sample weights
+(uniform in [0, 2], one in ten 0) and minimises each minibatch's weighted
+mean cross-entropy (scikit-learn's weighting; PyTorch's and JAX's loops
+weight their per-row losses).
+
 Each measurement is one ``fit`` of ``--epochs`` epochs (``tol=0``, so all of
 them run) on a fresh model, divided by the number of epochs; fusedgrad's
 kernels are compiled (or loaded from numba's cache) before timing. The
@@ -66,27 +71,27 @@ def _settings(hidden, batch_size, epochs, learning_rate):
                 tol=0.0, n_iter_no_change=10**9, random_state=0)
 
 
-def fusedgrad_fit(X, y, hidden, batch_size, epochs, learning_rate):
+def fusedgrad_fit(X, y, hidden, batch_size, epochs, learning_rate, w=None):
     from fusedgrad.models.mlp import MLPClassifier
 
     model = MLPClassifier(dtype="float32", **_settings(hidden, batch_size, epochs, learning_rate))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter
-        model.fit(X, y)
+        model.fit(X, y, sample_weight=w)
     return model.loss_curve_[-1]
 
 
-def sklearn_fit(X, y, hidden, batch_size, epochs, learning_rate):
+def sklearn_fit(X, y, hidden, batch_size, epochs, learning_rate, w=None):
     from sklearn.neural_network import MLPClassifier
 
     model = MLPClassifier(**_settings(hidden, batch_size, epochs, learning_rate))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model.fit(X, y)
+        model.fit(X, y, sample_weight=w)
     return model.loss_curve_[-1]
 
 
-def torch_fit(X, y, hidden, batch_size, epochs, learning_rate):
+def torch_fit(X, y, hidden, batch_size, epochs, learning_rate, w=None):
     import torch
     import torch.nn.functional as F
 
@@ -103,18 +108,23 @@ def torch_fit(X, y, hidden, batch_size, epochs, learning_rate):
     model = torch.nn.Sequential(*layers, torch.nn.Linear(width, K))
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    wt = None if w is None else torch.from_numpy(w)
     loss_sum = 0.0
     for _ in range(epochs):
         order = torch.randperm(n) if batch_size < n else None
         loss_sum = 0.0
         for start in range(0, n, batch_size):
             if order is None:
-                xb, yb = Xt, yt
+                xb, yb, wb = Xt, yt, wt
             else:
                 rows = order[start:start + batch_size]
                 xb, yb = Xt[rows], yt[rows]
+                wb = None if wt is None else wt[rows]
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
+            if wb is None:
+                loss = F.cross_entropy(model(xb), yb)
+            else:  # the weighted mean, as scikit-learn's and fusedgrad's
+                loss = (F.cross_entropy(model(xb), yb, reduction="none") * wb).sum() / wb.sum()
             loss.backward()
             optimizer.step()
             loss_sum += loss.item() * xb.shape[0]
@@ -131,17 +141,18 @@ def _jax_step(activation, learning_rate):
         act = {"logistic": jax.nn.sigmoid, "relu": jax.nn.relu, "tanh": jnp.tanh,
                "identity": lambda z: z}[activation]
 
-        def loss_fn(params, xb, yb):
+        def loss_fn(params, xb, yb, wb):
             a = xb
             for W, b in params[:-1]:
                 a = act(a @ W + b)
             W, b = params[-1]
             logp = jax.nn.log_softmax(a @ W + b, axis=1)
-            return -jnp.mean(jnp.take_along_axis(logp, yb[:, None], axis=1))
+            losses = -jnp.take_along_axis(logp, yb[:, None], axis=1)[:, 0]
+            return jnp.sum(wb * losses) / jnp.sum(wb)  # unit weights: the mean
 
         @jax.jit
-        def step(params, X, y, rows):
-            loss, grads = jax.value_and_grad(loss_fn)(params, X[rows], y[rows])
+        def step(params, X, y, w, rows):
+            loss, grads = jax.value_and_grad(loss_fn)(params, X[rows], y[rows], w[rows])
             params = jax.tree_util.tree_map(lambda p, g: p - learning_rate * g, params, grads)
             return params, loss
 
@@ -152,7 +163,7 @@ def _jax_step(activation, learning_rate):
 _JAX_STEPS = {}
 
 
-def jax_fit(X, y, hidden, batch_size, epochs, learning_rate):
+def jax_fit(X, y, hidden, batch_size, epochs, learning_rate, w=None):
     import jax.numpy as jnp
 
     rng = np.random.default_rng(0)
@@ -166,13 +177,14 @@ def jax_fit(X, y, hidden, batch_size, epochs, learning_rate):
         width = units
     step = _jax_step(ACTIVATION, float(learning_rate))
     Xj, yj = jnp.asarray(X), jnp.asarray(y.astype(np.int32))
+    wj = jnp.ones(n, jnp.float32) if w is None else jnp.asarray(w)
     loss_sum = 0.0
     for _ in range(epochs):
         order = (rng.permutation(n) if batch_size < n else np.arange(n)).astype(np.int32)
         losses = []
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
-            params, loss = step(params, Xj, yj, rows)
+            params, loss = step(params, Xj, yj, wj, rows)
             losses.append(loss * rows.shape[0])
         loss_sum = float(sum(losses))
     return loss_sum / n
@@ -198,20 +210,22 @@ def available(names, modules=None):
     return ok, skipped
 
 
-def bench(X, y, hidden, batch_size, epochs, repeat, learning_rate, names):
-    """Median ms per epoch of each implementation, timed round-robin."""
+def bench(X, y, hidden, batch_size, epochs, repeat, learning_rate, names, w=None):
+    """Median ms per epoch of each implementation, timed round-robin (``w``: sample
+    weights given to every implementation, or None)."""
     # compile fusedgrad's kernels (or load them from the cache) on a small copy
-    fusedgrad_fit(X[:256], y[:256], hidden, min(batch_size, 128), 1, learning_rate)
+    head = None if w is None else w[:256]
+    fusedgrad_fit(X[:256], y[:256], hidden, min(batch_size, 128), 1, learning_rate, head)
     if "torch" in names:
-        torch_fit(X[:256], y[:256], hidden, min(batch_size, 128), 1, learning_rate)
+        torch_fit(X[:256], y[:256], hidden, min(batch_size, 128), 1, learning_rate, head)
     if "jax" in names:  # compiles the step for this batch size and the last, shorter batch
-        jax_fit(X, y, hidden, batch_size, 1, learning_rate)
+        jax_fit(X, y, hidden, batch_size, 1, learning_rate, w)
     times = {name: [] for name in names}
     losses = {}
     for _ in range(repeat):
         for name in names:
             start = time.perf_counter()
-            losses[name] = FITS[name](X, y, hidden, batch_size, epochs, learning_rate)
+            losses[name] = FITS[name](X, y, hidden, batch_size, epochs, learning_rate, w)
             times[name].append(1e3 * (time.perf_counter() - start) / epochs)
     return {name: statistics.median(t) for name, t in times.items()}, losses
 
@@ -291,6 +305,8 @@ def parse_args(argv=None):
     p.add_argument("--only", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
     p.add_argument("--threads", type=int, default=2,
                    help="threads of numba, BLAS and PyTorch (default 2, the machine's cores)")
+    p.add_argument("--weighted", action="store_true",
+                   help="fit with seeded sample weights (see the module docstring)")
     args = p.parse_args(argv)
     if args.quick:
         args.n_samples, args.n_features, args.hidden, args.classes = 20_000, 16, [32], 4
@@ -317,8 +333,15 @@ def main(argv=None):
     print(format_machine(machine_info()) + "\n", flush=True)
     names, skipped = available(args.only)
     X, y = make_data(args.n_samples, args.n_features, args.classes)
+    w = None
+    if args.weighted:
+        rng = np.random.default_rng(1)
+        w = rng.uniform(0.0, 2.0, args.n_samples).astype(np.float32)
+        w[rng.random(args.n_samples) < 0.1] = 0.0
     N, d, h, K = args.n_samples, args.n_features, args.hidden, args.classes
     print(f"MLPClassifier.fit, solver='sgd', activation='{ACTIVATION}', float32, "
+          + ("with sample weights, " if args.weighted else "")
+          + 
           f"N={N:,}, d={d}, hidden={tuple(h)}, K={K}, {args.threads} threads: median ms per "
           "epoch "
           f"({args.epochs} epochs per fit, {args.repeat} fits)\n", flush=True)
@@ -326,7 +349,7 @@ def main(argv=None):
     for batch in args.batch_sizes:
         batch_size = N if batch <= 0 else batch
         ms, losses = bench(X, y, h, batch_size, args.epochs, args.repeat, args.learning_rate,
-                           names)
+                           names, w)
         label = f"full batch ({N:,})" if batch_size >= N else f"{batch_size:,}"
 
         def cell(name):

@@ -294,3 +294,46 @@ class FusedOverSklearn:
     def track_fit_time_ratio(self, estimator, size, dtype):
         rounds = min(3, common.RATIO_ROUNDS)
         return common.ratio_of_times(self.fit["fused"], (), self.fit["sklearn"], (), rounds=rounds)
+
+
+@functools.lru_cache(maxsize=2)
+def sample_weights(size, dtype, seed=1):
+    """Seeded weights of the samples: uniform in [0, 2], one in ten 0."""
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(0.0, 2.0, SIZES[size]["N"])
+    w[rng.random(w.shape[0]) < 0.1] = 0.0
+    return w.astype(dtype)
+
+
+class WeightedFit:
+    """``fit(X, y, sample_weight=w)`` of both estimators against scikit-learn's (which
+    rescales a copy of X for least squares, and multiplies each batch's output
+    deltas by the weights for the MLP); fusedgrad weights each row inside its
+    fused passes."""
+
+    params = [["sklearn", "fused"], ["LinearRegression", "MLPClassifier-sgd"], list(SIZES),
+              common.DTYPES]
+    param_names = ["implementation", "estimator", "size", "dtype"]
+    timeout = 180
+
+    def setup(self, impl, estimator, size, dtype):
+        import inspect
+
+        _quiet()
+        if estimator == "LinearRegression":
+            self.X, self.y = regression_data(size, dtype)
+            self.make = functools.partial(linear_regression, impl, dtype)
+        else:
+            self.X, self.y = classification_data(size, dtype)
+            self.make = functools.partial(mlp_classifier, impl, "sgd", size, dtype)
+        if "sample_weight" not in inspect.signature(self.make().fit).parameters:
+            raise NotImplementedError("fit takes no sample_weight in this version")
+        self.w = sample_weights(size, dtype)
+        once(("warm-up-weighted", impl, estimator, size, dtype),
+             lambda: self.make().fit(self.X[:256], self.y[:256], sample_weight=self.w[:256]))
+
+    def time_fit(self, impl, estimator, size, dtype):
+        self.make().fit(self.X, self.y, sample_weight=self.w)
+
+    def peakmem_fit(self, impl, estimator, size, dtype):
+        self.make().fit(self.X, self.y, sample_weight=self.w)

@@ -113,7 +113,8 @@ class LinearRegression(RegressorMixin, BaseModel):
     r"""Ordinary least squares: the lecture's linear model with scikit-learn's interface.
 
     Minimises :math:`L(w, b) = \frac1{2n} \lVert y - Xw - b \rVert^2` (``b`` only
-    with ``fit_intercept``). Every solver reads ``X`` in place, in its own
+    with ``fit_intercept``), or with ``fit(..., sample_weight=s)`` the weighted
+    :math:`\sum_i s_i (y_i - x_i w - b)^2 / (2 \sum_i s_i)`. Every solver reads ``X`` in place, in its own
     dtype, in one or a few parallel passes; ``X`` is never copied (int or
     non-contiguous input is converted once, as in scikit-learn).
 

@@ -670,7 +670,11 @@ class MLPClassifier(ClassifierMixin, BaseModel):
       float32 weights into float64 ones after its first evaluation), and
       records ``loss_curve_`` (the loss after each iteration) and
       ``best_loss_``.
-    * No ``sample_weight`` and no multi-label targets.
+    * No multi-label targets. ``sample_weight`` is weighted as in scikit-learn,
+      but a batch whose weights are all 0 takes no step (scikit-learn divides by
+      the batch's weight sum, 0, and gets NaN), an ``early_stopping`` split with
+      all weights 0 on either side is refused, and ``device='cuda'`` does not
+      take weights.
     * ``predict_log_proba`` is computed from the logits as a log-softmax, so
       it is finite where ``log(predict_proba)`` would underflow to ``-inf``.
 
