@@ -709,6 +709,32 @@ def _ptx_model_runs():
                 model.predict(X)
 
             runs.append((f"MLPClassifier partial_fit {dtype} d={d} h={h} K={K}", partial))
+
+            # sample weights: gathered with the batches or sliced, the weighted
+            # validation accuracy, the full-batch (lbfgs) evaluation
+            for label, params in (("adam+early_stopping", mlp_configs[5][1]),
+                                  ("sgd+momentum", mlp_configs[1][1]),
+                                  ("lbfgs", dict(solver="lbfgs"))):
+                def weighted(params=params, X=X, y=y, h=h, dtype=dtype):
+                    model = MLPClassifier(hidden_layer_sizes=(h,), max_iter=3, random_state=0,
+                                          dtype=dtype, device="cuda", **params)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        model.fit(X, y, sample_weight=np.linspace(0.5, 2.0, X.shape[0]))
+
+                runs.append((f"MLPClassifier weighted {label} {dtype} d={d} h={h} K={K}",
+                             weighted))
+        def weighted_network(dtype=dtype):
+            X = rng.standard_normal((40, 5))
+            y = np.arange(40) % 3
+            model = MLPClassifier(hidden_layer_sizes=(8, 4), activation="relu", max_iter=3,
+                                  batch_size=16, random_state=0, dtype=dtype, device="cuda",
+                                  solver="adam", early_stopping=True, n_iter_no_change=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.fit(X, y, sample_weight=np.linspace(0.5, 2.0, 40))
+
+        runs.append((f"MLPClassifier weighted relu (8, 4) adam {dtype}", weighted_network))
     linear_configs = [
         dict(solver="normal"),
         dict(solver="auto", fit_intercept=False),
@@ -839,6 +865,13 @@ def run_ptx_check(cc=(9, 0), ptx_dir=None):
         ("mlp_loss_grad", dict(N=300, d=20, h=30, K=40), {"_path": "layered"}),
         ("softmax_cross_entropy", dict(N=300, K=10), {}),
         ("softmax_cross_entropy", dict(N=300, K=100), {}),
+        # the weighted variants of the softmax-CE stages (staged, per row, fused, layered)
+        ("softmax_cross_entropy", dict(N=300, K=10), {"sample_weight": "ones"}),
+        ("softmax_cross_entropy", dict(N=300, K=100), {"sample_weight": "ones"}),
+        ("mlp_loss_grad", dict(N=300, d=16, h=32, K=4), {"sample_weight": "ones"}),
+        ("mlp_loss_grad", dict(N=300, d=20, h=30, K=40),
+         {"_path": "layered", "sample_weight": "ones"}),
+        ("network_loss_grad/relu", dict(N=300, d=20, h=30, K=4), {"sample_weight": "ones"}),
         ("affine_sigmoid", dict(N=300, d=16, h=32), {}),
         ("affine_sigmoid_backward", dict(N=300, d=16, h=32), {}),
         ("affine_sigmoid_backward/no_W", dict(N=300, d=16, h=32), {}),
@@ -863,8 +896,11 @@ def run_ptx_check(cc=(9, 0), ptx_dir=None):
                 args = case.make_args(full, dtype, 0)
                 dev_args = tuple(np.asarray(a).view(Dev) if isinstance(a, np.ndarray) else a
                                  for a in args)
+                kw = dict(kwargs)
+                if kw.get("sample_weight") == "ones":
+                    kw["sample_weight"] = np.ones(full["N"], dtype)
                 try:
-                    case.cuda_kernel(*dev_args, **kwargs)
+                    case.cuda_kernel(*dev_args, **kw)
                 except Exception as exc:
                     failures.append((name, shape, np.dtype(dtype).name, shuffle, repr(exc)))
                     log(f"FAILED {name} {shape} {np.dtype(dtype).name} shuffle={shuffle}: {exc!r}")

@@ -600,3 +600,72 @@ def test_affine_activation_out(activation):
     np.testing.assert_allclose(out.copy_to_host(),
                                affine_activation_reference(X, W, b, activation=activation),
                                rtol=1e-12, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------
+# Sample weights
+# ---------------------------------------------------------------------------
+
+#: Integer weights of 13 rows (0 drops a row, 3 is three copies of it).
+COUNTS = np.array([0, 1, 3, 2, 0, 1, 1, 2, 3, 0, 1, 2, 1])
+
+
+@pytest.mark.parametrize("path", ["fused", "layered"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mlp_weights_are_repeated_rows(path, dtype):
+    """Integer weights against the NumPy reference of the repeated rows."""
+    case = CASES["mlp_loss_grad"]
+    X, y, W1, b1, W2, b2 = case.make_args(dict(N=13, d=5, h=6, K=3), dtype, 6)
+    copies = np.repeat(np.arange(13), COUNTS)
+    want = case.reference(*as_float64((X[copies], y[copies], W1, b1, W2, b2)))
+    got = kc.mlp_loss_grad(X, y, W1, b1, W2, b2, sample_weight=COUNTS.astype(dtype), _path=path)
+    compare(case, got, want, dtype)
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_network_rows_with_weights(monkeypatch, on_device):
+    """The layered path with ``rows`` and the weights of those rows."""
+    network_chunks(monkeypatch)
+    X, y_all, Ws, bs = _network([4, 7, 5, 3], np.float64, 15, n=9)
+    rows = np.array([8, 0, 3, 3, 7, 1, 2, 5, 4, 6, 0, 8, 2])
+    y = y_all[rows]
+    want = _network_reference(X, y[COUNTS > 0].repeat(COUNTS[COUNTS > 0]), Ws, bs, "tanh",
+                              rows[COUNTS > 0].repeat(COUNTS[COUNTS > 0]))
+    w = COUNTS.astype(np.float64)
+    if on_device:
+        X, y, rows, w = (rt.cuda.to_device(a) for a in (X, y, rows, w))
+        Ws = [rt.cuda.to_device(W) for W in Ws]
+        bs = [rt.cuda.to_device(b) for b in bs]
+    got = kc.network_loss_grad(X, y, Ws, bs, activation="tanh", rows=rows, sample_weight=w)
+    _compare_network(got, want, np.float64)
+
+
+@pytest.mark.parametrize("staged_max_k", [32, 2])  # staged tile; a block per row
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_weights_are_repeated_rows(monkeypatch, staged_max_k, dtype):
+    monkeypatch.setattr(opt, "CUDA_SOFTMAX_STAGED_MAX_K", staged_max_k)
+    case = CASES["softmax_cross_entropy"]
+    Z, y = case.make_args(dict(N=13, K=5), dtype, 7)
+    copies = np.repeat(np.arange(13), COUNTS)
+    loss_want, dZ_copies = case.reference(*as_float64((Z[copies], y[copies])))
+    loss, dZ = kc.softmax_cross_entropy(Z, y, sample_weight=COUNTS.astype(dtype))
+    tol = 2e-6 if np.dtype(dtype) == np.float32 else 1e-13
+    np.testing.assert_allclose(loss, loss_want, rtol=tol)
+    # row i of dZ is the sum of its copies' rows
+    want = np.zeros(dZ.shape)
+    np.add.at(want, copies, dZ_copies)
+    np.testing.assert_allclose(dZ, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_weights_are_checked():
+    case = CASES["mlp_loss_grad"]
+    args = case.make_args(dict(N=13, d=5, h=6, K=3), np.float64, 6)
+    for w, error, match in ((np.ones(13, np.float32), TypeError, "sample_weight has dtype"),
+                            (np.ones(12), ValueError, r"sample_weight must have shape \(13,\)"),
+                            (-np.ones(13), ValueError, "sample_weight must be non-negative"),
+                            (np.zeros(13), ValueError, "positive sum")):
+        with pytest.raises(error, match=match):
+            kc.mlp_loss_grad(*args, sample_weight=w)
+        with pytest.raises(error, match=match):
+            kc.softmax_cross_entropy(rt.cuda.to_device(np.ones((13, 3))), args[1],
+                                     sample_weight=rt.cuda.to_device(w))

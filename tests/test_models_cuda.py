@@ -78,6 +78,43 @@ def test_mlp_fit_matches_cpu(name):
         assert gpu.best_validation_score_ == cpu.best_validation_score_
 
 
+WEIGHTED_CONFIGS = {
+    "sgd-shuffled-l2": dict(solver="sgd", alpha=0.05, learning_rate_init=0.2),
+    "gd": dict(solver="gd", learning_rate_init=0.5, alpha=0.01),
+    "adam-early-stopping": dict(solver="adam", early_stopping=True, validation_fraction=0.3,
+                                learning_rate_init=0.05),
+    "lbfgs-l2-float64": dict(solver="lbfgs", alpha=0.05, dtype="float64"),
+    "two-hidden-relu-adam": dict(activation="relu", hidden_layer_sizes=(5, 3), solver="adam",
+                                 learning_rate_init=0.05, alpha=0.01),
+    "two-hidden-tanh-unshuffled-early-stopping": dict(
+        activation="tanh", hidden_layer_sizes=(4, 3), solver="sgd", shuffle=False,
+        early_stopping=True, validation_fraction=0.3, learning_rate_init=0.2),
+}
+
+
+@pytest.mark.parametrize("name", list(WEIGHTED_CONFIGS))
+def test_weighted_mlp_fit_matches_cpu(name):
+    """Sample weights on the GPU (gathered with each batch; the fused kernel and
+    the layered path weight the softmax-CE rows) as on the CPU, a batch of weight
+    0 included (no step on either device)."""
+    config = dict(WEIGHTED_CONFIGS[name])
+    config.setdefault("hidden_layer_sizes", (3,))
+    w = np.random.RandomState(9).uniform(0.0, 2.0, len(Y_MLP)).astype(np.float32)
+    w[:8] = 0.0  # the first batch of 8 when not shuffled
+    cpu, gpu = fit_both(
+        lambda device: MLPClassifier(max_iter=2, batch_size=8, random_state=1, device=device,
+                                     **config),
+        X_MLP, Y_MLP, sample_weight=w)
+    unweighted = fit_both(
+        lambda device: MLPClassifier(max_iter=2, batch_size=8, random_state=1, device=device,
+                                     **config),
+        X_MLP, Y_MLP)[1]
+    assert_same_mlp(cpu, gpu, config.get("dtype", "float32"))
+    if config.get("early_stopping"):
+        np.testing.assert_allclose(gpu.validation_scores_, cpu.validation_scores_, rtol=1e-6)
+    assert max(np.abs(a - b).max() for a, b in zip(unweighted.coefs_, gpu.coefs_)) > 1e-4
+
+
 def test_mlp_partial_fit_and_prediction_match_cpu():
     labels = np.array(["a", "b", "c"])
     y = labels[Y_MLP]

@@ -417,12 +417,6 @@ def test_bad_weights_are_named(agree_data, value, error, match):
         MLPClassifier(max_iter=1).fit(X, y, sample_weight=value)
 
 
-def test_weights_on_cuda_are_refused(agree_data):
-    X, y = agree_data
-    with pytest.raises(ValueError, match="sample_weight is not supported with device='cuda'"):
-        MLPClassifier(device="cuda").fit(X, y, sample_weight=np.ones(N_AGREE))
-
-
 def test_early_stopping_split_of_zero_weights_is_refused(agree_data):
     """One sample of nonzero weight: either part of the split has weight 0."""
     X, y = agree_data

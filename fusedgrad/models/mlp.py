@@ -673,8 +673,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
     * No multi-label targets. ``sample_weight`` is weighted as in scikit-learn,
       but a batch whose weights are all 0 takes no step (scikit-learn divides by
       the batch's weight sum, 0, and gets NaN), an ``early_stopping`` split with
-      all weights 0 on either side is refused, and ``device='cuda'`` does not
-      take weights.
+      all weights 0 on either side is refused.
     * ``predict_log_proba`` is computed from the logits as a log-softmax, so
       it is finite where ``log(predict_proba)`` would underflow to ``-inf``.
 
@@ -1119,8 +1118,8 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             mean of its samples' cross-entropies and its L2 term is divided by
             the sum of its weights (a batch whose weights are all 0 takes no
             step); the validation score of ``early_stopping`` is the weighted
-            accuracy. The fused kernels multiply each row's gradient by its
-            weight in their one pass. CPU only: ``device='cuda'`` refuses them.
+            accuracy. The fused kernels (CPU and GPU) multiply each row's
+            gradient by its weight in their one pass.
 
         Returns
         -------
@@ -1164,9 +1163,6 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         n_samples, n_features = X.shape
         y = _check_labels(y, n_samples)
         sw, _ = check_sample_weight(sample_weight, n_samples, dtype)
-        if sw is not None and kernels.name == "cuda":
-            raise ValueError("sample_weight is not supported with device='cuda': fit with "
-                             "device='cpu' (the fused CPU kernels take the weights)")
         if not first_pass and n_features != self.n_features_in_:
             raise ValueError(
                 f"X has {n_features} features, but MLPClassifier is expecting "
@@ -1204,7 +1200,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             if self.solver == "lbfgs":
                 self._fit_lbfgs(kernels, X, codes, dtype, sw)
             elif kernels.name == "cuda":
-                self._fit_cuda(X, codes, dtype, rng, incremental)
+                self._fit_cuda(X, codes, dtype, rng, incremental, sw)
             else:
                 self._fit_stochastic(kernels, X, codes, dtype, rng, incremental, sw)
         return self
@@ -1238,12 +1234,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         (``sw``: the sample weights, or None)."""
         (optimizer, early_stopping, train_idx, val_idx, n_samples, batch_size,
          shuffle) = self._stochastic_setup(X.shape[0], rng, incremental)
-        if early_stopping and sw is not None:
-            for part, idx, why in (("validation", val_idx, "its weighted accuracy is undefined"),
-                                   ("training", train_idx, "no batch would take a step")):
-                if not np.any(sw[idx]):
-                    raise ValueError(f"sample_weight is 0 for every sample of the {part} "
-                                     f"split of early_stopping: {why}")
+        self._check_weighted_split(sw, early_stopping, train_idx, val_idx)
         params = self.coefs_ + self.intercepts_
         step = kernels.loss_grad(self.coefs_, self.intercepts_, self.activation)
         sample_idx = np.arange(n_samples, dtype=_index_dtype(n_samples))
@@ -1322,7 +1313,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         ends = np.cumsum([p.size for p in params])
         n = X.shape[0]
         if kernels.name == "cuda":
-            evaluate = self._cuda_full_batch(X, codes, dtype)
+            evaluate = self._cuda_full_batch(X, codes, dtype, sw)
         else:
             step = kernels.loss_grad(self.coefs_, self.intercepts_, self.activation)
 
@@ -1376,11 +1367,12 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                 stacklevel=4,  # the caller of fit
             )
 
-    def _cuda_full_batch(self, X, codes, dtype):
+    def _cuda_full_batch(self, X, codes, dtype, sw=None):
         """For :meth:`_fit_lbfgs` on the GPU: a function that returns the loss and
         gradients (L2 term included, host arrays in the order of
-        ``coefs_ + intercepts_``) of all of ``X`` at the current parameters.
-        ``X`` and the labels are copied to the device once."""
+        ``coefs_ + intercepts_``) of all of ``X`` at the current parameters
+        (weighted by ``sw``). ``X``, the labels and the weights are copied to
+        the device once."""
         from fusedgrad.kernels.cuda import _runtime as rt
         from fusedgrad.kernels.cuda.network import (
             flat_size,
@@ -1399,17 +1391,27 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         loss = cuda.device_array(1, np.float64)
         work = {}  # the activation buffers, kept across the evaluations
         n = X.shape[0]
+        swd = total = None
+        if sw is not None:
+            swd, total = cuda.to_device(sw), float(np.sum(sw, dtype=np.float64))
 
         def evaluate():
             p.copy_to_device(_pack(self.coefs_ + self.intercepts_, dtype))
-            loss_grad_device(Xd, yd, Ws, bs, self.activation, grad, loss, work=work)
+            loss_grad_device(Xd, yd, Ws, bs, self.activation, grad, loss, work=work,
+                             sample_weight=swd, total=total)
             grads = _unpack(grad.copy_to_host(), units)  # coefs_ + intercepts_ order
-            return self._add_l2(float(loss.copy_to_host()[0]), grads, n)
+            return self._add_l2(float(loss.copy_to_host()[0]), grads,
+                                n if total is None else total)
 
         return evaluate
 
-    def _fit_cuda(self, X, codes, dtype, rng, incremental):
+    def _fit_cuda(self, X, codes, dtype, rng, incremental, sw=None):
         """The loop of :meth:`_fit_stochastic` on the GPU (``device='cuda'``).
+
+        With sample weights ``sw`` (copied to the device once) each batch's
+        weights are gathered beside its rows, and the sum of its weights (for
+        the weighted mean and the L2 term) is taken on the host from ``sw``
+        and the batch's row indices, which the host holds anyway.
 
         ``X`` (in the model's dtype), the class indices and the parameters are
         copied to the device once per call, the parameters as one flat vector
@@ -1438,6 +1440,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         cuda = rt.cuda
         (optimizer, early_stopping, train_idx, val_idx, n_samples, batch_size,
          shuffle) = self._stochastic_setup(X.shape[0], rng, incremental)
+        self._check_weighted_split(sw, early_stopping, train_idx, val_idx)
         units = units_of(self.coefs_)
         D = units[0]
         n_params = flat_size(units)
@@ -1454,9 +1457,14 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         sq_part = cuda.device_array(_train.update_blocks(n_params), np.float64)
         state = _CudaOptimizerState(optimizer, dtype)
         gather = shuffle or train_idx is not None
+        weighted = sw is not None
+        if weighted:
+            swd = cuda.to_device(sw.reshape(-1, 1))  # (n, 1): gathered as a column
         if gather:
             Xb = cuda.device_array((batch_size, D), dtype)
             yb = cuda.device_array(batch_size, codes.dtype)
+            if weighted:
+                wb = cuda.device_array((batch_size, 1), dtype)
         rows_d = None
         if train_idx is not None and not shuffle:
             rows_d = cuda.to_device(train_idx)
@@ -1469,9 +1477,16 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             Avs = [cuda.device_array((n_val, h), dtype) for h in units[1:-1]]
             Zv = cuda.device_array((n_val, units[-1]), dtype)
             best = cuda.device_array(n_params, dtype)
+            if weighted:
+                wv = cuda.device_array((n_val, 1), dtype)
+                _train.gather_rows(swd, None, cuda.to_device(val_idx), wv, None)
+                wv = wv.reshape(n_val)
+                hits_v = cuda.device_array(n_val, np.float64)
+                val_weight = float(np.sum(sw[val_idx], dtype=np.float64))
 
         sample_idx = np.arange(n_samples, dtype=_index_dtype(n_samples))
         progress = _Progress(self.verbose, 1 if incremental else self.max_iter, n_samples)
+        rows = train_idx  # the host's copy of rows_d (None: consecutive rows)
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
@@ -1482,24 +1497,41 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                         rows = sample_idx if train_idx is None else train_idx[sample_idx]
                         rows_d = cuda.to_device(rows)
                     else:
-                        rows_d = None  # one batch of the whole epoch: order is irrelevant
+                        rows = rows_d = None  # one batch of the whole epoch: any order
                 acc = rt.zeros(3, np.float64)
                 for start in range(0, n_samples, batch_size):
                     stop = min(start + batch_size, n_samples)
                     m = stop - start
+                    ws = total = None
+                    if weighted:
+                        batch = slice(start, stop) if rows_d is None else rows[start:stop]
+                        total = float(np.sum(sw[batch], dtype=np.float64))
+                        if total == 0.0:  # every weight 0: no step (as on the CPU)
+                            progress.batch(stop)
+                            continue
                     if rows_d is not None:
                         Xs, ys = Xb[:m], yb[:m]
                         _train.gather_rows(Xd, yd, rows_d[start:stop], Xs, ys)
+                        if weighted:
+                            _train.gather_rows(swd, None, rows_d[start:stop], wb[:m], None)
+                            ws = wb[:m].reshape(m)
                     else:
                         Xs, ys = Xd[start:stop], yd[start:stop]
-                    loss_grad_device(Xs, ys, Ws, bs, activation, grad, loss, work=work)
-                    state.update(p, grad, self.alpha / m, biases, sq_part)
-                    _train.accumulate_loss(acc, loss, sq_part, m, self.alpha)
+                        if weighted:
+                            ws = swd[start:stop].reshape(m)
+                    loss_grad_device(Xs, ys, Ws, bs, activation, grad, loss, work=work,
+                                     sample_weight=ws, total=total)
+                    n_b = m if total is None else total  # L2 over the batch's weight
+                    state.update(p, grad, self.alpha / n_b, biases, sq_part)
+                    _train.accumulate_loss(acc, loss, sq_part, m, self.alpha * m / n_b)
                     progress.batch(stop)
                 _train.count_nonfinite(p, acc, 1)
                 if early_stopping:
                     _train.logits(Xv, Ws, bs, activation, Avs, Zv)
-                    _train.count_correct(Zv, yv, acc, 2)
+                    if weighted:
+                        _train.sum_correct_weights(Zv, yv, wv, hits_v, acc, 2)
+                    else:
+                        _train.count_correct(Zv, yv, acc, 2)
                 total, nonfinite, hits = (float(v) for v in acc.copy_to_host())
                 if not math.isfinite(total):
                     self._diverged(total)
@@ -1511,7 +1543,9 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                 if nonfinite:
                     self._diverged(float("nan"))
 
-                val_score = hits / val_idx.shape[0] if early_stopping else None
+                val_score = None
+                if early_stopping:
+                    val_score = hits / (val_weight if weighted else val_idx.shape[0])
                 progress.end_epoch(self.loss_, val_score)
                 self._update_no_improvement_count(
                     early_stopping, val_score,
@@ -1534,6 +1568,16 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             # the optimizer's state belongs to the last weights, not the best
             self._best_coefs = [c.copy() for c in self.coefs_]
             self._best_intercepts = [b.copy() for b in self.intercepts_]
+
+    @staticmethod
+    def _check_weighted_split(sw, early_stopping, train_idx, val_idx):
+        """Refuse an ``early_stopping`` split with all weights 0 on either side."""
+        if early_stopping and sw is not None:
+            for part, idx, why in (("validation", val_idx, "its weighted accuracy is undefined"),
+                                   ("training", train_idx, "no batch would take a step")):
+                if not np.any(sw[idx]):
+                    raise ValueError(f"sample_weight is 0 for every sample of the {part} "
+                                     f"split of early_stopping: {why}")
 
     def _stochastic_setup(self, n_samples, rng, incremental):
         """The optimizer (kept for ``partial_fit``), the validation split drawn

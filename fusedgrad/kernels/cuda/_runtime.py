@@ -650,3 +650,17 @@ def split_columns(C, left, last):
     """Copy ``C[:, :-1]`` into ``left`` and ``C[:, -1]`` into ``last`` (device arrays)."""
     tpb = opt.CUDA_TPB
     _split_kernel()[grid_size(-(-C.size // tpb)), tpb](C, left, last)
+
+
+def weights(value, dtype, n_rows, check_finite=True):
+    """Sample weights for a kernel: ``(device array of dtype, float64 sum)``, or
+    ``(None, None)`` when ``value`` is None. Host or device input; the checks
+    of :func:`fusedgrad._validate.row_weights` (shape, dtype, finite, none
+    negative, a positive sum) run on a host copy."""
+    if value is None:
+        return None, None
+    from fusedgrad import _validate
+
+    host = to_host(_as_device(value)) if _is_device(value) else value
+    w, total = _validate.row_weights(host, np.dtype(dtype), n_rows, check_finite)
+    return cuda.to_device(w), total

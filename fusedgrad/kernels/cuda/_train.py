@@ -254,6 +254,19 @@ def _stat_kernels(tpb, shuffle):
             cuda.atomic.add(acc, slot, np.float64(total))
 
     @jit()
+    def correct_weights(Z, y, w, out):
+        # out[r] = w[r] where the row's first largest logit is at the label, else 0
+        r = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while r < Z.shape[0]:
+            best = 0
+            for k in range(1, Z.shape[1]):
+                if Z[r, k] > Z[r, best]:
+                    best = k
+            out[r] = np.float64(w[r]) if best == y[r] else 0.0
+            r += step
+
+    @jit()
     def correct(Z, y, acc, slot):
         # rows whose first largest logit is at the label
         buf = cuda.shared.array(tpb, dtype=types.int64)
@@ -270,13 +283,13 @@ def _stat_kernels(tpb, shuffle):
             r += step
         _d_add_block_count(buf, count, acc, slot)
 
-    return accumulate, correct
+    return accumulate, correct, correct_weights
 
 
 def accumulate_loss(acc, loss, sq_part, n_rows, alpha):
     """``acc[0] += n_rows * loss[0] + alpha / 2 * sum(sq_part)``: a batch's
     loss with the L2 term, times its rows (``loss``: the mean cross-entropy)."""
-    accumulate, _ = _stat_kernels(opt.CUDA_TPB, rt.use_shuffle())
+    accumulate, _, _ = _stat_kernels(opt.CUDA_TPB, rt.use_shuffle())
     accumulate[1, 1](acc, loss, sq_part, float(n_rows), 0.5 * float(alpha))
 
 
@@ -292,8 +305,17 @@ def count_nonfinite(a, acc, slot):
 def count_correct(Z, y, acc, slot):
     """``acc[slot] += number of rows of Z whose (first) largest entry is at y``."""
     tpb = opt.CUDA_TPB
-    _, correct = _stat_kernels(tpb, rt.use_shuffle())
+    _, correct, _ = _stat_kernels(tpb, rt.use_shuffle())
     correct[_blocks(Z.shape[0], tpb), tpb](Z, y, acc, slot)
+
+
+def sum_correct_weights(Z, y, w, hits, acc, slot):
+    """``acc[slot] += sum of w[r] over the rows of Z whose (first) largest entry is
+    at y[r]``, in a fixed order (``hits``: a float64 device array of Z's rows)."""
+    tpb = opt.CUDA_TPB
+    _, _, correct_weights = _stat_kernels(tpb, rt.use_shuffle())
+    correct_weights[_blocks(Z.shape[0], tpb), tpb](Z, y, w, hits)
+    rt.sum_partials(hits.reshape(hits.shape[0], 1), acc[slot:slot + 1], 1.0, True)
 
 
 # ---------------------------------------------------------------------------

@@ -77,7 +77,8 @@ def plan_fused(D, H, K, itemsize, tpb=None):
 
 
 @functools.lru_cache(maxsize=None)
-def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, min_blocks):
+def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, min_blocks,
+                  weighted=False):
     dt = np.dtype(dtype).type
     nbt = numba.from_dtype(np.dtype(dtype))
     zero = dt(0.0)
@@ -94,7 +95,7 @@ def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, 
     o_b2 = o_w2 + H * K
 
     @jit(launch_bounds=None if min_blocks is None else (T, min_blocks))
-    def kernel(X, y, W1, b1, W2, b2, inv_n, part, loss_part):
+    def kernel(X, y, sw, W1, b1, W2, b2, inv_n, part, loss_part):
         Xs = cuda.shared.array((R, D1), dtype=nbt)
         As = cuda.shared.array((R, H1), dtype=nbt)  # A, then dZ1
         Zs = cuda.shared.array((R, K1), dtype=nbt)  # Z2, then dZ2
@@ -209,15 +210,20 @@ def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, 
                     Zs[tid, k] = ek
                     if k != a:
                         s += ek
-                loss += np.float64(math.log1p(s)) + np.float64(m - zy)
-                scale = inv_n / (one + s)
+                row_loss = np.float64(math.log1p(s)) + np.float64(m - zy)
+                inv = inv_n
+                if weighted:  # a compile-time constant: no branch in the unweighted kernel
+                    row_loss *= np.float64(sw[r0 + tid])
+                    inv = inv_n * sw[r0 + tid]
+                loss += row_loss
+                scale = inv / (one + s)
                 ey = Zs[tid, label]
                 for k in range(K):
                     Zs[tid, k] *= scale
                 if label == a:
                     Zs[tid, label] = -s * scale
                 else:
-                    Zs[tid, label] = ey * scale - inv_n
+                    Zs[tid, label] = ey * scale - inv
             cuda.syncthreads()
             # dW2 += A^T dZ2, db2 += sum dZ2
             for q in range(Q2):
@@ -308,20 +314,23 @@ def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, 
     return kernel
 
 
-def _fused(Xd, yd, W1, b1, W2, b2, flat, loss, plan):
+def _fused(Xd, yd, W1, b1, W2, b2, flat, loss, plan, sw=None, total=None):
     N, D = Xd.shape
     H, K = W2.shape
     dtype = np.dtype(Xd.dtype)
+    weighted = sw is not None
     kernel = _fused_kernel(dtype, D, H, K, plan["T"], plan["NI"], plan["NJ"], plan["MI"],
                            plan["MJ"], plan["MR"], plan["R"], plan["w1_shared"], rt.use_shuffle(),
-                           opt.CUDA_FUSED_MIN_BLOCKS)
+                           opt.CUDA_FUSED_MIN_BLOCKS, weighted)
     blocks = rt.grid_size(-(-N // plan["R"]), opt.CUDA_FUSED_BLOCKS_PER_SM)
     part = cuda.device_array((blocks, flat.shape[0]), dtype)
     loss_part = cuda.device_array(blocks, np.float64)
-    inv_n = dtype.type(1.0) / dtype.type(N)
-    kernel[blocks, plan["T"]](Xd, yd, W1, b1, W2, b2, inv_n, part, loss_part)
+    n = total if weighted else N
+    inv_n = dtype.type(1.0) / dtype.type(n)
+    kernel[blocks, plan["T"]](Xd, yd, sw if weighted else yd, W1, b1, W2, b2, inv_n, part,
+                              loss_part)
     rt.sum_partials(part, flat)
-    rt.sum_partials(loss_part.reshape(blocks, 1), loss, 1.0 / N)
+    rt.sum_partials(loss_part.reshape(blocks, 1), loss, 1.0 / n)
 
 
 # ---------------------------------------------------------------------------
@@ -329,8 +338,10 @@ def _fused(Xd, yd, W1, b1, W2, b2, flat, loss, plan):
 # ---------------------------------------------------------------------------
 
 
-def _layered(Xd, yd, W1, b1, W2, b2, dW1, db1, dW2, db2, loss, chunk_rows):
+def _layered(Xd, yd, W1, b1, W2, b2, dW1, db1, dW2, db2, loss, chunk_rows, sw=None,
+             total=None):
     N, D = Xd.shape
+    n = N if sw is None else total
     H, K = W2.shape
     dtype = np.dtype(Xd.dtype)
     chunk = max(1, min(N, chunk_rows))
@@ -343,8 +354,9 @@ def _layered(Xd, yd, W1, b1, W2, b2, dW1, db1, dW2, db2, loss, chunk_rows):
         Xc, yc, A, Z = Xd[r0:r1], yd[r0:r1], A_buf[:m], Z_buf[:m]
         _gemm.matmul(Xc, W1, A, epi=_gemm.EPI_BIAS_SIGMOID, bias=b1)
         _gemm.matmul(A, W2, Z, epi=_gemm.EPI_BIAS, bias=b2)
-        loss_part, col_part = softmax_ce_device(Z, yc, Z, colsum=True, n_total=N)
-        rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 1.0 / N, acc)
+        loss_part, col_part = softmax_ce_device(Z, yc, Z, colsum=True, n_total=n,
+                                                sw=None if sw is None else sw[r0:r1])
+        rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 1.0 / n, acc)
         if col_part is not None:
             rt.sum_partials(col_part, db2, 1.0, acc)
         else:
@@ -355,7 +367,7 @@ def _layered(Xd, yd, W1, b1, W2, b2, dW1, db1, dW2, db2, loss, chunk_rows):
         _gemm.matmul(Xc, A, dW1, ta=True, accumulate=acc)
 
 
-def mlp_loss_grad(X, y, W1, b1, W2, b2, *, check_finite=True, _path=None):
+def mlp_loss_grad(X, y, W1, b1, W2, b2, *, sample_weight=None, check_finite=True, _path=None):
     r"""Loss and gradients of the 2-layer MLP on the GPU, forward and backward fused.
 
     Same semantics as :func:`fusedgrad.kernels.mlp_loss_grad`.
@@ -390,6 +402,9 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, check_finite=True, _path=None):
     b1 : device or host array, shape (n_hidden,)
     W2 : device or host array, shape (n_hidden, n_classes)
     b2 : device or host array, shape (n_classes,)
+    sample_weight : device or host array, shape (n_samples,), X's dtype, optional
+        Non-negative weights of the samples (positive sum), as in
+        :func:`fusedgrad.kernels.mlp_loss_grad`; checked on a host copy.
     check_finite : bool, default True
         Reject NaN/inf in the inputs (a reduction kernel per device array).
 
@@ -419,9 +434,11 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, check_finite=True, _path=None):
         raise ValueError(f"_path must be 'fused' or 'layered', got {_path!r}")
     if _path == "fused" and plan_fused(D, H, K, dtype.itemsize) is None:
         raise ValueError(f"the fused path does not fit layers of {D} x {H} x {K}")
+    swd, total = rt.weights(sample_weight, dtype, N, check_finite)
     flat = rt.empty(D * H + H + H * K + K, dtype)
     loss = cuda.device_array(1, np.float64)
-    loss_grad_device(Xd, inp.labels, W1d, b1d, W2d, b2d, flat, loss, _path=_path)
+    loss_grad_device(Xd, inp.labels, W1d, b1d, W2d, b2d, flat, loss, _path=_path,
+                     sample_weight=swd, total=total)
     dW1, db1, dW2, db2 = split_flat(flat, D, H, K)
     return (rt.loss_value(loss, dtype), inp.result(dW1), inp.result(db1), inp.result(dW2),
             inp.result(db2))
@@ -434,7 +451,8 @@ def split_flat(flat, D, H, K):
             flat[D * H + H: D * H + H + H * K].reshape(H, K), flat[D * H + H + H * K:])
 
 
-def loss_grad_device(Xd, yd, W1d, b1d, W2d, b2d, flat, loss, *, _path=None):
+def loss_grad_device(Xd, yd, W1d, b1d, W2d, b2d, flat, loss, *, _path=None,
+                     sample_weight=None, total=None):
     """:func:`mlp_loss_grad` on prepared device arrays, without any check or copy.
 
     For callers that validated their data once and call many times (the
@@ -451,6 +469,9 @@ def loss_grad_device(Xd, yd, W1d, b1d, W2d, b2d, flat, loss, *, _path=None):
         (see :func:`split_flat`).
     loss : device array, shape (1,), float64
         Receives the mean cross-entropy.
+    sample_weight : device array, shape (n_samples,), X's dtype, optional
+        The samples' weights, and ``total``, their sum (a float, from the
+        caller): the weighted mean replaces the mean.
     """
     N, D = Xd.shape
     H, K = W2d.shape
@@ -458,8 +479,9 @@ def loss_grad_device(Xd, yd, W1d, b1d, W2d, b2d, flat, loss, *, _path=None):
     plan = plan_fused(D, H, K, dtype.itemsize)
     path = _path or ("fused" if plan is not None else "layered")
     if path == "fused":
-        _fused(Xd, yd, W1d, b1d, W2d, b2d, flat, loss, plan)
+        _fused(Xd, yd, W1d, b1d, W2d, b2d, flat, loss, plan, sample_weight, total)
     else:
         dW1, db1, dW2, db2 = split_flat(flat, D, H, K)
         chunk_rows = max(1, opt.CUDA_CHUNK_BYTES // ((H + K) * dtype.itemsize))
-        _layered(Xd, yd, W1d, b1d, W2d, b2d, dW1, db1, dW2, db2, loss, chunk_rows)
+        _layered(Xd, yd, W1d, b1d, W2d, b2d, dW1, db1, dW2, db2, loss, chunk_rows,
+                 sample_weight, total)

@@ -83,9 +83,11 @@ def _raw_products():
     return _gemm.backend() == "cupy"
 
 
-def _layered(Xd, yd, rows, Ws, bs, activation, dWs, dbs, loss, work):
-    """The layered path over chunks of rows (of ``X[rows]`` when ``rows`` is given)."""
+def _layered(Xd, yd, rows, Ws, bs, activation, dWs, dbs, loss, work, sw=None, total=None):
+    """The layered path over chunks of rows (of ``X[rows]`` when ``rows`` is given;
+    ``sw``: the weights of those rows, summing to ``total``)."""
     N = rows.shape[0] if rows is not None else Xd.shape[0]
+    n = N if sw is None else total
     units = units_of(Ws)
     L = len(Ws)
     dtype = np.dtype(Xd.dtype)
@@ -115,8 +117,9 @@ def _layered(Xd, yd, rows, Ws, bs, activation, dWs, dbs, loss, work):
             _gemm.matmul(prev, Ws[l], As[l], epi=fwd, bias=bs[l])
             prev = As[l]
         _gemm.matmul(prev, Ws[-1], Z, epi=_gemm.EPI_BIAS, bias=bs[-1])
-        loss_part, col_part = softmax_ce_device(Z, yc, Z, colsum=True, n_total=N)
-        rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 1.0 / N, acc)
+        loss_part, col_part = softmax_ce_device(Z, yc, Z, colsum=True, n_total=n,
+                                                sw=None if sw is None else sw[r0:r1])
+        rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 1.0 / n, acc)
         if col_part is not None:
             rt.sum_partials(col_part, dbs[-1], 1.0, acc)
         else:
@@ -137,7 +140,8 @@ def _layered(Xd, yd, rows, Ws, bs, activation, dWs, dbs, loss, work):
             delta = nxt
 
 
-def loss_grad_device(Xd, yd, Ws, bs, activation, flat, loss, *, rows=None, work=None):
+def loss_grad_device(Xd, yd, Ws, bs, activation, flat, loss, *, rows=None, work=None,
+                     sample_weight=None, total=None):
     """:func:`network_loss_grad` on prepared device arrays, without any check.
 
     For callers that validated their data once and call many times (the
@@ -165,6 +169,9 @@ def loss_grad_device(Xd, yd, Ws, bs, activation, flat, loss, *, rows=None, work=
     work : dict, optional
         Keeps the activation buffers between calls (a training loop passes the
         same dict to every step); without it they are allocated per call.
+    sample_weight : device array, shape like ``yd``, X's dtype, optional
+        The weights of the samples, and ``total``, their sum (a float from the
+        caller): the weighted mean of the cross-entropy replaces the mean.
     """
     units = units_of(Ws)
     dtype = np.dtype(Xd.dtype)
@@ -175,13 +182,15 @@ def loss_grad_device(Xd, yd, Ws, bs, activation, flat, loss, *, rows=None, work=
                 Xg = _rows_view(_buffer(work, "X", n * units[0], dtype), n, units[0])
                 _train.gather_rows(Xd, None, rows, Xg, None)
                 Xd = Xg
-            _mlp.loss_grad_device(Xd, yd, Ws[0], bs[0], Ws[1], bs[1], flat, loss)
+            _mlp.loss_grad_device(Xd, yd, Ws[0], bs[0], Ws[1], bs[1], flat, loss,
+                                  sample_weight=sample_weight, total=total)
             return
     dWs, dbs = split_flat(flat, units)
-    _layered(Xd, yd, rows, Ws, bs, activation, dWs, dbs, loss, work)
+    _layered(Xd, yd, rows, Ws, bs, activation, dWs, dbs, loss, work, sample_weight, total)
 
 
-def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, check_finite=True):
+def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, sample_weight=None,
+                      check_finite=True):
     r"""Loss and gradients of a multi-layer perceptron classifier on the GPU.
 
     Same semantics as :func:`fusedgrad.kernels.network_loss_grad`: the
@@ -217,6 +226,9 @@ def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, check_f
     rows : device or host array of int, shape (n_rows,), optional
         The loss and gradients of the samples ``X[rows]``, gathered on the
         device a chunk at a time.
+    sample_weight : device or host array, shape like ``y``, X's dtype, optional
+        Non-negative weights of the samples (positive sum), as in
+        :func:`fusedgrad.kernels.network_loss_grad`; checked on a host copy.
     check_finite : bool, default True
         Reject NaN/inf in the inputs (a reduction kernel per device array).
 
@@ -246,9 +258,12 @@ def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, check_f
     Xd, arrays = inp.arrays[0], inp.arrays[1:]
     Ws, bs = arrays[:L], arrays[L:]
     units = units_of(Ws)
+    n = inp.indices.shape[0] if gather else Xd.shape[0]
+    swd, total = rt.weights(sample_weight, inp.dtype, n, check_finite)
     flat = rt.empty(flat_size(units), inp.dtype)
     loss = cuda.device_array(1, np.float64)
-    loss_grad_device(Xd, inp.labels, Ws, bs, activation, flat, loss, rows=inp.indices)
+    loss_grad_device(Xd, inp.labels, Ws, bs, activation, flat, loss, rows=inp.indices,
+                     sample_weight=swd, total=total)
     dWs, dbs = split_flat(flat, units)
     return (rt.loss_value(loss, inp.dtype), [inp.result(g) for g in dWs],
             [inp.result(g) for g in dbs])

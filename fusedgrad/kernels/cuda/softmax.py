@@ -16,13 +16,14 @@ __all__ = ["softmax_cross_entropy"]
 
 
 @functools.lru_cache(maxsize=None)
-def _staged_kernel(dtype, K, tpb, shuffle, colsum):
+def _staged_kernel(dtype, K, tpb, shuffle, colsum, weighted=False):
     """A block stages ``tpb`` whole rows in shared memory, one thread per row.
 
     Loads and stores of the tile are coalesced (consecutive threads touch
     consecutive elements of the row-major tile); each thread then reads its
     own row from shared memory. With ``colsum`` the kernel also writes the
     column sums of dZ of its rows (the bias gradient of the layer below).
+    With ``weighted``, row ``i``'s loss and gradient are times ``sw[i]``.
     """
     dt = np.dtype(dtype).type
     nbt = numba.from_dtype(np.dtype(dtype))
@@ -36,7 +37,7 @@ def _staged_kernel(dtype, K, tpb, shuffle, colsum):
     col_threads = phases * K if K <= tpb else 0
 
     @jit()
-    def kernel(Zf, y, dZf, inv_n, loss_part, col_part):
+    def kernel(Zf, y, sw, dZf, inv_n, loss_part, col_part):
         tile = cuda.shared.array(TILE, dtype=nbt)
         red = cuda.shared.array(tpb, dtype=types.float64)
         ctile = cuda.shared.array(tpb, dtype=types.float64)
@@ -74,15 +75,20 @@ def _staged_kernel(dtype, K, tpb, shuffle, colsum):
                     tile[o + k] = ek
                     if k != a:
                         s += ek
-                loss += np.float64(math.log1p(s)) + np.float64(m - zy)
-                scale = inv_n / (one + s)
+                row_loss = np.float64(math.log1p(s)) + np.float64(m - zy)
+                inv = inv_n
+                if weighted:
+                    row_loss *= np.float64(sw[r0 + tid])
+                    inv = inv_n * sw[r0 + tid]
+                loss += row_loss
+                scale = inv / (one + s)
                 ey = tile[o + label]
                 for k in range(K):
                     tile[o + k] *= scale
                 if label == a:
                     tile[o + label] = -s * scale
                 else:
-                    tile[o + label] = ey * scale - inv_n
+                    tile[o + label] = ey * scale - inv
             cuda.syncthreads()
             if colsum and tid < col_threads:
                 r = c_phase
@@ -111,10 +117,11 @@ def _staged_kernel(dtype, K, tpb, shuffle, colsum):
 
 
 @functools.lru_cache(maxsize=None)
-def _row_kernel(dtype, tpb, shuffle):
+def _row_kernel(dtype, tpb, shuffle, weighted=False):
     """A block per row (grid-stride over rows), its threads striding over the
     row: coalesced for any number of classes. Three block reductions per row:
-    the maximum, its first index, and the sum of the other exponentials."""
+    the maximum, its first index, and the sum of the other exponentials.
+    With ``weighted``, row ``i``'s loss and gradient are times ``sw[i]``."""
     dt = np.dtype(dtype).type
     nbt = numba.from_dtype(np.dtype(dtype))
     one = dt(1.0)
@@ -123,7 +130,7 @@ def _row_kernel(dtype, tpb, shuffle):
     _d_block_sum, _d_block_max, _d_block_min_int = d._d_block_sum, d._d_block_max, d._d_block_min_int
 
     @jit()
-    def kernel(Z, y, dZ, inv_n, loss_part):
+    def kernel(Z, y, sw, dZ, inv_n, loss_part):
         redf = cuda.shared.array(tpb, dtype=nbt)
         redd = cuda.shared.array(tpb, dtype=types.float64)
         redi = cuda.shared.array(tpb, dtype=types.int64)
@@ -153,15 +160,19 @@ def _row_kernel(dtype, tpb, shuffle):
                 k += tpb
             s = _d_block_sum(redf, s)
             label = y[r]
+            inv = inv_n * sw[r] if weighted else inv_n
             if tid == 0:
-                loss += np.float64(math.log1p(s)) + np.float64(m - Z[r, label])
-            scale = inv_n / (one + s)
+                row_loss = np.float64(math.log1p(s)) + np.float64(m - Z[r, label])
+                if weighted:
+                    row_loss *= np.float64(sw[r])
+                loss += row_loss
+            scale = inv / (one + s)
             cuda.syncthreads()  # dZ may be Z: every read of the row is done
             k = tid
             while k < K:
                 g = math.exp(Z[r, k] - m) * scale
                 if k == label:
-                    g = -s * scale if label == a else g - inv_n
+                    g = -s * scale if label == a else g - inv
                 dZ[r, k] = g
                 k += tpb
             cuda.syncthreads()
@@ -173,13 +184,15 @@ def _row_kernel(dtype, tpb, shuffle):
     return kernel
 
 
-def softmax_ce_device(Z, y, dZ, colsum=False, n_total=None):
+def softmax_ce_device(Z, y, dZ, colsum=False, n_total=None, sw=None):
     """Launch the softmax-CE kernels on device arrays.
 
     ``Z`` and ``dZ`` (n_samples, n_classes) may be the same array; ``y`` is on
     the device with labels in range. The gradient is divided by ``n_total``
     (default: the rows of ``Z``), so that row chunks of one batch can be
-    processed apart.
+    processed apart. With ``sw`` (device weights of the rows of ``Z``, X's
+    dtype) each row's loss and gradient are multiplied by its weight, and
+    ``n_total`` is the sum of the weights of the whole batch.
 
     Returns
     -------
@@ -194,26 +207,30 @@ def softmax_ce_device(Z, y, dZ, colsum=False, n_total=None):
     dtype = np.dtype(Z.dtype)
     inv_n = dtype.type(1.0) / dtype.type(N if n_total is None else n_total)
     shuffle = rt.use_shuffle()
+    weighted = sw is not None
+    if not weighted:
+        sw = y  # not read
     if K <= opt.CUDA_SOFTMAX_STAGED_MAX_K and opt.CUDA_SOFTMAX_TPB * K * dtype.itemsize <= (
         opt.CUDA_SHARED_BYTES - 2 * opt.CUDA_SOFTMAX_TPB * 8
     ):
         tpb = opt.CUDA_SOFTMAX_TPB
         colsum = colsum and K <= tpb
-        kernel = _staged_kernel(dtype, K, tpb, shuffle, colsum)
+        kernel = _staged_kernel(dtype, K, tpb, shuffle, colsum, weighted)
         blocks = rt.grid_size(-(-N // tpb))
         loss_part = cuda.device_array(blocks, np.float64)
         col_part = cuda.device_array((blocks, K) if colsum else (1, 1), np.float64)
-        kernel[blocks, tpb](Z.reshape(N * K), y, dZ.reshape(N * K), inv_n, loss_part, col_part)
+        kernel[blocks, tpb](Z.reshape(N * K), y, sw, dZ.reshape(N * K), inv_n, loss_part,
+                            col_part)
         return loss_part, (col_part if colsum else None)
     tpb = opt.CUDA_SOFTMAX_TPB
-    kernel = _row_kernel(dtype, tpb, shuffle)
+    kernel = _row_kernel(dtype, tpb, shuffle, weighted)
     blocks = rt.grid_size(N)
     loss_part = cuda.device_array(blocks, np.float64)
-    kernel[blocks, tpb](Z, y, dZ, inv_n, loss_part)
+    kernel[blocks, tpb](Z, y, sw, dZ, inv_n, loss_part)
     return loss_part, None
 
 
-def softmax_cross_entropy(Z, y, *, check_finite=True):
+def softmax_cross_entropy(Z, y, *, sample_weight=None, check_finite=True):
     r"""Mean categorical cross-entropy of ``softmax(Z)`` and its gradient, on the GPU.
 
     Same semantics as :func:`fusedgrad.kernels.softmax_cross_entropy`. Up to
@@ -234,6 +251,9 @@ def softmax_cross_entropy(Z, y, *, check_finite=True):
         Logits.
     y : device or host array of int, shape (n_samples,)
         Class labels in ``[0, n_classes)``.
+    sample_weight : device or host array, shape (n_samples,), Z's dtype, optional
+        Non-negative weights of the rows (positive sum), as in
+        :func:`fusedgrad.kernels.softmax_cross_entropy`; checked on a host copy.
     check_finite : bool, default True
         Reject NaN/inf in ``Z``.
 
@@ -250,8 +270,10 @@ def softmax_cross_entropy(Z, y, *, check_finite=True):
     )
     (Zd,) = inp.arrays
     N, K = Zd.shape
+    swd, total = rt.weights(sample_weight, inp.dtype, N, check_finite)
+    n = N if swd is None else total
     dZ = rt.empty((N, K), inp.dtype)
-    loss_part, _ = softmax_ce_device(Zd, inp.labels, dZ)
+    loss_part, _ = softmax_ce_device(Zd, inp.labels, dZ, n_total=n, sw=swd)
     loss = cuda.device_array(1, np.float64)
-    rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 1.0 / N)
+    rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 1.0 / n)
     return rt.loss_value(loss, inp.dtype), inp.result(dZ)
