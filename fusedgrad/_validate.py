@@ -39,7 +39,7 @@ from numba import njit, prange
 from fusedgrad.kernels import _options as opt
 
 __all__ = ["float_arrays", "labels", "indices", "output", "all_finite", "require_finite",
-           "weights", "sample_weights", "row_weights"]
+           "weights", "row_weights"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -474,17 +474,7 @@ def weights(name, w, positive_sum=True):
     return total
 
 
-def sample_weights(checked, dtype, n_samples):
-    """The kernels' weights: ``checked`` is ``[]`` (no weights) or ``[w]``, ``w``
-    checked by :func:`float_arrays`. Returns ``(w, float64 sum)``: ``w`` checked
-    by :func:`weights`, or an empty array of ``dtype`` and ``n_samples``."""
-    if not checked:
-        return np.empty(0, dtype), float(n_samples)
-    w, = checked
-    return w, weights("sample_weight", w)
-
-
-def row_weights(value, dtype, n_rows, check_finite=True, rows_name="n_samples"):
+def row_weights(value, dtype, n_rows, check_finite=True, rows_name="X", first="X"):
     """Weights ``sample_weight`` of ``n_rows`` rows (the samples, or the rows a
     ``rows`` argument selects) for a kernel whose float inputs have ``dtype``:
     ``(w, float64 sum)`` with ``w`` 1-D, C-contiguous, of ``dtype``, none
@@ -496,8 +486,8 @@ def row_weights(value, dtype, n_rows, check_finite=True, rows_name="n_samples"):
     if native is None:
         raise TypeError(f"sample_weight must be a float32 or float64 array, got dtype {w.dtype}")
     if native != dtype:
-        raise TypeError(f"sample_weight has dtype {native} but X has dtype {dtype}: all float "
-                        "inputs must have the same dtype (cast them first)")
+        raise TypeError(f"sample_weight has dtype {native} but {first} has dtype {dtype}: all "
+                        "float inputs must have the same dtype (cast them first)")
     if w.ndim != 1 or w.shape[0] != n_rows:
         raise ValueError(f"sample_weight must have shape ({n_rows},) (one weight per row of "
                          f"{rows_name}), got shape {w.shape}")

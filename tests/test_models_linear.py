@@ -205,7 +205,7 @@ def test_weighted_kernels_check_weights(kernel):
             "ols_loss_grad": lambda s: ols_loss_grad(X, y, np.zeros(2), sample_weight=s)}[kernel]
     with pytest.raises(TypeError, match="sample_weight has dtype float32 but X"):
         call(np.ones(10, np.float32))
-    with pytest.raises(ValueError, match="sample_weight has shape"):
+    with pytest.raises(ValueError, match=r"sample_weight must have shape \(10,\)"):
         call(np.ones(9))
     with pytest.raises(ValueError, match="sample_weight must be non-negative: it holds -1.0"):
         call(np.r_[np.ones(9), -1.0])

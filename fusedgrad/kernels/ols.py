@@ -106,14 +106,11 @@ def _ols_inputs(X, y, extra, check_finite, deferred=()):
 
 def _weighted_inputs(X, y, extra, sample_weight, check_finite, deferred=()):
     """:func:`_ols_inputs`, then the checked ``sample_weight`` (an empty array when
-    ``None``: X's dtype, one per sample, none negative, a positive sum) and the
-    float64 sum of the weights (the number of samples when ``None``)."""
-    if sample_weight is None:
-        arrays = _ols_inputs(X, y, extra, check_finite, deferred)
-        return arrays + [np.empty(0, arrays[0].dtype), float(arrays[0].shape[0])]
-    arrays = _ols_inputs(X, y, extra + [("sample_weight", sample_weight, ("n_samples",))],
-                         check_finite, deferred)
-    return arrays + [_validate.weights("sample_weight", arrays[-1])]
+    ``None``) and the float64 sum of the weights (the number of samples when ``None``),
+    by :func:`fusedgrad._validate.row_weights`."""
+    arrays = _ols_inputs(X, y, extra, check_finite, deferred)
+    return arrays + list(_validate.row_weights(sample_weight, arrays[0].dtype,
+                                               arrays[0].shape[0], check_finite))
 
 
 def ols_loss_grad(X, y, w, *, sample_weight=None, check_finite=True):

@@ -208,15 +208,10 @@ def tsqr(X, y, shift=None, *, intercept=True, sample_weight=None, check_finite=T
     R : ndarray, shape (P, P), float64
         Upper triangular; its rows are defined up to sign.
     """
-    specs = [("X", X, ("n_samples", "n_features")), ("y", y, ("n_samples",))]
-    if sample_weight is not None:
-        specs.append(("sample_weight", sample_weight, ("n_samples",)))
-    X, y, *rest = _validate.float_arrays(specs, check_finite)
-    if rest:
-        sw, = rest
-        _validate.weights("sample_weight", sw)
-    else:
-        sw = np.empty(0, X.dtype)
+    X, y = _validate.float_arrays(
+        [("X", X, ("n_samples", "n_features")), ("y", y, ("n_samples",))], check_finite
+    )
+    sw, _ = _validate.row_weights(sample_weight, X.dtype, X.shape[0], check_finite)
     N, d = X.shape
     if shift is None:
         shift = np.zeros(d + 1)

@@ -226,12 +226,10 @@ def softmax_cross_entropy(Z, y, *, sample_weight=None, check_finite=True):
     loss : scalar of Z's dtype
     dZ : ndarray, shape (n_samples, n_classes), Z's dtype
     """
-    specs = [("Z", Z, ("n_samples", "n_classes"))]
-    if sample_weight is not None:
-        specs.append(("sample_weight", sample_weight, ("n_samples",)))
-    Z, *rest, y = _validate.float_arrays(specs, check_finite, labels=("y", y))
+    Z, y = _validate.float_arrays([("Z", Z, ("n_samples", "n_classes"))], check_finite,
+                                  labels=("y", y))
     N, K = Z.shape
-    sw, total = _validate.sample_weights(rest, Z.dtype, N)
+    sw, total = _validate.row_weights(sample_weight, Z.dtype, N, check_finite, "Z", "Z")
     chunk, groups = plan(N, 2 * K * Z.itemsize, 8)
     dZ = np.empty_like(Z)
     serial = serial_call("softmax_cross_entropy", (Z,))

@@ -253,17 +253,21 @@ def _stat_kernels(tpb, shuffle):
         if cuda.threadIdx.x == 0 and total > 0:
             cuda.atomic.add(acc, slot, np.float64(total))
 
+    @jit(device=True)
+    def _d_first_argmax(Z, r):
+        best = 0
+        for k in range(1, Z.shape[1]):
+            if Z[r, k] > Z[r, best]:
+                best = k
+        return best
+
     @jit()
     def correct_weights(Z, y, w, out):
         # out[r] = w[r] where the row's first largest logit is at the label, else 0
         r = cuda.grid(1)
         step = cuda.gridsize(1)
         while r < Z.shape[0]:
-            best = 0
-            for k in range(1, Z.shape[1]):
-                if Z[r, k] > Z[r, best]:
-                    best = k
-            out[r] = np.float64(w[r]) if best == y[r] else 0.0
+            out[r] = np.float64(w[r]) if _d_first_argmax(Z, r) == y[r] else 0.0
             r += step
 
     @jit()
@@ -274,11 +278,7 @@ def _stat_kernels(tpb, shuffle):
         r = cuda.grid(1)
         step = cuda.gridsize(1)
         while r < Z.shape[0]:
-            best = 0
-            for k in range(1, Z.shape[1]):
-                if Z[r, k] > Z[r, best]:
-                    best = k
-            if best == y[r]:
+            if _d_first_argmax(Z, r) == y[r]:
                 count += 1
             r += step
         _d_add_block_count(buf, count, acc, slot)
