@@ -60,8 +60,9 @@ def _split(n_samples, test_fraction, seed):
     return order[n_test:], order[:n_test]
 
 
-def _column_index(spec, names, n_columns):
-    """Resolve ``--label-column`` (an index, negative allowed, or a header name)."""
+def _column_index(spec, names, n_columns, flag="--label-column"):
+    """Resolve ``--label-column`` or ``--weight-column`` (``flag``): an index,
+    negative allowed, or a header name."""
     if spec is None:
         return n_columns - 1
     try:
@@ -69,16 +70,31 @@ def _column_index(spec, names, n_columns):
     except ValueError:
         if names is None:
             raise UsageError(
-                f"--label-column {spec!r} is a name but the file has no header row"
+                f"{flag} {spec!r} is a name but the file has no header row"
             ) from None
         if spec not in names:
             raise UsageError(
-                f"--label-column {spec!r} is not a column; the columns are {', '.join(names)}"
+                f"{flag} {spec!r} is not a column; the columns are {', '.join(names)}"
             ) from None
         return names.index(spec)
     if not -n_columns <= index < n_columns:
-        raise UsageError(f"--label-column {index} is out of range for {n_columns} columns")
+        raise UsageError(f"{flag} {index} is out of range for {n_columns} columns")
     return index % n_columns
+
+
+def _columns(label_column, weight_column, names, n_columns):
+    """The label column, the weight column (None without ``--weight-column``) and
+    the feature columns (all others)."""
+    label = _column_index(label_column, names, n_columns)
+    weight = None
+    if weight_column is not None:
+        weight = _column_index(weight_column, names, n_columns, "--weight-column")
+        if weight == label:
+            raise UsageError(f"--weight-column {weight_column!r} is the label column")
+    features = [j for j in range(n_columns) if j not in (label, weight)]
+    if not features:
+        raise UsageError("no feature columns are left besides the label and weight columns")
+    return label, weight, features
 
 
 def _parse_labels(values):
@@ -92,7 +108,7 @@ def _parse_labels(values):
     return numbers
 
 
-def _load_csv(path, label_column, delimiter):
+def _load_csv(path, label_column, delimiter, weight_column=None):
     with open(path, newline="") as f:
         rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
     if not rows:
@@ -110,18 +126,25 @@ def _load_csv(path, label_column, delimiter):
     for number, row in enumerate(rows, start=2 if names is not None else 1):
         if len(row) != n_columns:
             raise UsageError(f"{path} line {number} has {len(row)} fields, expected {n_columns}")
-    label = _column_index(label_column, names, n_columns)
-    features = [j for j in range(n_columns) if j != label]
+    label, weight, features = _columns(label_column, weight_column, names, n_columns)
     try:
         X = np.array([[float(row[j]) for j in features] for row in rows])
     except ValueError as error:
         raise UsageError(f"{path}: a feature column holds a non-number ({error})") from None
     y = _parse_labels([row[label].strip() for row in rows])
-    return X, y
+    w = None
+    if weight is not None:
+        try:
+            w = np.array([float(row[weight]) for row in rows])
+        except ValueError as error:
+            raise UsageError(f"{path}: the weight column holds a non-number ({error})") from None
+    return X, y, w
 
 
-def load_data(path, label_column=None, x_key="X", y_key="y", delimiter=","):
-    """Read ``X`` and ``y`` from a ``.npy``, ``.npz`` or ``.csv`` file.
+def load_data(path, label_column=None, x_key="X", y_key="y", delimiter=",",
+              weight_column=None, w_key=None):
+    """Read ``X``, ``y`` and the sample weights ``w`` from a ``.npy``, ``.npz`` or
+    ``.csv`` file; ``w`` is None unless ``weight_column`` or ``w_key`` names it.
 
     * ``.npy``: one 2-D array; ``label_column`` (default: the last) is ``y``.
     * ``.npz``: arrays ``x_key`` and ``y_key`` (or, with only one 2-D array
@@ -129,6 +152,10 @@ def load_data(path, label_column=None, x_key="X", y_key="y", delimiter=","):
     * ``.csv``: numbers separated by ``delimiter``, with an optional header
       row; ``label_column`` is an index or a header name. Labels that are not
       numbers are kept as strings (class names).
+
+    ``weight_column`` (an index or header name, like ``label_column``) takes
+    the weights out of a ``.npy``, ``.csv`` or single-array ``.npz``;
+    ``w_key`` names the weights array of an ``.npz``.
     """
     if not os.path.exists(path):
         raise UsageError(f"no such file: {path}")
@@ -139,7 +166,12 @@ def load_data(path, label_column=None, x_key="X", y_key="y", delimiter=","):
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
                 if x_key in archive.files and y_key in archive.files:
-                    return archive[x_key], archive[y_key]
+                    if w_key is None:
+                        return archive[x_key], archive[y_key], None
+                    if w_key not in archive.files:
+                        raise UsageError(f"{path} has no array {w_key!r} (--w-key); it has "
+                                         f"{', '.join(archive.files)}")
+                    return archive[x_key], archive[y_key], archive[w_key]
                 if len(archive.files) != 1:
                     raise UsageError(
                         f"{path} has arrays {', '.join(archive.files)}; name the feature "
@@ -147,7 +179,7 @@ def load_data(path, label_column=None, x_key="X", y_key="y", delimiter=","):
                     )
                 data = archive[archive.files[0]]
         elif suffix in (".csv", ".txt"):
-            return _load_csv(path, label_column, delimiter)
+            return _load_csv(path, label_column, delimiter, weight_column)
         else:
             raise UsageError(f"{path}: unknown file type {suffix!r} (use .npy, .npz or .csv)")
     except (ValueError, OSError, EOFError) as error:
@@ -157,12 +189,12 @@ def load_data(path, label_column=None, x_key="X", y_key="y", delimiter=","):
             f"{path} holds an array of shape {data.shape}; expected 2-D with features and a "
             "label column"
         )
-    label = _column_index(label_column, None, data.shape[1])
+    label, weight, features = _columns(label_column, weight_column, None, data.shape[1])
     y = data[:, label]
-    X = np.delete(data, label, axis=1)
+    X = data[:, features]
     if np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
         y = y.astype(np.int64)
-    return X, y
+    return X, y, (None if weight is None else data[:, weight])
 
 
 # ---------------------------------------------------------------------------
@@ -326,7 +358,8 @@ def train(args, out=sys.stdout):
     def say(text=""):
         print(text, file=out, flush=True)
 
-    X, y = load_data(args.data, args.label_column, args.x_key, args.y_key, args.delimiter)
+    X, y, w = load_data(args.data, args.label_column, args.x_key, args.y_key, args.delimiter,
+                        args.weight_column, args.w_key)
     if X.ndim != 2 or X.shape[0] < 2:
         raise UsageError(f"{args.data} holds {X.shape[0]} sample(s); need at least 2")
     if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
@@ -353,19 +386,32 @@ def train(args, out=sys.stdout):
                                  tol=args.tol)
         y = np.asarray(y, dtype=args.dtype)
         metric = "R²"
+    w_tr = w_te = None
+    if w is not None:
+        w = np.asarray(w)
+        if w.shape != (len(X),):
+            raise UsageError(f"{args.data}: {len(w)} weights for {len(X)} samples")
+        w_tr, w_te = w[tr], (None if te is None else w[te])
     start = time.perf_counter()
-    model.fit(X[tr], y[tr])
+    try:
+        model.fit(X[tr], y[tr], sample_weight=w_tr)
+    except ValueError as error:
+        if "sample_weight" not in str(error):
+            raise
+        raise UsageError(f"{args.data}: the weights: {error}") from None
     fit_s = time.perf_counter() - start
     say(f"fusedgrad train {args.model}: {args.data}")
     say(f"   samples {len(X)} ({len(tr)} train"
         + (f", {len(te)} held out)" if te is not None else ")")
-        + f", features {X.shape[1]}, {args.dtype}")
+        + f", features {X.shape[1]}, {args.dtype}"
+        + (", weighted" if w is not None else ""))
     say(f"   model   {model!r}")
     say(f"   fit     {fit_s:.2f} s" + (f", {model.n_iter_} iterations"
                                        if getattr(model, "n_iter_", None) else ""))
-    say(f"   train {metric} {model.score(X[tr], y[tr]):.4f}")
+    weighted = "weighted " if w is not None else ""
+    say(f"   train {weighted}{metric} {model.score(X[tr], y[tr], w_tr):.4f}")
     if te is not None:
-        say(f"   held-out {metric} {model.score(X[te], y[te]):.4f}")
+        say(f"   held-out {weighted}{metric} {model.score(X[te], y[te], w_te):.4f}")
     if args.save:
         model.save(args.save)
         say(f"   saved to {args.save} (load with fusedgrad.models.load)")
@@ -413,6 +459,9 @@ def build_parser():
                    help="index or header name of the label/target column (default: last)")
     t.add_argument("--x-key", default="X", help="feature array of an .npz (default X)")
     t.add_argument("--y-key", default="y", help="label array of an .npz (default y)")
+    t.add_argument("--weight-column", default=None,
+                   help="column of sample weights (index or csv header name), not a feature")
+    t.add_argument("--w-key", default=None, help="sample-weight array of an .npz")
     t.add_argument("--delimiter", default=",", help="csv delimiter (default ,)")
     t.add_argument("--dtype", choices=["float32", "float64"], default=None,
                    help="default: float32 for mlp, float64 for ols")

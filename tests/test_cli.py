@@ -35,7 +35,7 @@ def blobs(n=300, d=5, k=3, seed=0):
 def test_load_csv_with_header_and_string_labels(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("a,species,b\n1.5,cat,2\n3,dog,4.25\n-1,cat,0\n")
-    X, y = cli.load_data(str(path), label_column="species")
+    X, y, _ = cli.load_data(str(path), label_column="species")
     np.testing.assert_array_equal(X, [[1.5, 2.0], [3.0, 4.25], [-1.0, 0.0]])
     assert list(y) == ["cat", "dog", "cat"]
 
@@ -43,7 +43,7 @@ def test_load_csv_with_header_and_string_labels(tmp_path):
 def test_load_csv_without_header_default_last_column(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("1,2,0\n3,4,1\n5,6,2\n")
-    X, y = cli.load_data(str(path))
+    X, y, _ = cli.load_data(str(path))
     np.testing.assert_array_equal(X, [[1, 2], [3, 4], [5, 6]])
     assert y.dtype.kind == "i" and list(y) == [0, 1, 2]
 
@@ -51,21 +51,21 @@ def test_load_csv_without_header_default_last_column(tmp_path):
 def test_load_csv_negative_index_and_float_target(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("0.5,1,2\n1.5,3,4\n")
-    X, y = cli.load_data(str(path), label_column="0")
+    X, y, _ = cli.load_data(str(path), label_column="0")
     np.testing.assert_array_equal(X, [[1, 2], [3, 4]])
     np.testing.assert_array_equal(y, [0.5, 1.5])
-    X, y = cli.load_data(str(path), label_column="-2")
+    X, y, _ = cli.load_data(str(path), label_column="-2")
     np.testing.assert_array_equal(y, [1, 3])
 
 
 def test_load_npy_and_npz(tmp_path):
     X, y = blobs(20)
     np.save(tmp_path / "d.npy", np.column_stack([X, y]))
-    X1, y1 = cli.load_data(str(tmp_path / "d.npy"))
+    X1, y1, _ = cli.load_data(str(tmp_path / "d.npy"))
     np.testing.assert_array_equal(X1, X)
     np.testing.assert_array_equal(y1, y)
     np.savez(tmp_path / "d.npz", features=X, labels=y)
-    X2, y2 = cli.load_data(str(tmp_path / "d.npz"), x_key="features", y_key="labels")
+    X2, y2, _ = cli.load_data(str(tmp_path / "d.npz"), x_key="features", y_key="labels")
     np.testing.assert_array_equal(X2, X)
     np.testing.assert_array_equal(y2, y)
 
@@ -139,6 +139,48 @@ def test_train_ols_npy(tmp_path):
     assert result.returncode == 0, result.stderr
     r2 = float(result.stdout.split("held-out R²")[1].split()[0])
     assert r2 > 0.999
+
+
+def test_load_weight_column(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("a,w,b,t\n1,0.5,2,0\n3,2,4,1\n")
+    X, y, w = cli.load_data(str(path), label_column="t", weight_column="w")
+    np.testing.assert_array_equal(X, [[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(w, [0.5, 2.0])
+    np.testing.assert_array_equal(y, [0, 1])
+    np.save(tmp_path / "d.npy", np.array([[1.0, 0.5, 2.0, 0.0], [3.0, 2.0, 4.0, 1.0]]))
+    X2, y2, w2 = cli.load_data(str(tmp_path / "d.npy"), weight_column="1")
+    np.testing.assert_array_equal(X2, X)
+    np.testing.assert_array_equal(w2, w)
+    np.savez(tmp_path / "d.npz", X=X, y=y, sw=w)
+    assert np.array_equal(cli.load_data(str(tmp_path / "d.npz"), w_key="sw")[2], w)
+    assert cli.load_data(str(tmp_path / "d.npz"))[2] is None
+    with pytest.raises(cli.UsageError, match="no array 'weights'"):
+        cli.load_data(str(tmp_path / "d.npz"), w_key="weights")
+    with pytest.raises(cli.UsageError, match="is the label column"):
+        cli.load_data(str(path), label_column="t", weight_column="3")
+    with pytest.raises(cli.UsageError, match="--weight-column 'v' is not a column"):
+        cli.load_data(str(path), weight_column="v")
+
+
+def test_train_ols_weighted(tmp_path):
+    """The weights reach the fit: two lines, one with weight 0 everywhere."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=600)
+    heavy = rng.random(600) < 0.5
+    target = np.where(heavy, 2.0 * x + 1.0, -3.0 * x)
+    w = heavy.astype(float)
+    np.save(tmp_path / "d.npy", np.column_stack([x, w, target]))
+    result = run("train", "ols", str(tmp_path / "d.npy"), "--weight-column", "1")
+    assert result.returncode == 0, result.stderr
+    assert "weighted" in result.stdout
+    assert float(result.stdout.split("held-out weighted R²")[1].split()[0]) > 0.999999
+    bad = np.column_stack([x, -w, target])
+    np.save(tmp_path / "bad.npy", bad)
+    result = run("train", "ols", str(tmp_path / "bad.npy"), "--weight-column", "1")
+    assert result.returncode == 1
+    assert "sample_weight must be non-negative" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(
