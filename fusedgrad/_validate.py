@@ -459,19 +459,58 @@ def output(name, value, shape, dtype, inputs=()):
     return value
 
 
+#: Weights summed per block of this many, the blocks in order: the sum does not
+#: depend on the thread count.
+_WEIGHT_BLOCK = 1 << 16
+
+
+@njit(**opt.PARALLEL)
+def _weight_stats(w):
+    """``(non-finite count, negative count, float64 sum of the others, nonzero count)``
+    of the weights ``w``, in one parallel pass over fixed blocks."""
+    n = w.shape[0]
+    n_blocks = (n + _WEIGHT_BLOCK - 1) // _WEIGHT_BLOCK
+    sums = np.zeros(n_blocks)
+    counts = np.zeros((n_blocks, 3), np.int64)
+    for b in prange(n_blocks):
+        total = 0.0
+        bad = 0
+        negative = 0
+        nonzero = 0
+        for i in range(b * _WEIGHT_BLOCK, min(n, (b + 1) * _WEIGHT_BLOCK)):
+            v = np.float64(w[i])
+            if not np.isfinite(v):
+                bad += 1
+            elif v < 0.0:
+                negative += 1
+            else:
+                total += v
+                nonzero += v != 0.0
+        sums[b] = total
+        counts[b, 0] = bad
+        counts[b, 1] = negative
+        counts[b, 2] = nonzero
+    total = 0.0
+    for b in range(n_blocks):
+        total += sums[b]
+    return counts[:, 0].sum(), counts[:, 1].sum(), total, counts[:, 2].sum()
+
+
 def weights(name, w, positive_sum=True):
-    """Check checked float weights ``w`` (one per sample): none negative (NaN
-    counts as negative: it would reach a square root) and, with
-    ``positive_sum``, a positive finite sum. Returns their float64 sum."""
-    if not np.all(w >= 0):
-        raise ValueError(f"{name} must be non-negative: it holds {float(w[~(w >= 0)][0])!r}")
-    total = float(np.sum(w, dtype=np.float64))
+    """Check float weights ``w`` (one per sample): finite, none negative and, with
+    ``positive_sum``, a positive finite sum; one pass. Returns ``(float64 sum,
+    number of nonzero weights)``."""
+    bad, negative, total, nonzero = _weight_stats(_writeable(w))
+    if bad:
+        raise ValueError(f"{name} contains NaN or infinity")
+    if negative:
+        raise ValueError(f"{name} must be non-negative: it holds {float(w[w < 0][0])!r}")
     if positive_sum:
         if not total > 0:
             raise ValueError(f"{name} must have a positive sum: all weights are zero")
         if total == np.inf:
-            raise ValueError(f"{name} must have a finite sum: it holds infinity")
-    return total
+            raise ValueError(f"{name} must have a finite sum: it overflows")
+    return float(total), int(nonzero)
 
 
 def row_weights(value, dtype, n_rows, check_finite=True, rows_name="X", first="X"):
@@ -492,6 +531,4 @@ def row_weights(value, dtype, n_rows, check_finite=True, rows_name="X", first="X
         raise ValueError(f"sample_weight must have shape ({n_rows},) (one weight per row of "
                          f"{rows_name}), got shape {w.shape}")
     w = _prepared("sample_weight", w, dtype)
-    if check_finite:
-        require_finite(("sample_weight", w))
-    return w, weights("sample_weight", w)
+    return w, weights("sample_weight", w)[0]  # finite whatever check_finite: it is one pass

@@ -331,16 +331,17 @@ def check_sample_weight(value, n_samples, dtype, positive_sum=True):
     """Sample weights for ``fit``: ``None`` (unweighted), a real number (the same
     weight for every sample) or 1-D of length ``n_samples``; finite, non-negative,
     with a positive sum (unless not ``positive_sum``: a block of a larger set),
-    in ``dtype``. Returns ``(weights or None, float64 sum of the weights)``."""
+    in ``dtype``. Returns ``(weights or None, float64 sum of the weights, number of
+    nonzero weights)``; the checks and sums take one pass."""
     if value is None:
-        return None, float(n_samples)
+        return None, float(n_samples), n_samples
     if _is_real(value) or (isinstance(value, np.ndarray) and value.ndim == 0
                            and value.dtype.kind in "iuf"):
         value = np.full(n_samples, value, dtype=np.float64)
-    w = check_array("sample_weight", value, dtype=dtype, ndim=1)
+    w = check_array("sample_weight", value, dtype=dtype, ndim=1, ensure_finite=False)
     if w.shape[0] != n_samples:
         raise ValueError(f"sample_weight has {w.shape[0]} values but X has {n_samples} samples")
-    return w, _validate.weights("sample_weight", w, positive_sum)
+    return (w, *_validate.weights("sample_weight", w, positive_sum))
 
 
 def _r2(y, y_pred, sample_weight):

@@ -150,13 +150,13 @@ def _checked(Xb, yb, wb, dtype):
     """A block checked and converted: ``(X, y, weights or None, sum of the weights)``."""
     X = check_array("X", Xb, dtype=dtype)
     y = check_target(yb, X.shape[0], X.dtype)
-    w, total = check_sample_weight(wb, X.shape[0], X.dtype, positive_sum=False)
+    w, total, _ = check_sample_weight(wb, X.shape[0], X.dtype, positive_sum=False)
     return X, y, w, total
 
 
 def _block_weights(wb, dtype):
-    w, total = check_sample_weight(wb, np.shape(wb)[0], dtype, positive_sum=False)
-    return total, int(np.count_nonzero(w))
+    _, total, nonzero = check_sample_weight(wb, np.shape(wb)[0], dtype, positive_sum=False)
+    return total, nonzero
 
 
 def _merge_weights(parts):

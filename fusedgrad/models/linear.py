@@ -290,10 +290,9 @@ class LinearRegression(RegressorMixin, BaseModel):
             X = check_array("X", X, dtype=self.dtype, n_samples=sample_count("y", y),
                             samples_of="y")
             y = check_target(y, X.shape[0], X.dtype)
-            sw, total = check_sample_weight(sample_weight, X.shape[0], X.dtype)
+            sw, total, n_eff = check_sample_weight(sample_weight, X.shape[0], X.dtype)
             dtype = X.dtype
             source = _Passes(X, y, self.fit_intercept, sw)
-            n_eff = X.shape[0] if sw is None else int(np.count_nonzero(sw))
         N, d = X.shape
         eps = float(np.finfo(dtype).eps)
         result = {"cond_": None}

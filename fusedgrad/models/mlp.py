@@ -1162,7 +1162,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         X = _feature_matrix(X, dtype)
         n_samples, n_features = X.shape
         y = _check_labels(y, n_samples)
-        sw, _ = check_sample_weight(sample_weight, n_samples, dtype)
+        sw, _, _ = check_sample_weight(sample_weight, n_samples, dtype)
         if not first_pass and n_features != self.n_features_in_:
             raise ValueError(
                 f"X has {n_features} features, but MLPClassifier is expecting "
