@@ -1050,6 +1050,9 @@ MODEL_MLP = [
      dict(solver="sgd", batch_size=200, activation="relu")),
     ("tanh 2 hidden, adam batch 4096", 262144, 64, (128, 64), 10,
      dict(solver="adam", batch_size=4096, activation="tanh")),
+    # weighted=True: fit(..., sample_weight=w), seeded weights in [0, 2]
+    ("sgd batch 200, weighted", 262144, 64, 128, 10,
+     dict(solver="sgd", batch_size=200, weighted=True)),
 ]
 
 #: (label, N, d, LinearRegression parameters) of the timed linear fits.
@@ -1057,6 +1060,7 @@ MODEL_LINEAR = [
     ("normal", 4194304, 16, dict(solver="normal")),
     ("normal", 1048576, 128, dict(solver="normal")),
     ("gd 50 iterations", 1048576, 128, dict(solver="gd", max_iter=50, tol=0.0)),
+    ("normal, weighted", 4194304, 16, dict(solver="normal", weighted=True)),
 ]
 
 
@@ -1078,14 +1082,14 @@ def run_model_timings(smoke, quick):
     linear = MODEL_LINEAR if not smoke else [(lab, 40, 3, dict(p, max_iter=3) if "max_iter" in p
                                               else p) for lab, _, _, p in MODEL_LINEAR]
 
-    def timed(make, X, y):
+    def timed(make, X, y, w=None):
         times = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            make().fit(X, y)  # warm-up: compiles the kernels of this shape
+            make().fit(X, y, sample_weight=w)  # warm-up: compiles the kernels of this shape
             for _ in range(reps):
                 t = time.perf_counter()
-                make().fit(X, y)
+                make().fit(X, y, sample_weight=w)
                 times.append(time.perf_counter() - t)
         return statistics.median(times)
 
@@ -1093,12 +1097,15 @@ def run_model_timings(smoke, quick):
     for label, N, d, h, K, params in mlp:
         X = rng.standard_normal((N, d), dtype=np.float32)
         y = rng.integers(0, K, N)
+        params = dict(params)
+        w = rng.uniform(0.0, 2.0, N) if params.pop("weighted", False) else None
         row = dict(model="MLPClassifier", config=label, shape=[N, d, h, K])
         for device in ("cuda", "cpu"):
             row[f"{device}_s"] = timed(
                 lambda: MLPClassifier(hidden_layer_sizes=h if isinstance(h, tuple) else (h,),
                                       max_iter=1, random_state=0,
-                                      learning_rate_init=0.01, device=device, **params), X, y)
+                                      learning_rate_init=0.01, device=device, **params), X, y,
+                w)
         row["cpu_over_cuda"] = row["cpu_s"] / row["cuda_s"]
         log(f"  MLPClassifier {label} {N}x{d}x{h}x{K}: cuda {row['cuda_s']:.3f} s, "
             f"cpu {row['cpu_s']:.3f} s")
@@ -1106,9 +1113,12 @@ def run_model_timings(smoke, quick):
     for label, N, d, params in linear:
         X = rng.standard_normal((N, d), dtype=np.float32)
         y = (X @ rng.standard_normal(d, dtype=np.float32) + np.float32(1.0))
+        params = dict(params)
+        w = rng.uniform(0.0, 2.0, N) if params.pop("weighted", False) else None
         row = dict(model="LinearRegression", config=label, shape=[N, d])
         for device in ("cuda", "cpu"):
-            row[f"{device}_s"] = timed(lambda: LinearRegression(device=device, **params), X, y)
+            row[f"{device}_s"] = timed(lambda: LinearRegression(device=device, **params), X, y,
+                                       w)
         row["cpu_over_cuda"] = row["cpu_s"] / row["cuda_s"]
         log(f"  LinearRegression {label} {N}x{d}: cuda {row['cuda_s']:.3f} s, "
             f"cpu {row['cpu_s']:.3f} s")

@@ -1108,3 +1108,33 @@ def test_require_finite_layouts_and_mixed_dtypes():
         _validate.require_finite(("A", a), ("D", f64))
     _validate.require_finite()
     _validate.require_finite(("A", a), ("T", a.T), ("E", np.ones(2)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weights_one_pass_checks_and_sum(dtype):
+    """The one-pass check of sample weights: the float64 sum (against math.fsum),
+    the nonzero count, the same bits for any thread count, and each error."""
+    import math
+
+    import numba
+
+    rng = np.random.default_rng(3)
+    w = (rng.uniform(0, 2, 300_001) * (rng.random(300_001) < 0.8)).astype(dtype)
+    total, nonzero = _validate.weights("sample_weight", w)
+    assert total == pytest.approx(math.fsum(w.astype(np.float64)), rel=1e-14)
+    assert nonzero == np.count_nonzero(w)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert _validate.weights("sample_weight", w) == (total, nonzero)
+    finally:
+        numba.set_num_threads(threads)
+    for bad, match in ((np.nan, "contains NaN or infinity"), (np.inf, "contains NaN or infinity"),
+                       (-0.25, "must be non-negative: it holds -0.25")):
+        v = w.copy()
+        v[200_000] = bad
+        with pytest.raises(ValueError, match=match):
+            _validate.weights("sample_weight", v)
+    with pytest.raises(ValueError, match="positive sum"):
+        _validate.weights("sample_weight", np.zeros(10, dtype))
+    assert _validate.weights("w", np.zeros(10, dtype), positive_sum=False) == (0.0, 0)
