@@ -496,6 +496,14 @@ def _weight_stats(w):
     return counts[:, 0].sum(), counts[:, 1].sum(), total, counts[:, 2].sum()
 
 
+def require_positive_sum(name, total):
+    """The sum of the weights ``name`` must be positive and finite."""
+    if not total > 0:
+        raise ValueError(f"{name} must have a positive sum: all weights are zero")
+    if total == np.inf:
+        raise ValueError(f"{name} must have a finite sum: it overflows")
+
+
 def weights(name, w, positive_sum=True):
     """Check float weights ``w`` (one per sample): finite, none negative and, with
     ``positive_sum``, a positive finite sum; one pass. Returns ``(float64 sum,
@@ -506,18 +514,22 @@ def weights(name, w, positive_sum=True):
     if negative:
         raise ValueError(f"{name} must be non-negative: it holds {float(w[w < 0][0])!r}")
     if positive_sum:
-        if not total > 0:
-            raise ValueError(f"{name} must have a positive sum: all weights are zero")
-        if total == np.inf:
-            raise ValueError(f"{name} must have a finite sum: it overflows")
+        require_positive_sum(name, total)
     return float(total), int(nonzero)
 
 
-def row_weights(value, dtype, n_rows, check_finite=True, rows_name="X", first="X"):
+def row_weights(value, dtype, n_rows, check_finite=True, rows_name="X", first="X",
+                want_sum=True):
     """Weights ``sample_weight`` of ``n_rows`` rows (the samples, or the rows a
     ``rows`` argument selects) for a kernel whose float inputs have ``dtype``:
-    ``(w, float64 sum)`` with ``w`` 1-D, C-contiguous, of ``dtype``, none
-    negative, a positive sum; ``(empty array, n_rows)`` when ``value`` is None."""
+    ``(w, float64 sum)`` with ``w`` 1-D, C-contiguous, of ``dtype``;
+    ``(empty array, n_rows)`` when ``value`` is None.
+
+    With ``check_finite`` the values are checked (finite, none negative, a
+    positive sum: :func:`weights`, whose pass gives the sum); without it, as
+    for the other arrays, they are not scanned, and the sum is taken only if
+    ``want_sum`` (None otherwise: for a kernel that sums the weights itself).
+    """
     if value is None:
         return np.empty(0, dtype), float(n_rows)
     w = _as_array("sample_weight", value)
@@ -531,4 +543,6 @@ def row_weights(value, dtype, n_rows, check_finite=True, rows_name="X", first="X
         raise ValueError(f"sample_weight must have shape ({n_rows},) (one weight per row of "
                          f"{rows_name}), got shape {w.shape}")
     w = _prepared("sample_weight", w, dtype)
-    return w, weights("sample_weight", w)[0]  # finite whatever check_finite: it is one pass
+    if check_finite:
+        return w, weights("sample_weight", w)[0]
+    return w, (float(np.sum(w, dtype=np.float64)) if want_sum else None)

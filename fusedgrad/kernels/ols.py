@@ -19,12 +19,13 @@ __all__ = ["ols_loss_grad", "gram", "centered_gram"]
 
 
 @njit(**opt.PARALLEL)
-def _ols_loss_grad(X, y, w, sw, weighted, total, grad, chunk, groups, serial):
+def _ols_loss_grad(X, y, w, sw, weighted, grad, chunk, groups, serial):
     """Jitted core: writes the gradient into ``grad`` and returns the loss.
 
     Per row: residual ``r = y_i - x_i w``; loss ``+= r^2``; gradient ``-= r x_i``
     (with ``weighted``: ``r`` times the row's weight ``sw[i]`` in both); both are
-    divided by ``total`` (the number of rows, or the sum of the weights).
+    divided by the number of rows, or by the sum of the weights (summed here, per
+    group in float64, the groups in order).
     ``serial``: run on the calling thread alone (see :func:`enter_threads`).
     """
     threads = enter_threads(serial)
@@ -32,6 +33,7 @@ def _ols_loss_grad(X, y, w, sw, weighted, total, grad, chunk, groups, serial):
     n_chunks = (N + chunk - 1) // chunk
     pg = np.zeros((groups, d), X.dtype)
     ploss = np.zeros(groups, np.float64)
+    pweight = np.zeros(groups, np.float64)
     for g in prange(groups):
         first, stop = chunk_range(g, groups, n_chunks)
         acc = pg[g]
@@ -47,6 +49,7 @@ def _ols_loss_grad(X, y, w, sw, weighted, total, grad, chunk, groups, serial):
                 rr = np.float64(r)
                 if weighted:
                     sq += np.float64(sw[i]) * rr * rr
+                    pweight[g] += np.float64(sw[i])
                     r = r * sw[i]
                 else:
                     sq += rr * rr
@@ -54,6 +57,11 @@ def _ols_loss_grad(X, y, w, sw, weighted, total, grad, chunk, groups, serial):
                     acc[j] -= r * X[i, j]
             ploss[g] += sq
     sum_groups(pg, grad)
+    total = np.float64(N)
+    if weighted:
+        total = 0.0
+        for g in range(groups):
+            total += pweight[g]
     inv_n = X.dtype.type(1.0 / total)
     for j in range(d):
         grad[j] *= inv_n
@@ -105,12 +113,13 @@ def _ols_inputs(X, y, extra, check_finite, deferred=()):
 
 
 def _weighted_inputs(X, y, extra, sample_weight, check_finite, deferred=()):
-    """:func:`_ols_inputs`, then the checked ``sample_weight`` (an empty array when
-    ``None``) and the float64 sum of the weights (the number of samples when ``None``),
-    by :func:`fusedgrad._validate.row_weights`."""
+    """:func:`_ols_inputs`, then ``sample_weight`` by
+    :func:`fusedgrad._validate.row_weights` (an empty array when ``None``; these
+    kernels sum the weights themselves in their pass)."""
     arrays = _ols_inputs(X, y, extra, check_finite, deferred)
-    return arrays + list(_validate.row_weights(sample_weight, arrays[0].dtype,
-                                               arrays[0].shape[0], check_finite))
+    sw, _ = _validate.row_weights(sample_weight, arrays[0].dtype, arrays[0].shape[0],
+                                  check_finite, want_sum=False)
+    return arrays + [sw]
 
 
 def ols_loss_grad(X, y, w, *, sample_weight=None, check_finite=True):
@@ -146,12 +155,12 @@ def ols_loss_grad(X, y, w, *, sample_weight=None, check_finite=True):
     loss : scalar of X's dtype
     grad : ndarray, shape (n_features,)
     """
-    X, y, w, sw, total = _weighted_inputs(X, y, [("w", w, ("n_features",))], sample_weight,
-                                          check_finite, deferred=("X", "y"))
+    X, y, w, sw = _weighted_inputs(X, y, [("w", w, ("n_features",))], sample_weight,
+                                   check_finite, deferred=("X", "y"))
     N, d = X.shape
     chunk, groups = plan(N, (d + 1) * X.itemsize, d * X.itemsize)
     grad = np.empty(d, X.dtype)
-    loss = _ols_loss_grad(X, y, w, sw, sw.shape[0] > 0, total, grad, chunk, groups,
+    loss = _ols_loss_grad(X, y, w, sw, sw.shape[0] > 0, grad, chunk, groups,
                           serial_call("ols_loss_grad", (X,)))
     if check_finite and not np.isfinite(loss):
         _validate.require_finite(("X", X), ("y", y))
@@ -366,7 +375,7 @@ def centered_gram(X, y, *, sample_weight=None, check_finite=True):
     scatter : ndarray, shape (n_features + 1, n_features + 1), float64
         Symmetric centred Gram matrix of ``[X, y]``.
     """
-    X, y, sw, _ = _weighted_inputs(X, y, [], sample_weight, check_finite)
+    X, y, sw = _weighted_inputs(X, y, [], sample_weight, check_finite)
     N, d = X.shape
     p = d + 1
     # per group: the float64 scatter and the chunk's scatter in X's dtype

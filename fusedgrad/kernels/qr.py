@@ -110,7 +110,8 @@ def _tsqr(X, y, sw, weighted, shift, intercept, chunk, groups, Rs):
         T = np.zeros((P, cap), np.float64)
         tau = np.empty(P, np.float64)
         work = np.empty(P * _WORK_PER_COLUMN, np.float64)
-        root = np.empty(chunk if weighted else 0, np.float64)
+        # the rows' factors: the square roots of their weights, or ones
+        root = np.ones(chunk, np.float64)
         top = 0
         for c in range(first, stop):
             r0 = c * chunk
@@ -119,31 +120,18 @@ def _tsqr(X, y, sw, weighted, shift, intercept, chunk, groups, Rs):
             if weighted:
                 for i in range(m):
                     root[i] = np.sqrt(np.float64(sw[r0 + i]))
-                if intercept:
-                    for i in range(m):
-                        T[0, top + i] = root[i]
-                for j in range(d):
-                    s = shift[j]
-                    col = T[off + j]
-                    for i in range(m):
-                        col[top + i] = (X[r0 + i, j] - s) * root[i]
-                col = T[off + d]
-                s = shift[d]
+            if intercept:
                 for i in range(m):
-                    col[top + i] = (y[r0 + i] - s) * root[i]
-            else:
-                if intercept:
-                    for i in range(m):
-                        T[0, top + i] = 1.0
-                for j in range(d):
-                    s = shift[j]
-                    col = T[off + j]
-                    for i in range(m):
-                        col[top + i] = X[r0 + i, j] - s
-                col = T[off + d]
-                s = shift[d]
+                    T[0, top + i] = root[i]
+            for j in range(d):
+                s = shift[j]
+                col = T[off + j]
                 for i in range(m):
-                    col[top + i] = y[r0 + i] - s
+                    col[top + i] = (X[r0 + i, j] - s) * root[i]
+            col = T[off + d]
+            s = shift[d]
+            for i in range(m):
+                col[top + i] = (y[r0 + i] - s) * root[i]
             rows = top + m
             info = _dgeqrf(rows, P, T, cap, tau, work, work.shape[0])
             if info != 0 and infos[g] == 0:
@@ -211,7 +199,8 @@ def tsqr(X, y, shift=None, *, intercept=True, sample_weight=None, check_finite=T
     X, y = _validate.float_arrays(
         [("X", X, ("n_samples", "n_features")), ("y", y, ("n_samples",))], check_finite
     )
-    sw, _ = _validate.row_weights(sample_weight, X.dtype, X.shape[0], check_finite)
+    sw, _ = _validate.row_weights(sample_weight, X.dtype, X.shape[0], check_finite,
+                                  want_sum=False)
     N, d = X.shape
     if shift is None:
         shift = np.zeros(d + 1)

@@ -29,6 +29,7 @@ import warnings
 import numpy as np
 import scipy.linalg
 
+from fusedgrad import _validate
 from fusedgrad.kernels._blas import single_threaded_blas
 from fusedgrad.kernels.ols import _merge_moments, centered_gram
 from fusedgrad.kernels.qr import tsqr
@@ -224,10 +225,7 @@ class Passes:
             return float(n), n
         parts = [delayed(_block_weights)(wb, self.dtype) for wb in self.sw.to_delayed().ravel()]
         (total, nonzero), = dask.compute(_tree(parts, _merge_weights))
-        if not total > 0:
-            raise ValueError("sample_weight must have a positive sum: all weights are zero")
-        if total == np.inf:
-            raise ValueError("sample_weight must have a finite sum")
+        _validate.require_positive_sum("sample_weight", total)
         return total, nonzero
 
     def _reduce(self, block, merge, *args):

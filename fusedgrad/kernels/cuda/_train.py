@@ -396,6 +396,7 @@ def argmax_rows(Z, out):
 @functools.lru_cache(maxsize=None)
 def _linear_kernels(dtype, tpb, shuffle):
     dt = np.dtype(dtype).type
+    one = dt(1.0)
     _d_block_sum = helpers(np.dtype(dtype), tpb, shuffle)._d_block_sum
 
     @jit()
@@ -443,15 +444,10 @@ def _linear_kernels(dtype, tpb, shuffle):
         while e < X.shape[0] * d:
             r = e // d
             c = e - r * d
-            if scaled:
-                a = scale[r]
-                X[r, c] = (X[r, c] - dt(mean[c])) * a
-                if c == 0:
-                    y[r] = (y[r] - dt(mean[d])) * a
-            else:
-                X[r, c] = X[r, c] - dt(mean[c])
-                if c == 0:
-                    y[r] = y[r] - dt(mean[d])
+            a = scale[r] if scaled else one  # times 1: the same bits
+            X[r, c] = (X[r, c] - dt(mean[c])) * a
+            if c == 0:
+                y[r] = (y[r] - dt(mean[d])) * a
             e += step
 
     @jit()
