@@ -3,9 +3,10 @@
 Products with a long dimension and two small ones are cut into pieces that
 OpenBLAS runs with its small-matrix kernels; these tests check the pieces
 (a ragged last one included) against NumPy's own product, ``beta`` = 0 and
-1, the Gram matrix's two paths (full product and ``syrk``), and whole kernels
-at shapes where the cutting happens (the comparison table's shapes are too
-small for it).
+1, the Gram matrix's BLAS paths (full product and ``syrk``) and its packed
+register tiles (``_tiles``, both tile shapes), and whole kernels at shapes
+where the cutting or the switch between BLAS and the tiles happens (the
+comparison table's shapes are too small for it).
 """
 
 import numpy as np
@@ -16,12 +17,14 @@ from cases import rel_error
 from fusedgrad import reference as ref
 from fusedgrad.kernels import _options as opt
 from fusedgrad.kernels import gram, mlp_loss_grad, ols_loss_grad
+from fusedgrad.kernels.ols import centered_gram
+from fusedgrad.kernels import _tiles
 from fusedgrad.kernels._blas import (
-    GRAM_GEMM_MIN_ROWS,
-    GRAM_PANELS_MAX_COLS,
+    GRAM_TILES_MIN_ROW_BYTES,
     MIN_PIECE_ROWS,
     SMALL_MNK,
     gram_tn,
+    gram_uses_tiles,
     mm_nn,
     mm_nt,
     mm_tn,
@@ -115,13 +118,11 @@ def test_tn_over_zero_rows_scales_by_beta(dtype):
     np.testing.assert_array_equal(C, 0.0)
 
 
-# Widths on both sides of the switches from the full product to the block
-# rows (62 | 63) and from the block rows to syrk (224 | 225); 63 columns make
-# block rows of unequal width (16, 16, 16, 15).
-GRAM_WIDTHS = [1, 16, 62, 63, 100, 224, 225]
+# Widths on both sides of the switch from the full product to syrk (176 | 177).
+BLAS_GRAM_WIDTHS = [1, 16, 62, 176, 177]
 
 
-@pytest.mark.parametrize("p", GRAM_WIDTHS)
+@pytest.mark.parametrize("p", BLAS_GRAM_WIDTHS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gram_tn_upper_triangle(p, dtype):
     rng = np.random.default_rng(p)
@@ -133,9 +134,93 @@ def test_gram_tn_upper_triangle(p, dtype):
             _gram(A, C, beta)
         want = A.astype(np.float64).T @ A.astype(np.float64) + beta * C0
         assert rel_error(np.triu(C), np.triu(want)) < TOL[dtype]
-    full = SMALL_MNK // (p * p) >= GRAM_GEMM_MIN_ROWS
-    assert full == (p <= 62)
-    assert (p <= GRAM_PANELS_MAX_COLS) == (p <= 224)
+    assert (SMALL_MNK // (p * p) >= MIN_PIECE_ROWS) == (p <= 176)
+
+
+@njit(**_OPTIONS)
+def _packed(A, C, beta, P, wide):
+    _tiles.gram_packed(A, C, beta, P, wide)
+
+
+@njit(**_OPTIONS)
+def _packed_gemv(A, z, v, P, wide):
+    m, p = A.shape
+    _tiles.pack(A, p, P, wide)
+    _tiles.packed_gemv(P, m, p, z, v, wide)
+
+
+@njit(**_OPTIONS)
+def _packed_size(m, p, itemsize, wide):
+    return _tiles.packed_size(m, p, itemsize, wide)
+
+
+def _scratch(m, p, dtype, wide, rng):
+    """The tiles' scratch buffer, poisoned with NaN (every element used is written first)."""
+    size = _packed_size(m, p, np.dtype(dtype).itemsize, wide)
+    return np.full(size, np.nan, dtype)
+
+
+# Widths: one column, less than a panel, exactly one and two panels of either
+# tile shape (8, 16, 32, 64 columns), one more and one fewer, and a wide ragged
+# one; rows: none, one, fewer than a run of KC rows, and several runs with a
+# ragged last one.
+TILE_WIDTHS = [1, 7, 8, 15, 16, 17, 31, 32, 33, 64, 100, 203]
+TILE_ROWS = [0, 1, 37, 3 * _tiles.KC + 5]
+
+
+@pytest.mark.parametrize("wide", [True, False], ids=["64-byte", "32-byte"])
+@pytest.mark.parametrize("p", TILE_WIDTHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_gram_tiles(p, dtype, wide):
+    # Against the float64 product for every beta (0 ignores NaN in C), and the
+    # column panel's product with a vector (X^T y) against NumPy's.
+    rng = np.random.default_rng(p)
+    for m in TILE_ROWS:
+        A = _rand(rng, (m, p), dtype)
+        C0 = _rand(rng, (p, p), dtype)
+        want = A.astype(np.float64).T @ A.astype(np.float64)
+        for beta in (0.0, 1.0, 0.5):
+            C = np.full_like(C0, np.nan) if beta == 0 else C0.copy()
+            _packed(A, C, beta, _scratch(m, p, dtype, wide, rng), wide)
+            expect = want + (0 if beta == 0 else beta * C0.astype(np.float64))
+            scale = max(1.0, np.abs(expect).max())
+            assert np.abs(np.triu(C) - np.triu(expect)).max() / scale < TOL[dtype], (m, beta)
+        z = _rand(rng, m, dtype)
+        v0 = _rand(rng, p, dtype)
+        v = v0.copy()
+        _packed_gemv(A, z, v, _scratch(m, p, dtype, wide, rng), wide)
+        expect = v0 + z.astype(np.float64) @ A.astype(np.float64)
+        assert rel_error(v, expect) < TOL[dtype], m
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_gram_views(dtype):
+    # A row block of a larger array (the kernels pass X[r0:r1]) and a
+    # group's slice of the partial sums (pG[g]) are packed and written in place.
+    rng = np.random.default_rng(7)
+    X = _rand(rng, (700, 48), dtype)
+    pG = np.zeros((3, 48, 48), dtype)
+    _packed(X[123:456], pG[1], 1.0, _scratch(333, 48, dtype, True, rng), True)
+    want = X[123:456].astype(np.float64).T @ X[123:456].astype(np.float64)
+    assert rel_error(np.triu(pG[1]), np.triu(want)) < TOL[dtype]
+    np.testing.assert_array_equal(pG[0], 0)
+    np.testing.assert_array_equal(pG[2], 0)
+
+
+def test_gram_uses_tiles_threshold():
+    for itemsize in (4, 8):
+        edge = GRAM_TILES_MIN_ROW_BYTES // itemsize
+        assert not _uses_tiles(edge - 1, itemsize) and _uses_tiles(edge, itemsize)
+
+
+@njit(**_OPTIONS)
+def _uses_tiles(p, itemsize):
+    return gram_uses_tiles(p, itemsize)
+
+
+# Widths of the Gram kernels on both sides of the switch from BLAS to the tiles
+# (31 | 32 float64 columns, 63 | 64 float32), and wide ones with ragged panels.
+GRAM_WIDTHS = [1, 16, 31, 32, 63, 64, 100, 224, 225]
 
 
 @pytest.mark.parametrize("d", GRAM_WIDTHS)
@@ -148,6 +233,26 @@ def test_gram_kernel_every_path(d, dtype):
     assert rel_error(XtX, want_XtX) < TOL[dtype]
     assert rel_error(Xty, want_Xty) < TOL[dtype]
     np.testing.assert_array_equal(XtX, XtX.T)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("d", GRAM_WIDTHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_centered_gram_every_path(d, dtype, weighted):
+    # Off-centre data (means far from 0), so that a missing shift would show.
+    rng = np.random.default_rng(d)
+    X = (_rand(rng, (5000, d), dtype) + 10).astype(dtype)
+    y = (_rand(rng, 5000, dtype) - 5).astype(dtype)
+    w = rng.uniform(0, 2, 5000).astype(dtype) if weighted else None
+    mean, scatter = centered_gram(X, y, sample_weight=w)
+    A = np.column_stack([X, y]).astype(np.float64)
+    s = np.ones(5000) if w is None else w.astype(np.float64)
+    want_mean = s @ A / s.sum()
+    centred = A - want_mean
+    want = (centred * s[:, None]).T @ centred
+    assert rel_error(mean, want_mean) < TOL[dtype]
+    assert rel_error(scatter, want) < 10 * TOL[dtype]
+    np.testing.assert_array_equal(scatter, scatter.T)
 
 
 # Shapes of the MLP at which the products of a chunk are cut: the first

@@ -32,8 +32,8 @@ from scipy.linalg import cython_blas
 from fusedgrad.kernels import _options as opt
 from fusedgrad.kernels._options import INLINE
 
-__all__ = ["mm_nn", "mm_tn", "mm_nt", "syrk_tn", "gram_tn", "piece_rows", "single_threaded_blas",
-           "serial_call", "kernel_blas", "enter_threads", "leave_threads"]
+__all__ = ["mm_nn", "mm_tn", "mm_nt", "syrk_tn", "gram_tn", "gram_uses_tiles", "piece_rows",
+           "single_threaded_blas", "serial_call", "kernel_blas", "enter_threads", "leave_threads"]
 
 
 def _capsule_address(name):
@@ -226,51 +226,36 @@ def syrk_tn(A, C, beta):
     _syrk(_L, _N, p, m, 1.0, A, p, beta, C, p)
 
 
-#: :func:`gram_tn` computes ``A.T @ A`` as a full product in small-matrix
-#: pieces (twice the multiply-adds of ``syrk``, which fills one triangle) when
-#: a piece has at least this many rows, i.e. up to 62 columns. Measured, one
-#: thread, float64, 64e6 elements: 8 columns 35 ms against syrk's 71 ms, 16
-#: columns 41 against 87, 32 columns 84 against 107, 48 columns 104 against
-#: 121; at 64 columns the two are even (136 vs 139).
-GRAM_GEMM_MIN_ROWS = 256
+#: Rows of ``A`` of at least this many bytes make the Gram kernels use the
+#: packed register tiles of :mod:`fusedgrad.kernels._tiles` instead of BLAS
+#: (:func:`gram_uses_tiles`): at least two panels of 64-byte-vector tiles.
+#: Measured (2 threads, 128e6 elements, X^T X and X^T y, BLAS -> tiles, ms):
+#: float64 16 columns 66 -> 75, 32: 110 -> 82, 64: 133 -> 110, 128: 200 ->
+#: 156, 256: 348 -> 247; float32 16 columns 40 -> 90, 32: 59 -> 56, 48: 70
+#: -> 72, 64: 71 -> 56, 128: 94 -> 79, 256: 189 -> 126.
+GRAM_TILES_MIN_ROW_BYTES = 256
 
-#: Wider than :data:`GRAM_GEMM_MIN_ROWS` allows and up to this many columns,
-#: :func:`gram_tn` fills the upper triangle by :data:`GRAM_PANELS` block rows
-#: (each a product of a column panel with the columns from its own on, 5/8 of
-#: the full product's multiply-adds), again in small-matrix pieces where they
-#: fit; wider, ``syrk``. Measured, 2 threads, float64, 128e6 elements, syrk ->
-#: panels: 64 columns 180 -> 132 ms, 96: 197 -> 157, 128: 234 -> 191, 200:
-#: 286 -> 270; at 256 syrk is faster (325 vs 356).
-GRAM_PANELS_MAX_COLS = 224
 
-#: Block rows of the panel path of :func:`gram_tn` (2, 4 and 8 measured; 4 was
-#: fastest from 96 to 200 columns).
-GRAM_PANELS = 4
+@njit(**INLINE)
+def gram_uses_tiles(p, itemsize):
+    """Whether the Gram kernels take the tile path for ``p`` columns of ``itemsize`` bytes."""
+    return p * itemsize >= GRAM_TILES_MIN_ROW_BYTES
 
 
 @njit(**INLINE)
 def gram_tn(A, C, beta):
-    """Row-major ``C = A.T @ A + beta * C``, valid at least on the upper triangle of C.
+    """Row-major ``C = A.T @ A + beta * C`` by BLAS, valid at least on the upper triangle of C.
 
-    A (m, p) and C (p, p) C-contiguous. By width (see
-    :data:`GRAM_GEMM_MIN_ROWS` and :data:`GRAM_PANELS_MAX_COLS`): a full
-    product in small-matrix pieces, block rows of the upper triangle, or
-    ``syrk``.
+    A (m, p) and C (p, p) C-contiguous. A full product in small-matrix pieces
+    where a piece has at least :data:`MIN_PIECE_ROWS` rows (up to 176
+    columns; twice the multiply-adds of ``syrk``, and faster: one thread,
+    float64, 64e6 elements, 8 columns 35 ms against syrk's 71, 16 columns 41
+    against 87); ``syrk`` beyond. The Gram kernels use it below
+    :data:`GRAM_TILES_MIN_ROW_BYTES`.
     """
     m, p = A.shape
-    if SMALL_MNK // max(1, p * p) >= GRAM_GEMM_MIN_ROWS:
+    if SMALL_MNK // max(1, p * p) >= MIN_PIECE_ROWS:
         mm_tn(A, A, C, beta)
-    elif p <= GRAM_PANELS_MAX_COLS:
-        width = (p + GRAM_PANELS - 1) // GRAM_PANELS
-        for c0 in range(0, p, width):
-            c1 = min(p, c0 + width)
-            # row-major C[c0:c1, c0:] = A[:, c0:c1].T @ A[:, c0:] + beta C[c0:c1, c0:]; in
-            # column-major terms a (p - c0, c1 - c0) block at C[c0, c0] with ldc = p
-            piece = piece_rows(m, (c1 - c0) * (p - c0))
-            for r0 in range(0, max(m, 1), piece):
-                r1 = min(m, r0 + piece)
-                _gemm(_N, _T, p - c0, c1 - c0, r1 - r0, 1.0, A[r0:, c0:], p, A[r0:, c0:], p,
-                      beta if r0 == 0 else 1.0, C[c0:, c0:], p)
     else:
         syrk_tn(A, C, beta)
 

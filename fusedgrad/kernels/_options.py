@@ -44,6 +44,24 @@ CACHE = _cache_usable()
 #: as Numba's cache does not tell the two builds apart.
 SERIAL = os.environ.get("FUSEDGRAD_SERIAL", "") == "1"
 
+def _wide_vectors():
+    """Whether the kernels are compiled for 64-byte vector registers (AVX-512).
+
+    Numba compiles for the host CPU unless ``NUMBA_CPU_NAME`` names another
+    (then ``NUMBA_CPU_FEATURES`` lists its features).
+    """
+    from llvmlite import binding as llvm
+    from numba.core import config
+
+    if config.CPU_NAME and config.CPU_NAME != "host":
+        return "+avx512f" in (config.CPU_FEATURES or "")
+    return bool(llvm.get_host_cpu_features().get("avx512f", False))
+
+
+#: Register tiles of 64-byte vectors (AVX-512) in the packed Gram product
+#: (``_tiles``), else of 32-byte ones.
+WIDE_VECTORS = _wide_vectors()
+
 # Fast-math flags: reassociation (lets LLVM vectorise reductions), contraction
 # to FMA, reciprocal approximations and signed-zero freedom. ``nnan`` and
 # ``ninf`` are deliberately left out: the overflow handling of the exponential,
