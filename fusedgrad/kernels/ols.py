@@ -201,11 +201,13 @@ def gram(X, y, *, check_finite=True):
 
     .. math:: X^T X, \qquad y X
 
-    ``X^T X`` is symmetric: for more than 62 features only one triangle is
-    computed (BLAS ``syrk``, half the multiply-adds of a full product) and
-    mirrored; for fewer, a full product cut into pieces small enough for
-    OpenBLAS's unpacked small-matrix kernels is faster (about twice as fast
-    as ``syrk`` at 16 features).
+    ``X^T X`` is symmetric: from 32 float64 (64 float32) features on, each
+    chunk of rows is packed into panels and only the upper triangle's register
+    tiles are computed (:mod:`fusedgrad.kernels._tiles`, about 9/16 of a full
+    product's multiply-adds), ``y X`` from the same panels, and the triangle
+    is mirrored; for fewer features, a full product cut into pieces small
+    enough for OpenBLAS's unpacked small-matrix kernels is faster (about
+    twice as fast as ``syrk`` at 16 features).
 
     The finiteness check of ``X`` and ``y`` costs no second pass over them:
     a NaN or infinity in ``X`` makes the diagonal of ``X^T X`` (a sum of
