@@ -266,12 +266,14 @@ def _centered_gram(X, y, sw, weighted, chunk, groups, counts, means, scatters):
     n_chunks = (N + chunk - 1) // chunk
     tiles = gram_uses_tiles(d, X.itemsize)
     rows, pw, panels = panel_shape(d, X.itemsize, WIDE)
+    one = X.dtype.type(1.0)
     for g in prange(groups):
         first, stop = chunk_range(g, groups, n_chunks)
-        # The shifted block [X, y] row by row, and for the tiles X's columns
-        # packed into panels and y's apart.
-        Z = np.empty((chunk, p), X.dtype)
+        # The shifted block: [X, y] row by row (BLAS), or X's columns packed
+        # into panels and y's apart (tiles).
+        Z = np.empty((0 if tiles else chunk, p), X.dtype)
         P = np.empty(packed_size(chunk, d, X.itemsize, WIDE) if tiles else 0, X.dtype)
+        zrow = np.zeros(panels * pw if tiles else 0, X.dtype)
         zy = np.empty(chunk if tiles else 0, X.dtype)
         Sx = np.empty((d if tiles else 0, d if tiles else 0), X.dtype)
         S = np.zeros((p, p), X.dtype)
@@ -313,30 +315,24 @@ def _centered_gram(X, y, sw, weighted, chunk, groups, counts, means, scatters):
                     shift[j] = M_prev[j]
             # Shifted (and weighted) block and its exact weighted column sums (float64).
             s[:] = 0.0
-            if weighted:
+            if tiles:
+                # Each shifted row is formed in a row buffer (long vector
+                # loops) and copied into the panels from there.
+                packed = P[:panels * m * pw].reshape((panels, m, pw))
                 for i in range(m):
-                    a = root[i]
+                    a = root[i] if weighted else one
                     aa = np.float64(a)
                     for j in range(d):
                         z = (X[r0 + i, j] - shift[j]) * a
-                        Z[i, j] = z
+                        zrow[j] = z
                         s[j] += aa * z
+                    for q in range(panels):
+                        dst = packed[q, i]
+                        for c in range(pw):
+                            dst[c] = zrow[q * pw + c]
                     z = (y[r0 + i] - shift[d]) * a
-                    Z[i, d] = z
+                    zy[i] = z
                     s[d] += aa * z
-            else:
-                for i in range(m):
-                    for j in range(d):
-                        z = X[r0 + i, j] - shift[j]
-                        Z[i, j] = z
-                        s[j] += z
-                    z = y[r0 + i] - shift[d]
-                    Z[i, d] = z
-                    s[d] += z
-            if tiles:
-                pack(Z[:m], d, P, WIDE)
-                for i in range(m):
-                    zy[i] = Z[i, d]
                 Sx[:, :] = 0
                 packed_gram(P, m, d, Sx, WIDE)
                 for a in range(d):
@@ -349,6 +345,26 @@ def _centered_gram(X, y, sw, weighted, chunk, groups, counts, means, scatters):
                     syy += zy[i] * zy[i]
                 S[d, d] = syy
             else:
+                if weighted:
+                    for i in range(m):
+                        a = root[i]
+                        aa = np.float64(a)
+                        for j in range(d):
+                            z = (X[r0 + i, j] - shift[j]) * a
+                            Z[i, j] = z
+                            s[j] += aa * z
+                        z = (y[r0 + i] - shift[d]) * a
+                        Z[i, d] = z
+                        s[d] += aa * z
+                else:
+                    for i in range(m):
+                        for j in range(d):
+                            z = X[r0 + i, j] - shift[j]
+                            Z[i, j] = z
+                            s[j] += z
+                        z = y[r0 + i] - shift[d]
+                        Z[i, d] = z
+                        s[d] += z
                 gram_tn(Z[:m], S, 0.0)
             # Merge (weight m_w, mean shift + s/m_w, scatter S - s s^T / m_w) into the group.
             n_new = n_g + m_w
