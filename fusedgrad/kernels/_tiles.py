@@ -19,9 +19,14 @@ directly, the way a GEMM library's inner kernel does:
    matrix's right and bottom edges, through a small scratch tile).
 
 Tiles start on multiples of ``R`` rows and ``2 * lanes`` columns, so only the
-diagonal tiles do work below the diagonal: at 128 float64 columns 9/16 of the
-full product's multiply-adds (the BLAS block rows did 5/8). Runs of at most
-:data:`KC` rows keep a tile's two panels in the L1 cache.
+diagonal tiles do work below the diagonal, and a diagonal tile whose rows
+start in the second half of its panel is computed one vector wide: at 128
+float64 columns 17/32 of the full product's multiply-adds (the BLAS block rows
+did 5/8; the triangle itself is 129/256). Runs of at most :data:`KC` rows keep
+a tile's two panels in the L1 cache.
+
+There are no bounds checks in the tile loops: the callers size ``P`` with
+:func:`packed_size` and pass offsets inside it.
 
 Two tile shapes, by the width of the vector registers the kernels are compiled
 for (:data:`fusedgrad.kernels._options.WIDE_VECTORS`): 64-byte vectors (AVX-512,
@@ -37,7 +42,8 @@ from numba.extending import intrinsic, overload
 
 from fusedgrad.kernels._options import INLINE
 
-__all__ = ["gram_packed", "pack", "packed_gram", "packed_gemv", "packed_size", "panel_shape", "KC"]
+__all__ = ["gram_packed", "pack", "packed_gram", "packed_gemv", "packed_size", "panel_shape",
+           "item_bytes", "KC"]
 
 #: Rows of the block per run of the tile loop: a tile's column panel (KC rows
 #: of 128 bytes) and row panel stay in a 48 KB L1 cache. Measured, float64,
