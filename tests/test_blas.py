@@ -20,6 +20,7 @@ from fusedgrad.kernels import gram, mlp_loss_grad, ols_loss_grad
 from fusedgrad.kernels.ols import centered_gram
 from fusedgrad.kernels import _tiles
 from fusedgrad.kernels._blas import (
+    GRAM_TILES_MAX_ROW_BYTES,
     GRAM_TILES_MIN_ROW_BYTES,
     MIN_PIECE_ROWS,
     SMALL_MNK,
@@ -207,10 +208,12 @@ def test_packed_gram_views(dtype):
     np.testing.assert_array_equal(pG[2], 0)
 
 
-def test_gram_uses_tiles_threshold():
+def test_gram_uses_tiles_thresholds():
     for itemsize in (4, 8):
-        edge = GRAM_TILES_MIN_ROW_BYTES // itemsize
-        assert not _uses_tiles(edge - 1, itemsize) and _uses_tiles(edge, itemsize)
+        low = GRAM_TILES_MIN_ROW_BYTES // itemsize
+        high = GRAM_TILES_MAX_ROW_BYTES // itemsize
+        assert not _uses_tiles(low - 1, itemsize) and _uses_tiles(low, itemsize)
+        assert _uses_tiles(high, itemsize) and not _uses_tiles(high + 1, itemsize)
 
 
 @njit(**_OPTIONS)
@@ -218,9 +221,10 @@ def _uses_tiles(p, itemsize):
     return gram_uses_tiles(p, itemsize)
 
 
-# Widths of the Gram kernels on both sides of the switch from BLAS to the tiles
-# (31 | 32 float64 columns, 63 | 64 float32), and wide ones with ragged panels.
-GRAM_WIDTHS = [1, 16, 31, 32, 63, 64, 100, 224, 225]
+# Widths of the Gram kernels on both sides of the switches from BLAS to the
+# tiles (31 | 32 float64 columns, 63 | 64 float32) and back to BLAS (512 | 513
+# float64 columns, 1024 | 1025 float32), and ones with ragged panels.
+GRAM_WIDTHS = [1, 16, 31, 32, 63, 64, 100, 225, 512, 513, 1024, 1025]
 
 
 @pytest.mark.parametrize("d", GRAM_WIDTHS)

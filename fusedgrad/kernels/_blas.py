@@ -235,11 +235,18 @@ def syrk_tn(A, C, beta):
 #: -> 72, 64: 71 -> 56, 128: 94 -> 79, 256: 189 -> 126.
 GRAM_TILES_MIN_ROW_BYTES = 256
 
+#: ... and rows of at most this many bytes: wider, the tiles' additions into
+#: the (p, p) result after each run of rows outweigh their savings, and
+#: ``syrk`` is used (ms, 2 threads, 128e6 elements, syrk -> tiles: float64
+#: 512 columns 539-562 -> 477-502, 1024: 1062 -> 970-1069, 2048: 2332 ->
+#: 2455-2632; float32 512 columns 323 -> 267, 1024: 545 -> 495).
+GRAM_TILES_MAX_ROW_BYTES = 4096
+
 
 @njit(**INLINE)
 def gram_uses_tiles(p, itemsize):
     """Whether the Gram kernels take the tile path for ``p`` columns of ``itemsize`` bytes."""
-    return p * itemsize >= GRAM_TILES_MIN_ROW_BYTES
+    return GRAM_TILES_MIN_ROW_BYTES <= p * itemsize <= GRAM_TILES_MAX_ROW_BYTES
 
 
 @njit(**INLINE)

@@ -16,7 +16,7 @@ from fusedgrad.kernels._blas import (
     single_threaded_blas,
 )
 from fusedgrad.kernels._partition import chunk_range, plan, sum_groups
-from fusedgrad.kernels._tiles import pack, packed_gemv, packed_gram, packed_size, panel_shape
+from fusedgrad.kernels._tiles import KC, pack, packed_gemv, packed_gram, packed_size, panel_shape
 
 __all__ = ["ols_loss_grad", "gram", "centered_gram"]
 
@@ -95,14 +95,16 @@ def _gram(X, y, XtX, Xty, chunk, groups, serial):
     for g in prange(groups):
         first, stop = chunk_range(g, groups, n_chunks)
         acc = pv[g]
-        P = np.empty(packed_size(min(chunk, N), d, X.itemsize, WIDE) if tiles else 0, X.dtype)
+        P = np.empty(packed_size(min(KC, N), d, X.itemsize, WIDE) if tiles else 0, X.dtype)
         for c in range(first, stop):
             r0 = c * chunk
             r1 = min(N, r0 + chunk)
             if tiles:
-                pack(X[r0:r1], d, P, WIDE)
-                packed_gram(P, r1 - r0, d, pG[g], WIDE)
-                packed_gemv(P, r1 - r0, d, y[r0:r1], acc, WIDE)
+                for k0 in range(r0, r1, KC):
+                    k1 = min(r1, k0 + KC)
+                    pack(X[k0:k1], d, P, WIDE)
+                    packed_gram(P, k1 - k0, d, pG[g], WIDE)
+                    packed_gemv(P, k1 - k0, d, y[k0:k1], acc, WIDE)
             else:
                 gram_tn(X[r0:r1], pG[g], 1.0)
                 for i in range(r0, r1):
@@ -272,9 +274,9 @@ def _centered_gram(X, y, sw, weighted, chunk, groups, counts, means, scatters):
         # The shifted block: [X, y] row by row (BLAS), or X's columns packed
         # into panels and y's apart (tiles).
         Z = np.empty((0 if tiles else chunk, p), X.dtype)
-        P = np.empty(packed_size(chunk, d, X.itemsize, WIDE) if tiles else 0, X.dtype)
+        P = np.empty(packed_size(KC, d, X.itemsize, WIDE) if tiles else 0, X.dtype)
         zrow = np.zeros(panels * pw if tiles else 0, X.dtype)
-        zy = np.empty(chunk if tiles else 0, X.dtype)
+        zy = np.empty(KC if tiles else 0, X.dtype)
         Sx = np.empty((d if tiles else 0, d if tiles else 0), X.dtype)
         S = np.zeros((p, p), X.dtype)
         shift = np.empty(p, X.dtype)
@@ -316,33 +318,35 @@ def _centered_gram(X, y, sw, weighted, chunk, groups, counts, means, scatters):
             # Shifted (and weighted) block and its exact weighted column sums (float64).
             s[:] = 0.0
             if tiles:
-                # Each shifted row is formed in a row buffer (long vector
-                # loops) and copied into the panels from there.
-                packed = P[:panels * m * pw].reshape((panels, m, pw))
-                for i in range(m):
-                    a = root[i] if weighted else one
-                    aa = np.float64(a)
-                    for j in range(d):
-                        z = (X[r0 + i, j] - shift[j]) * a
-                        zrow[j] = z
-                        s[j] += aa * z
-                    for q in range(panels):
-                        dst = packed[q, i]
-                        for c in range(pw):
-                            dst[c] = zrow[q * pw + c]
-                    z = (y[r0 + i] - shift[d]) * a
-                    zy[i] = z
-                    s[d] += aa * z
+                # Runs of KC rows: each shifted row is formed in a row buffer
+                # (long vector loops) and copied into the run's panels.
                 Sx[:, :] = 0
-                packed_gram(P, m, d, Sx, WIDE)
+                for a in range(d):
+                    S[a, d] = 0
+                syy = 0.0
+                for k0 in range(0, m, KC):
+                    k = min(m, k0 + KC) - k0
+                    packed = P[:panels * k * pw].reshape((panels, k, pw))
+                    for i in range(k):
+                        a = root[k0 + i] if weighted else one
+                        aa = np.float64(a)
+                        for j in range(d):
+                            z = (X[r0 + k0 + i, j] - shift[j]) * a
+                            zrow[j] = z
+                            s[j] += aa * z
+                        for q in range(panels):
+                            dst = packed[q, i]
+                            for c in range(pw):
+                                dst[c] = zrow[q * pw + c]
+                        z = (y[r0 + k0 + i] - shift[d]) * a
+                        zy[i] = z
+                        s[d] += aa * z
+                        syy += z * z
+                    packed_gram(P, k, d, Sx, WIDE)
+                    packed_gemv(P, k, d, zy[:k], S[:d, d], WIDE)
                 for a in range(d):
                     for b in range(a, d):
                         S[a, b] = Sx[a, b]
-                    S[a, d] = 0
-                packed_gemv(P, m, d, zy[:m], S[:d, d], WIDE)
-                syy = 0.0
-                for i in range(m):
-                    syy += zy[i] * zy[i]
                 S[d, d] = syy
             else:
                 if weighted:
