@@ -364,3 +364,18 @@ def test_single_threaded_blas_limits_scipys_blas():
         assert all(inside[p] == 1 for p in limited), inside
         assert all(inside[p] == before[p] for p in before if p not in limited), inside
     assert counts() == before
+
+
+def test_wide_vectors_follow_numba_target(monkeypatch):
+    # With NUMBA_CPU_NAME naming a target, its feature list decides the tile
+    # width; otherwise the host's features do.
+    from llvmlite import binding as llvm
+    from numba.core import config
+
+    monkeypatch.setattr(config, "CPU_NAME", "haswell")
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,-avx512f")
+    assert opt._wide_vectors() is False
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,+avx512f")
+    assert opt._wide_vectors() is True
+    monkeypatch.setattr(config, "CPU_NAME", None)
+    assert opt._wide_vectors() is bool(llvm.get_host_cpu_features().get("avx512f", False))
