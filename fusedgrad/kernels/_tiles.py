@@ -51,6 +51,85 @@ __all__ = ["gram_packed", "pack", "packed_gram", "packed_gemv", "packed_size", "
 KC = 128
 
 
+class _Emitter:
+    """LLVM IR for the vector loops below: typed pointers, vector loads,
+    broadcasts, FMAs, and a counted loop carrying vector accumulators."""
+
+    def __init__(self, context, builder, dtype, vector_bytes):
+        self.context, self.builder = context, builder
+        self.size = dtype.bitwidth // 8
+        self.lanes = vector_bytes // self.size
+        self.i64, self.i32 = ir.IntType(64), ir.IntType(32)
+        fty = context.get_value_type(dtype)
+        self.vty = ir.VectorType(fty, self.lanes)
+        self.zero = ir.Constant(self.vty, [ir.Constant(fty, 0.0)] * self.lanes)
+        self._fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(self.vty, [self.vty] * 3),
+            f"llvm.fma.v{self.lanes}f{8 * self.size}")
+
+    def const(self, value):
+        return ir.Constant(self.i64, value)
+
+    def data(self, array_type, value):
+        """The data pointer of an array argument."""
+        return self.context.make_array(array_type)(self.context, self.builder, value).data
+
+    def int64(self, value, value_type):
+        return self.context.cast(self.builder, value, value_type, types.int64)
+
+    def at(self, ptr, offset):
+        """``ptr + offset`` elements (offset: an i64 value or a Python int)."""
+        if isinstance(offset, int):
+            offset = self.const(offset)
+        return self.builder.gep(ptr, [offset])
+
+    def load_vector(self, ptr):
+        return self.builder.load(self.builder.bitcast(ptr, self.vty.as_pointer()), align=self.size)
+
+    def broadcast(self, ptr):
+        """The scalar at ``ptr`` in every lane."""
+        b = self.builder
+        undef = ir.Constant(self.vty, ir.Undefined)
+        one = b.insert_element(undef, b.load(ptr, align=self.size), ir.Constant(self.i32, 0))
+        return b.shuffle_vector(one, undef, ir.Constant(ir.VectorType(self.i32, self.lanes),
+                                                        [0] * self.lanes))
+
+    def fma(self, a, x, acc):
+        return self.builder.call(self._fma, [a, x, acc])
+
+    def add_into(self, ptr, vector):
+        """``*ptr += vector`` (unaligned)."""
+        b = self.builder
+        vptr = b.bitcast(ptr, self.vty.as_pointer())
+        b.store(b.fadd(b.load(vptr, align=self.size), vector), vptr, align=self.size)
+
+    def loop(self, count, accumulators, step):
+        """``acc = step(n, acc)`` for n in range(count), from ``accumulators``
+        zero vectors; returns the final accumulators."""
+        b = self.builder
+        entry = b.basic_block
+        head = b.append_basic_block("loop.head")
+        body = b.append_basic_block("loop.body")
+        done = b.append_basic_block("loop.done")
+        b.branch(head)
+        b.position_at_end(head)
+        n = b.phi(self.i64)
+        acc = [b.phi(self.vty) for _ in range(accumulators)]
+        n.add_incoming(self.const(0), entry)
+        for a in acc:
+            a.add_incoming(self.zero, entry)
+        b.cbranch(b.icmp_signed("<", n, count), body, done)
+        b.position_at_end(body)
+        new = step(n, acc)
+        last = b.basic_block
+        n.add_incoming(b.add(n, self.const(1)), last)
+        for a, v in zip(acc, new):
+            a.add_incoming(v, last)
+        b.branch(head)
+        b.position_at_end(done)
+        return acc
+
+
 def _make_tile(rows, vector_bytes, vectors=2):
     """An intrinsic accumulating one tile of ``rows`` x ``vectors * lanes`` into ``C``."""
 
@@ -59,74 +138,31 @@ def _make_tile(rows, vector_bytes, vectors=2):
         # C[c_off + r * ldc + c] += sum_n P[a_off + n * ld + r] * P[b_off + n * ld + c]
         # for r < rows, c < vectors * lanes: the tile's rows at a_off (+ r), its
         # columns at b_off, both with rows of ld values.
-        dtype = P.dtype
-        size = dtype.bitwidth // 8
-        lanes = vector_bytes // size
         sig = types.void(P, a_off, b_off, k, ld, C, c_off, ldc)
 
         def codegen(context, builder, signature, args):
-            i64 = ir.IntType(64)
-            i32 = ir.IntType(32)
-
-            def const(v):
-                return ir.Constant(i64, v)
-
-            fty = context.get_value_type(dtype)
-            vty = ir.VectorType(fty, lanes)
-            vptr = vty.as_pointer()
-            p_data = context.make_array(signature.args[0])(context, builder, args[0]).data
-            c_data = context.make_array(signature.args[5])(context, builder, args[5]).data
+            e = _Emitter(context, builder, P.dtype, vector_bytes)
+            p_data = e.data(signature.args[0], args[0])
+            c_data = e.data(signature.args[5], args[5])
             a_off_, b_off_, k_, ld_, c_off_, ldc_ = [
-                context.cast(builder, args[i], signature.args[i], types.int64)
-                for i in (1, 2, 3, 4, 6, 7)]
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vty] * 3),
-                f"llvm.fma.v{lanes}f{8 * size}")
-            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * lanes)
-            undef = ir.Constant(vty, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+                e.int64(args[i], signature.args[i]) for i in (1, 2, 3, 4, 6, 7)]
 
-            entry = builder.basic_block
-            head = builder.append_basic_block("tile.head")
-            body = builder.append_basic_block("tile.body")
-            done = builder.append_basic_block("tile.done")
-            builder.branch(head)
+            def step(n, acc):
+                row = builder.mul(n, ld_)
+                col = e.at(p_data, builder.add(b_off_, row))
+                vec = [e.load_vector(e.at(col, h * e.lanes)) for h in range(vectors)]
+                first = e.at(p_data, builder.add(a_off_, row))
+                new = []
+                for r in range(rows):
+                    sv = e.broadcast(e.at(first, r))
+                    new.extend(e.fma(sv, vec[h], acc[vectors * r + h]) for h in range(vectors))
+                return new
 
-            builder.position_at_end(head)
-            n = builder.phi(i64)
-            acc = [builder.phi(vty) for _ in range(vectors * rows)]
-            n.add_incoming(const(0), entry)
-            for a in acc:
-                a.add_incoming(zero, entry)
-            builder.cbranch(builder.icmp_signed("<", n, k_), body, done)
-
-            builder.position_at_end(body)
-            row = builder.mul(n, ld_)
-            col = builder.gep(p_data, [builder.add(b_off_, row)])
-            vec = [builder.load(builder.bitcast(builder.gep(col, [const(h * lanes)]), vptr),
-                                align=size) for h in range(vectors)]
-            rp = builder.gep(p_data, [builder.add(a_off_, row)])
-            new = []
+            acc = e.loop(k_, vectors * rows, step)
             for r in range(rows):
-                s = builder.load(builder.gep(rp, [const(r)]), align=size)
-                sv = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)),
-                                            undef, splat)
+                base = e.at(c_data, builder.add(c_off_, builder.mul(ldc_, e.const(r))))
                 for h in range(vectors):
-                    new.append(builder.call(fma, [sv, vec[h], acc[vectors * r + h]]))
-            last = builder.basic_block
-            n.add_incoming(builder.add(n, const(1)), last)
-            for a, v in zip(acc, new):
-                a.add_incoming(v, last)
-            builder.branch(head)
-
-            builder.position_at_end(done)
-            for r in range(rows):
-                base = builder.add(c_off_, builder.mul(ldc_, const(r)))
-                for h in range(vectors):
-                    ptr = builder.bitcast(builder.gep(c_data, [builder.add(base, const(h * lanes))]),
-                                          vptr)
-                    builder.store(builder.fadd(builder.load(ptr, align=size), acc[vectors * r + h]),
-                                  ptr, align=size)
+                    e.add_into(e.at(base, h * e.lanes), acc[vectors * r + h])
             return context.get_dummy_value()
 
         return sig, codegen
@@ -140,67 +176,23 @@ def _make_column(vector_bytes):
     @intrinsic
     def column(typingctx, P, b_off, k, z, z_off, v, v_off):
         # v[v_off + c] += sum_n z[z_off + n] * P[b_off + n * pw + c], c < pw = 2 * lanes
-        dtype = P.dtype
-        size = dtype.bitwidth // 8
-        lanes = vector_bytes // size
-        pw = 2 * lanes
         sig = types.void(P, b_off, k, z, z_off, v, v_off)
 
         def codegen(context, builder, signature, args):
-            i64 = ir.IntType(64)
-            i32 = ir.IntType(32)
+            e = _Emitter(context, builder, P.dtype, vector_bytes)
+            p_data = e.data(signature.args[0], args[0])
+            z_data = e.data(signature.args[3], args[3])
+            v_data = e.data(signature.args[5], args[5])
+            b_off_, k_, z_off_, v_off_ = [e.int64(args[i], signature.args[i]) for i in (1, 2, 4, 6)]
 
-            def const(x):
-                return ir.Constant(i64, x)
+            def step(n, acc):
+                col = e.at(p_data, builder.add(b_off_, builder.mul(n, e.const(2 * e.lanes))))
+                sv = e.broadcast(e.at(z_data, builder.add(z_off_, n)))
+                return [e.fma(sv, e.load_vector(e.at(col, h * e.lanes)), acc[h]) for h in range(2)]
 
-            fty = context.get_value_type(dtype)
-            vty = ir.VectorType(fty, lanes)
-            vptr = vty.as_pointer()
-            p_data = context.make_array(signature.args[0])(context, builder, args[0]).data
-            z_data = context.make_array(signature.args[3])(context, builder, args[3]).data
-            v_data = context.make_array(signature.args[5])(context, builder, args[5]).data
-            b_off_, k_, z_off_, v_off_ = [
-                context.cast(builder, args[i], signature.args[i], types.int64)
-                for i in (1, 2, 4, 6)]
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vty] * 3),
-                f"llvm.fma.v{lanes}f{8 * size}")
-            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * lanes)
-            undef = ir.Constant(vty, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
-
-            entry = builder.basic_block
-            head = builder.append_basic_block("column.head")
-            body = builder.append_basic_block("column.body")
-            done = builder.append_basic_block("column.done")
-            builder.branch(head)
-            builder.position_at_end(head)
-            n = builder.phi(i64)
-            acc = [builder.phi(vty) for _ in range(2)]
-            n.add_incoming(const(0), entry)
-            for a in acc:
-                a.add_incoming(zero, entry)
-            builder.cbranch(builder.icmp_signed("<", n, k_), body, done)
-            builder.position_at_end(body)
-            col = builder.gep(p_data, [builder.add(b_off_, builder.mul(n, const(pw)))])
-            s = builder.load(builder.gep(z_data, [builder.add(z_off_, n)]), align=size)
-            sv = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)),
-                                        undef, splat)
-            new = []
+            acc = e.loop(k_, 2, step)
             for h in range(2):
-                vec = builder.load(builder.bitcast(builder.gep(col, [const(h * lanes)]), vptr),
-                                   align=size)
-                new.append(builder.call(fma, [sv, vec, acc[h]]))
-            last = builder.basic_block
-            n.add_incoming(builder.add(n, const(1)), last)
-            for a, x in zip(acc, new):
-                a.add_incoming(x, last)
-            builder.branch(head)
-            builder.position_at_end(done)
-            for h in range(2):
-                ptr = builder.bitcast(builder.gep(v_data, [builder.add(v_off_, const(h * lanes))]),
-                                      vptr)
-                builder.store(builder.fadd(builder.load(ptr, align=size), acc[h]), ptr, align=size)
+                e.add_into(e.at(v_data, builder.add(v_off_, e.const(h * e.lanes))), acc[h])
             return context.get_dummy_value()
 
         return sig, codegen
