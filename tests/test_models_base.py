@@ -114,6 +114,10 @@ def test_names_on_one_side_only_warn(kind):
                                              f"{type(named).__name__} was fitted with") as rec:
             method(X)
         assert rec[0].filename == __file__  # points at the caller
+    # one call deeper (score calls predict): still the caller's line
+    with pytest.warns(UserWarning, match="X does not have valid feature names") as rec:
+        named.score(X, y)
+    assert rec[0].filename == __file__
     unnamed = _fit(_model(kind), X, y)
     for method in _methods(unnamed):
         with pytest.warns(UserWarning, match="X has feature names, but "

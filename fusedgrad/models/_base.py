@@ -56,13 +56,13 @@ import functools
 import inspect
 import numbers
 import sys
-import warnings
 from collections import defaultdict
 
 import numpy as np
 
 from fusedgrad import _validate
 from fusedgrad._validate import all_finite
+from fusedgrad._warn import warn
 
 __all__ = [
     "BaseModel",
@@ -310,11 +310,10 @@ def check_target(value, n_samples, dtype, name="y"):
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{name} cannot be converted to an array: {exc}") from None
     if a.ndim == 2 and a.shape[1] == 1:
-        warnings.warn(
+        warn(
             f"A column-vector {name} was passed when a 1d array was expected. Please change "
             f"the shape of {name} to (n_samples,), for example using ravel().",
             _sk(DataConversionWarning),
-            stacklevel=3,
         )
         a = a.reshape(-1)
     if a.ndim == 2:
@@ -494,13 +493,12 @@ class BaseModel:
         if fitted is None and names is None:
             return
         if fitted is None or names is None:
-            warnings.warn(
+            warn(
                 f"X has feature names, but {owner} was fitted without feature names"
                 if fitted is None else
                 f"X does not have valid feature names, but {owner} was fitted with feature "
                 "names",
                 UserWarning,
-                stacklevel=4,  # the caller of the public method
             )
             return
         if names.shape == fitted.shape and np.all(names == fitted):

@@ -24,12 +24,12 @@ mapped over the row blocks, lazily.
 """
 
 import sys
-import warnings
 
 import numpy as np
 import scipy.linalg
 
 from fusedgrad import _validate
+from fusedgrad._warn import warn
 from fusedgrad.kernels._blas import single_threaded_blas
 from fusedgrad.kernels.ols import _merge_moments, centered_gram
 from fusedgrad.kernels.qr import tsqr
@@ -100,11 +100,10 @@ def prepare(X, y, sample_weight=None):
         raise ValueError(f"X must be 2-D (n_samples, n_features), got {X.ndim}-D array of "
                          f"shape {X.shape}")
     if y.ndim == 2 and y.shape[1] == 1:
-        warnings.warn(
+        warn(
             "A column-vector y was passed when a 1d array was expected. Please change the "
             "shape of y to (n_samples,), for example using ravel().",
             _sk(DataConversionWarning),
-            stacklevel=4,
         )
         y = y[:, 0]
     if y.ndim != 1:

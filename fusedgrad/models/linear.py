@@ -2,12 +2,12 @@
 
 import math
 import numbers
-import warnings
 
 import numpy as np
 import scipy.linalg
 from scipy.linalg import lapack
 
+from fusedgrad._warn import warn
 from fusedgrad.kernels.ols import centered_gram, ols_loss_grad
 from fusedgrad.kernels.qr import tsqr
 from fusedgrad.models import _dask, _persist
@@ -366,13 +366,12 @@ class LinearRegression(RegressorMixin, BaseModel):
         elif self.solver == "auto" and qr_fallback:
             return None
         elif cond * d * eps < 1.0:
-            warnings.warn(
+            warn(
                 f"solver='normal': X^T X is ill-conditioned (estimated condition number "
                 f"{cond:.2e} after scaling): the normal equations may have lost about "
                 f"{math.log10(cond):.0f} digits; solver='qr' or 'auto' is accurate"
                 + (" (with device='cpu')" if self.device == "cuda" else ""),
                 IllConditionedWarning,
-                stacklevel=3,
             )
             coef = scale * scipy.linalg.cho_solve(factor, scale * b, check_finite=False)
             result["rank_"] = d
@@ -384,13 +383,12 @@ class LinearRegression(RegressorMixin, BaseModel):
             z, rank = _eig_solve(lam, V, scale * b, d * eps)
             coef = scale * z
             result["rank_"] = rank
-            warnings.warn(
+            warn(
                 f"solver='normal': X^T X is numerically singular (rank {rank} of {d} after "
                 "scaling); returning the minimum-norm solution of the normal equations, "
                 "accurate only to about sqrt(eps); solver='qr' or 'auto' is accurate"
                 + (" (with device='cpu')" if self.device == "cuda" else ""),
                 RankDeficientWarning,
-                stacklevel=3,
             )
         intercept = mean[d] - mean[:d] @ coef if self.fit_intercept else 0.0
         return coef, intercept
@@ -416,12 +414,11 @@ class LinearRegression(RegressorMixin, BaseModel):
             U, sigma, Vt = np.linalg.svd(Rs)
             z, rank = _truncated_solve(U, sigma, Vt, rxy, tol)
             coef = scale * z
-            warnings.warn(
+            warn(
                 f"X is rank deficient{' after centring' if self.fit_intercept else ''}: "
                 f"numerical rank {rank} of {d} features; the minimum-norm solution (in units "
                 "of the column norms) is returned",
                 RankDeficientWarning,
-                stacklevel=3,
             )
         result["rank_"] = rank
         if self.fit_intercept:
@@ -435,12 +432,11 @@ class LinearRegression(RegressorMixin, BaseModel):
 
     def _warn_not_converged(self, relative_norm):
         """The ConvergenceWarning of ``solver='gd'`` (CPU and GPU loops)."""
-        warnings.warn(
+        warn(
             f"gradient descent stopped at max_iter={self.max_iter} with the gradient norm at "
             f"{relative_norm:.2e} of its start (tol={self.tol}); raise max_iter or use "
             "solver='auto'",
             _sk(ConvergenceWarning),
-            stacklevel=4,
         )
 
     def _fit_gd(self, X, y, sw, total, result):

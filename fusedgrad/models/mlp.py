@@ -37,11 +37,11 @@ import math
 import numbers
 import sys
 import time
-import warnings
 
 import numpy as np
 
 from fusedgrad._validate import all_finite
+from fusedgrad._warn import warn
 from fusedgrad.kernels._optim import adam_step, sgd_step
 from fusedgrad.models import _dask, _persist
 from fusedgrad.models._base import (
@@ -282,11 +282,10 @@ def _check_labels(y, n_samples):
     except (ValueError, TypeError) as exc:
         raise ValueError(f"y cannot be converted to an array of labels: {exc}") from None
     if y.ndim == 2 and y.shape[1] == 1:
-        warnings.warn(
+        warn(
             "A column-vector y was passed when a 1d array was expected. Please change the "
             "shape of y to (n_samples,), for example using ravel().",
             _sk(DataConversionWarning),
-            stacklevel=4,  # the caller of fit or partial_fit
         )
         y = y.reshape(-1)
     if y.ndim != 1:
@@ -1221,11 +1220,10 @@ class MLPClassifier(ClassifierMixin, BaseModel):
         if incremental:
             return True
         if self.n_iter_ == self.max_iter:
-            warnings.warn(
+            warn(
                 f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
                 "and the optimization hasn't converged yet.",
                 _sk(ConvergenceWarning),
-                stacklevel=5,
             )
         return False
 
@@ -1286,7 +1284,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                 if self._epoch_stops(optimizer, progress, early_stopping, incremental):
                     break
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.", stacklevel=4)
+            warn("Training interrupted by user.")
 
         if early_stopping:
             self.coefs_ = self._best_coefs
@@ -1358,13 +1356,12 @@ class MLPClassifier(ClassifierMixin, BaseModel):
             message = result.message
             if isinstance(message, bytes):
                 message = message.decode()
-            warnings.warn(
+            warn(
                 f"lbfgs failed to converge after {result.nit} iteration(s) "
                 f"(status={result.status}): {message}. Increase the number of iterations "
                 f"(max_iter={self.max_iter}) or evaluations (max_fun={self.max_fun}), or "
                 "scale the data.",
                 _sk(ConvergenceWarning),
-                stacklevel=4,  # the caller of fit
             )
 
     def _cuda_full_batch(self, X, codes, dtype, sw=None):
@@ -1554,7 +1551,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                 if self._epoch_stops(optimizer, progress, early_stopping, incremental):
                     break
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.", stacklevel=4)
+            warn("Training interrupted by user.")
         finally:
             # the parameters and the optimizer's state back to the host, once
             params = _unpack(p.copy_to_host(), units)
