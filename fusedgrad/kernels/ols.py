@@ -16,7 +16,15 @@ from fusedgrad.kernels._blas import (
     single_threaded_blas,
 )
 from fusedgrad.kernels._partition import chunk_range, plan, sum_groups
-from fusedgrad.kernels._tiles import KC, pack, packed_gemv, packed_gram, packed_size, panel_shape
+from fusedgrad.kernels._tiles import (
+    KC,
+    PREFETCH_MIN_ROW_BYTES,
+    pack,
+    packed_gemv,
+    packed_gram,
+    packed_size,
+    panel_shape,
+)
 
 __all__ = ["ols_loss_grad", "gram", "centered_gram"]
 
@@ -90,6 +98,8 @@ def _gram(X, y, XtX, Xty, chunk, groups, serial):
     N, d = X.shape
     n_chunks = (N + chunk - 1) // chunk
     tiles = gram_uses_tiles(d, X.itemsize)
+    prefetch = d * X.itemsize >= PREFETCH_MIN_ROW_BYTES
+    flat = X.reshape(N * d)
     pG = np.zeros((groups, d, d), X.dtype)
     pv = np.zeros((groups, d), X.dtype)
     for g in prange(groups):
@@ -103,7 +113,9 @@ def _gram(X, y, XtX, Xty, chunk, groups, serial):
                 for k0 in range(r0, r1, KC):
                     k1 = min(r1, k0 + KC)
                     pack(X[k0:k1], d, P, WIDE)
-                    packed_gram(P, k1 - k0, d, pG[g], WIDE)
+                    # wide rows: the group's next run is read while this one is multiplied
+                    ahead = min(k1 + KC, stop * chunk, N) if prefetch else k1
+                    packed_gram(P, k1 - k0, d, pG[g], WIDE, flat, k1 * d, max(k1, ahead) * d)
                     packed_gemv(P, k1 - k0, d, y[k0:k1], acc, WIDE)
             else:
                 gram_tn(X[r0:r1], pG[g], 1.0)
@@ -269,6 +281,8 @@ def _centered_gram(X, y, sw, weighted, chunk, groups, counts, means, scatters):
     tiles = gram_uses_tiles(d, X.itemsize)
     rows, pw, panels = panel_shape(d, X.itemsize, WIDE)
     one = X.dtype.type(1.0)
+    prefetch = d * X.itemsize >= PREFETCH_MIN_ROW_BYTES
+    flat = X.reshape(N * d)
     for g in prange(groups):
         first, stop = chunk_range(g, groups, n_chunks)
         # The shifted block: [X, y] row by row (BLAS), or X's columns packed
@@ -342,7 +356,10 @@ def _centered_gram(X, y, sw, weighted, chunk, groups, counts, means, scatters):
                         zy[i] = z
                         s[d] += aa * z
                         syy += z * z
-                    packed_gram(P, k, d, Sx, WIDE)
+                    # wide rows: the group's next run is read while this one is multiplied
+                    start = r0 + k0 + k
+                    ahead = min(start + KC, stop * chunk, N) if prefetch else start
+                    packed_gram(P, k, d, Sx, WIDE, flat, start * d, max(start, ahead) * d)
                     packed_gemv(P, k, d, zy[:k], S[:d, d], WIDE)
                 for a in range(d):
                     for b in range(a, d):
