@@ -40,7 +40,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from fusedgrad.kernels._options import INLINE
+from fusedgrad.kernels._options import INLINE, JIT
 
 __all__ = ["gram_packed", "pack", "packed_gram", "packed_gemv", "packed_size", "panel_shape",
            "item_bytes", "KC", "PREFETCH_MIN_ROW_BYTES"]
@@ -274,7 +274,7 @@ def packed_size(m, p, itemsize, wide):
     return panels * pw * m + rows * pw + panels * pw
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def pack(A, p, P, wide):
     """Copy the first ``p`` columns of A (m, >= p) into the panels of ``P``:
     ``P[(q * m + n) * pw + c] = A[n, q * pw + c]``, zeros beyond column p."""
@@ -295,7 +295,7 @@ def pack(A, p, P, wide):
             dst[c] = 0
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def packed_gram(P, m, p, C, wide, ahead, a0, a1):
     """Add the upper triangle of ``A.T @ A`` into C (p, p), A (m, p) packed in P by :func:`pack`.
 
@@ -351,7 +351,7 @@ def packed_gram(P, m, p, C, wide, ahead, a0, a1):
                 done += 1
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def packed_gemv(P, m, p, z, v, wide):
     """Add ``z @ A`` into v (p,), A (m, p) packed in P by :func:`pack`, z (m,) of A's dtype."""
     rows, pw, panels = panel_shape(p, item_bytes(P), wide)
