@@ -140,7 +140,14 @@ def test_gram_tn_upper_triangle(p, dtype):
 
 @njit(**_OPTIONS)
 def _packed(A, C, beta, P, wide):
-    _tiles.gram_packed(A, C, beta, P, wide)
+    # C = A.T @ A + beta * C on the upper triangle, as the Gram kernels use the tiles
+    m, p = A.shape
+    if beta == 0:
+        C[:, :] = 0
+    else:
+        C *= beta
+    _tiles.pack(A, p, P, wide)
+    _tiles.packed_gram(P, m, p, C, wide, P, 0, 0)
 
 
 @njit(**_OPTIONS)

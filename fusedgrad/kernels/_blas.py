@@ -257,8 +257,8 @@ def gram_tn(A, C, beta):
     where a piece has at least :data:`MIN_PIECE_ROWS` rows (up to 176
     columns; twice the multiply-adds of ``syrk``, and faster: one thread,
     float64, 64e6 elements, 8 columns 35 ms against syrk's 71, 16 columns 41
-    against 87); ``syrk`` beyond. The Gram kernels use it below
-    :data:`GRAM_TILES_MIN_ROW_BYTES`.
+    against 87); ``syrk`` beyond. The Gram kernels use it outside the tiles'
+    range (:func:`gram_uses_tiles`).
     """
     m, p = A.shape
     if SMALL_MNK // max(1, p * p) >= MIN_PIECE_ROWS:

@@ -42,7 +42,7 @@ from numba.extending import intrinsic, overload
 
 from fusedgrad.kernels._options import INLINE, JIT
 
-__all__ = ["gram_packed", "pack", "packed_gram", "packed_gemv", "packed_size", "panel_shape",
+__all__ = ["pack", "packed_gram", "packed_gemv", "packed_size", "panel_shape",
            "item_bytes", "KC", "PREFETCH_MIN_ROW_BYTES"]
 
 #: Rows of the block per run of the tile loop: a tile's column panel (KC rows
@@ -268,8 +268,9 @@ def panel_shape(p, itemsize, wide):
 
 @njit(**INLINE)
 def packed_size(m, p, itemsize, wide):
-    """Elements of the scratch buffer of :func:`gram_packed` for ``m`` rows of ``p`` columns:
-    the panels, a scratch tile and a padded column."""
+    """Elements of the scratch buffer ``P`` of :func:`pack`, :func:`packed_gram` and
+    :func:`packed_gemv` for ``m`` rows of ``p`` columns: the panels, a scratch tile
+    and a padded column."""
     rows, pw, panels = panel_shape(p, itemsize, wide)
     return panels * pw * m + rows * pw + panels * pw
 
@@ -297,9 +298,10 @@ def pack(A, p, P, wide):
 
 @njit(**JIT)
 def packed_gram(P, m, p, C, wide, ahead, a0, a1):
-    """Add the upper triangle of ``A.T @ A`` into C (p, p), A (m, p) packed in P by :func:`pack`.
+    """Add the upper triangle of ``A.T @ A`` into ``C[:p, :p]``, A (m, p) packed in P by
+    :func:`pack`; C C-contiguous, (p, p) or wider.
 
-    Parts of C's lower triangle get partial sums. ``ahead[a0:a1]`` (a 1-D
+    Parts of the block's lower triangle get partial sums. ``ahead[a0:a1]`` (a 1-D
     array, any dtype; an empty range for none): data the caller reads next,
     prefetched into L2 a few cache lines after each tile, so that its reading
     overlaps the tiles' arithmetic.
@@ -308,7 +310,8 @@ def packed_gram(P, m, p, C, wide, ahead, a0, a1):
     panel = m * pw
     scratch = P[panels * panel:panels * panel + rows * pw]
     edge = scratch.reshape((rows, pw))
-    flat = C.reshape(p * p)
+    ldc = C.shape[1]
+    flat = C.reshape(C.size)
     per_line = 64 // item_bytes(ahead)
     lines = max(0, a1 - a0 + per_line - 1) // per_line
     tiles = 0
@@ -327,14 +330,14 @@ def packed_gram(P, m, p, C, wide, ahead, a0, a1):
                 half = pw // 2
                 if qj == qi and i0 - j0 >= half and i0 + rows <= p and j0 + pw <= p:
                     if wide:
-                        _half_64(P, a_off, b_off + half, k, pw, flat, i0 * p + j0 + half, p)
+                        _half_64(P, a_off, b_off + half, k, pw, flat, i0 * ldc + j0 + half, ldc)
                     else:
-                        _half_32(P, a_off, b_off + half, k, pw, flat, i0 * p + j0 + half, p)
+                        _half_32(P, a_off, b_off + half, k, pw, flat, i0 * ldc + j0 + half, ldc)
                 elif i0 + rows <= p and j0 + pw <= p:
                     if wide:
-                        _tile_64(P, a_off, b_off, k, pw, flat, i0 * p + j0, p)
+                        _tile_64(P, a_off, b_off, k, pw, flat, i0 * ldc + j0, ldc)
                     else:
-                        _tile_32(P, a_off, b_off, k, pw, flat, i0 * p + j0, p)
+                        _tile_32(P, a_off, b_off, k, pw, flat, i0 * ldc + j0, ldc)
                 else:
                     scratch[:] = 0
                     if wide:
@@ -365,26 +368,3 @@ def packed_gemv(P, m, p, z, v, wide):
             _column_32(P, q * panel, m, z, 0, col, q * pw)
     for j in range(p):
         v[j] += col[j]
-
-
-@njit(**INLINE)
-def gram_packed(A, C, beta, P, wide):
-    """Row-major ``C = A.T @ A + beta * C``, valid on the upper triangle of C.
-
-    A (m, p) C-contiguous, C (p, p) C-contiguous; the lower triangle of C is
-    left with partial sums. ``P``: a 1-D scratch buffer of A's dtype with at
-    least :func:`packed_size` elements. ``wide``: 64-byte vector tiles, else
-    32-byte ones (see the module's docstring). ``beta`` = 0 ignores C's
-    previous contents (NaN included).
-    """
-    m, p = A.shape
-    if beta == 0:
-        C[:, :] = 0
-    elif beta != 1:
-        for i in range(p):
-            for j in range(p):
-                C[i, j] *= beta
-    if m == 0:
-        return
-    pack(A, p, P, wide)
-    packed_gram(P, m, p, C, wide, P, 0, 0)

@@ -115,7 +115,7 @@ def _gram(X, y, XtX, Xty, chunk, groups, serial):
                     pack(X[k0:k1], d, P, WIDE)
                     # wide rows: the group's next run is read while this one is multiplied
                     ahead = min(k1 + KC, stop * chunk, N) if prefetch else k1
-                    packed_gram(P, k1 - k0, d, pG[g], WIDE, flat, k1 * d, max(k1, ahead) * d)
+                    packed_gram(P, k1 - k0, d, pG[g], WIDE, flat, k1 * d, ahead * d)
                     packed_gemv(P, k1 - k0, d, y[k0:k1], acc, WIDE)
             else:
                 gram_tn(X[r0:r1], pG[g], 1.0)
@@ -138,11 +138,11 @@ def _gram(X, y, XtX, Xty, chunk, groups, serial):
 def _gram_chunk_row_bytes(d, itemsize):
     """Bytes per row that the chunk size of the Gram kernels is planned with.
 
-    The tile path keeps a packed copy of its chunk beside it and runs best on
-    chunks of 512-1024 rows (float64, 2 threads, 1e6 x 128: 256 rows 173 ms,
-    512: 157, 1024: 151, 2048: 176; 128e6 elements, 64 columns: 1024 rows
-    103 ms, 2048: 115; 256 columns: 256 rows 273 ms, 512: 247): its rows
-    count as at most 1 KB, which makes chunks of at least 512 rows.
+    The tile path ran best on chunks of 512-1024 rows (measured when a chunk
+    was packed whole; float64, 2 threads, 1e6 x 128: 256 rows 173 ms, 512:
+    157, 1024: 151, 2048: 176; 128e6 elements, 64 columns: 1024 rows 103 ms,
+    2048: 115; 256 columns: 256 rows 273 ms, 512: 247): its rows count as at
+    most 1 KB, which makes chunks of at least 512 rows.
     """
     if gram_uses_tiles(d, itemsize):
         return min(d * itemsize, 1024)
@@ -215,13 +215,14 @@ def gram(X, y, *, check_finite=True):
 
     .. math:: X^T X, \qquad y X
 
-    ``X^T X`` is symmetric: from 32 float64 (64 float32) features on, each
+    ``X^T X`` is symmetric: from 32 to 512 float64 (64 to 1024 float32)
+    features, each
     chunk of rows is packed into panels and only the upper triangle's register
-    tiles are computed (:mod:`fusedgrad.kernels._tiles`, about 9/16 of a full
-    product's multiply-adds), ``y X`` from the same panels, and the triangle
+    tiles are computed (:mod:`fusedgrad.kernels._tiles`, 17/32 of a full
+    product's multiply-adds at 128 features), ``y X`` from the same panels, and the triangle
     is mirrored; for fewer features, a full product cut into pieces small
     enough for OpenBLAS's unpacked small-matrix kernels is faster (about
-    twice as fast as ``syrk`` at 16 features).
+    twice as fast as ``syrk`` at 16 features); for more, BLAS ``syrk``.
 
     The finiteness check of ``X`` and ``y`` costs no second pass over them:
     a NaN or infinity in ``X`` makes the diagonal of ``X^T X`` (a sum of
@@ -291,7 +292,6 @@ def _centered_gram(X, y, sw, weighted, chunk, groups, counts, means, scatters):
         P = np.empty(packed_size(KC, d, X.itemsize, WIDE) if tiles else 0, X.dtype)
         zrow = np.zeros(panels * pw if tiles else 0, X.dtype)
         zy = np.empty(KC if tiles else 0, X.dtype)
-        Sx = np.empty((d if tiles else 0, d if tiles else 0), X.dtype)
         S = np.zeros((p, p), X.dtype)
         shift = np.empty(p, X.dtype)
         root = np.empty(chunk if weighted else 0, X.dtype)
@@ -334,9 +334,7 @@ def _centered_gram(X, y, sw, weighted, chunk, groups, counts, means, scatters):
             if tiles:
                 # Runs of KC rows: each shifted row is formed in a row buffer
                 # (long vector loops) and copied into the run's panels.
-                Sx[:, :] = 0
-                for a in range(d):
-                    S[a, d] = 0
+                S[:, :] = 0
                 syy = 0.0
                 for k0 in range(0, m, KC):
                     k = min(m, k0 + KC) - k0
@@ -359,11 +357,9 @@ def _centered_gram(X, y, sw, weighted, chunk, groups, counts, means, scatters):
                     # wide rows: the group's next run is read while this one is multiplied
                     start = r0 + k0 + k
                     ahead = min(start + KC, stop * chunk, N) if prefetch else start
-                    packed_gram(P, k, d, Sx, WIDE, flat, start * d, max(start, ahead) * d)
+                    # X's block S[:d, :d] (upper triangle) and X^T y in S[:d, d]
+                    packed_gram(P, k, d, S, WIDE, flat, start * d, ahead * d)
                     packed_gemv(P, k, d, zy[:k], S[:d, d], WIDE)
-                for a in range(d):
-                    for b in range(a, d):
-                        S[a, b] = Sx[a, b]
                 S[d, d] = syy
             else:
                 if weighted:
