@@ -20,6 +20,7 @@ from fusedgrad.kernels import gram, mlp_loss_grad, ols_loss_grad
 from fusedgrad.kernels.ols import centered_gram
 from fusedgrad.kernels import _tiles
 from fusedgrad.kernels._blas import (
+    GRAM_GEMM_MIN_ROWS,
     GRAM_TILES_MAX_ROW_BYTES,
     GRAM_TILES_MIN_ROW_BYTES,
     MIN_PIECE_ROWS,
@@ -119,8 +120,8 @@ def test_tn_over_zero_rows_scales_by_beta(dtype):
     np.testing.assert_array_equal(C, 0.0)
 
 
-# Widths on both sides of the switch from the full product to syrk (176 | 177).
-BLAS_GRAM_WIDTHS = [1, 16, 62, 176, 177]
+# Widths on both sides of the switch from the full product to syrk (62 | 63).
+BLAS_GRAM_WIDTHS = [1, 16, 62, 63, 225]
 
 
 @pytest.mark.parametrize("p", BLAS_GRAM_WIDTHS)
@@ -135,7 +136,7 @@ def test_gram_tn_upper_triangle(p, dtype):
             _gram(A, C, beta)
         want = A.astype(np.float64).T @ A.astype(np.float64) + beta * C0
         assert rel_error(np.triu(C), np.triu(want)) < TOL[dtype]
-    assert (SMALL_MNK // (p * p) >= MIN_PIECE_ROWS) == (p <= 176)
+    assert (SMALL_MNK // (p * p) >= GRAM_GEMM_MIN_ROWS) == (p <= 62)
 
 
 @njit(**_OPTIONS)

@@ -226,6 +226,14 @@ def syrk_tn(A, C, beta):
     _syrk(_L, _N, p, m, 1.0, A, p, beta, C, p)
 
 
+#: :func:`gram_tn` computes ``A.T @ A`` as a full product in small-matrix
+#: pieces (twice the multiply-adds of ``syrk``, which fills one triangle) when
+#: a piece has at least this many rows, i.e. up to 62 columns. Measured, one
+#: thread, float64, 64e6 elements: 8 columns 35 ms against syrk's 71 ms, 16
+#: columns 41 against 87, 32 columns 84 against 107, 48 columns 104 against
+#: 121; at 64 columns the two are even (136 vs 139).
+GRAM_GEMM_MIN_ROWS = 256
+
 #: Rows of ``A`` of at least this many bytes make the Gram kernels use the
 #: packed register tiles of :mod:`fusedgrad.kernels._tiles` instead of BLAS
 #: (:func:`gram_uses_tiles`): at least two panels of 64-byte-vector tiles.
@@ -254,14 +262,11 @@ def gram_tn(A, C, beta):
     """Row-major ``C = A.T @ A + beta * C`` by BLAS, valid at least on the upper triangle of C.
 
     A (m, p) and C (p, p) C-contiguous. A full product in small-matrix pieces
-    where a piece has at least :data:`MIN_PIECE_ROWS` rows (up to 176
-    columns; twice the multiply-adds of ``syrk``, and faster: one thread,
-    float64, 64e6 elements, 8 columns 35 ms against syrk's 71, 16 columns 41
-    against 87); ``syrk`` beyond. The Gram kernels use it outside the tiles'
-    range (:func:`gram_uses_tiles`).
+    up to 62 columns (:data:`GRAM_GEMM_MIN_ROWS`), ``syrk`` beyond. The Gram
+    kernels use it outside the tiles' range (:func:`gram_uses_tiles`).
     """
     m, p = A.shape
-    if SMALL_MNK // max(1, p * p) >= MIN_PIECE_ROWS:
+    if SMALL_MNK // max(1, p * p) >= GRAM_GEMM_MIN_ROWS:
         mm_tn(A, A, C, beta)
     else:
         syrk_tn(A, C, beta)

@@ -44,6 +44,7 @@ CACHE = _cache_usable()
 #: as Numba's cache does not tell the two builds apart.
 SERIAL = os.environ.get("FUSEDGRAD_SERIAL", "") == "1"
 
+
 def _wide_vectors():
     """Whether the kernels are compiled for 64-byte vector registers (AVX-512).
 
