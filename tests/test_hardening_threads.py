@@ -139,6 +139,82 @@ def test_blas_threads_restored_after_concurrent_calls():
     assert blas() == before
 
 
+def _kernel_blas():
+    from fusedgrad.kernels._blas import kernel_blas_libraries
+
+    libs = kernel_blas_libraries()
+    counts = [lib.get_num_threads() for lib in libs]
+    if max(counts) < 2:
+        pytest.skip("the kernels' BLAS runs one thread already")
+    return libs, counts
+
+
+def test_blas_limit_acts_from_any_thread():
+    """A worker thread's limit sets the kernels' BLAS to one thread and restores
+    it, also after the main thread set a count through threadpoolctl (which,
+    from version 3.8, ignores OpenBLAS counts set by any thread but the first
+    that set one: the kernels then ran BLAS multi-threaded inside their own
+    threads)."""
+    from fusedgrad.kernels._blas import single_threaded_blas
+
+    libs, before = _kernel_blas()
+    for lib, n in zip(libs, before):
+        lib.set_num_threads(n)  # the main thread sets a count first
+    inside = []
+
+    def worker():
+        with single_threaded_blas():
+            inside.extend(lib.get_num_threads() for lib in libs)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert inside == [1] * len(libs)
+    assert [lib.get_num_threads() for lib in libs] == before
+
+
+def test_blas_limit_shared_by_overlapping_threads():
+    """Two threads' limits overlap: the first entry (main thread) sets it, the
+    last exit (the worker, after the main thread left) restores the counts;
+    in between BLAS stays at one thread."""
+    from fusedgrad.kernels._blas import single_threaded_blas
+
+    libs, before = _kernel_blas()
+    entered, main_left = threading.Event(), threading.Event()
+    seen = {}
+
+    def worker():
+        with single_threaded_blas():
+            entered.set()
+            main_left.wait(10)
+            seen["alone"] = [lib.get_num_threads() for lib in libs]
+
+    thread = threading.Thread(target=worker)
+    with single_threaded_blas():
+        thread.start()
+        assert entered.wait(10)
+    main_left.set()
+    thread.join()
+    assert seen["alone"] == [1] * len(libs)
+    assert [lib.get_num_threads() for lib in libs] == before
+
+
+def test_blas_count_changed_during_limit_is_kept():
+    """A count that someone else set while the limit was held is not overwritten
+    by the limit's exit."""
+    from fusedgrad.kernels._blas import _count_setter, single_threaded_blas
+
+    libs, before = _kernel_blas()
+    try:
+        with single_threaded_blas():
+            for lib, n in zip(libs, before):
+                _count_setter(lib)(n + 1)
+        assert [lib.get_num_threads() for lib in libs] == [n + 1 for n in before]
+    finally:
+        for lib, n in zip(libs, before):
+            _count_setter(lib)(n)
+
+
 # ---------------------------------------------------------------------------
 # In fresh processes: the threading layer, and the thread count under nesting
 # ---------------------------------------------------------------------------

@@ -322,6 +322,43 @@ def kernel_blas_libraries():
     return _kernel_libs
 
 
+def _count_setter(lib):
+    """A function that sets the thread count of ``lib`` (a threadpoolctl
+    controller) for the whole process, from any thread.
+
+    threadpoolctl 3.8 and later ignore ``set_num_threads`` on an OpenBLAS with
+    its own (pthreads) pool from every Python thread but the first one that
+    called it, "the controlling thread", so that threads do not fight over the
+    pool's size. fusedgrad's limit is shared by its callers instead (the first
+    entry sets it, the last exit restores it, on whichever threads), and
+    through the controller a kernel called from a worker thread, after one
+    was called from the main thread, ran with BLAS still multi-threaded
+    inside its own threads: ``tsqr`` 3 to 6 times slower from a worker
+    thread, 10 to 20 times from two at once (benchmarks/NOTES.md). For that
+    OpenBLAS this calls the library's own setter; other libraries and an
+    OpenBLAS on OpenMP (per-thread counts) keep the controller's.
+    """
+    import itertools
+
+    if getattr(lib, "internal_api", None) == "openblas" and \
+            getattr(lib, "threading_layer", None) != "openmp":
+        for prefix, suffix in itertools.product(("", "scipy_"), ("", "64_", "_64")):
+            name = f"{prefix}openblas_set_num_threads{suffix}"
+            if hasattr(lib.dynlib, name):
+                return ctypes.CFUNCTYPE(None, ctypes.c_int)((name, lib.dynlib))
+    return lib.set_num_threads
+
+
+_setters = {}
+
+
+def _set_count(lib, n):
+    setter = _setters.get(id(lib))
+    if setter is None:
+        setter = _setters[id(lib)] = _count_setter(lib)
+    setter(n)
+
+
 _depth_lock = threading.Lock()
 _depth = 0
 _limiter = None
@@ -335,9 +372,11 @@ def single_threaded_blas():
     inside them would oversubscribe the cores (or serialise the calls).
 
     Entries nest, also across Python threads: the outermost entry sets the
-    limit and the last exit restores the original thread counts; an inner
-    entry costs a lock and a counter only. A training loop enters once around
-    all its kernel calls, so the kernels' own entries are free.
+    limit and the last exit restores the original thread counts (on any
+    thread: see :func:`_count_setter`); an inner entry costs a lock and a
+    counter only. A training loop enters once around all its kernel calls, so
+    the kernels' own entries are free. A count that someone else changed
+    while the limit was held (it is no longer 1) is left as they set it.
     """
     global _depth, _limiter
     with _depth_lock:
@@ -352,7 +391,8 @@ def single_threaded_blas():
             if _depth == 0:
                 saved, _limiter = _limiter, None
                 for lib, n in saved:
-                    lib.set_num_threads(n)
+                    if lib.get_num_threads() == 1:
+                        _set_count(lib, n)
 
 
 def _limit_to_one():
@@ -365,7 +405,7 @@ def _limit_to_one():
     for lib in kernel_blas_libraries():
         n = lib.get_num_threads()
         if n is not None:
-            lib.set_num_threads(1)
+            _set_count(lib, 1)
             saved.append((lib, n))
     return saved
 
