@@ -223,3 +223,53 @@ def test_nullable_columns(kind):
     holed["note"] = "x"
     with pytest.raises(TypeError, match=r"\bX\b holds objects that are not numbers"):
         _fit(_model(kind), holed, y)
+
+
+# ---------------------------------------------------------------------------
+# polars: frames convert through NumPy, names come from ``columns`` (a list)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_polars_frame_fits_as_the_array_does(kind):
+    pl = pytest.importorskip("polars")
+    X, target = _data(7)
+    y = _y(kind, target)
+    frame = pl.DataFrame({name: X[:, j] for j, name in enumerate(NAMES)})
+    model = _fit(_model(kind), frame, pl.Series("y", y))
+    plain = _fit(_model(kind), X, y)
+    assert_array_equal(model.feature_names_in_, NAMES)
+    for a, b in zip(_parameters(model), _parameters(plain)):
+        assert_array_equal(a, b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for method in _methods(model):
+            assert_array_equal(method(frame), getattr(plain, method.__name__)(X))
+    reordered = frame.select(list(NAMES[::-1]))
+    with pytest.raises(ValueError, match="Feature names must be in the same order"):
+        model.predict(reordered)
+    # float32 columns keep float32
+    narrow = _fit(_model(kind), frame.cast(pl.Float32), y)
+    assert all(p.dtype == np.float32 for p in _parameters(narrow))
+    # a null is named as NaN is; a text column is refused by name
+    holed = frame.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(None)
+                               .otherwise(pl.col("age")).alias("age"))
+    with pytest.raises(ValueError, match=r"\bX\b contains NaN"):
+        _fit(_model(kind), holed, y)
+    with pytest.raises(TypeError, match=r"\bX\b"):
+        _fit(_model(kind), frame.with_columns(pl.lit("x").alias("age")), y)
+    # a lazy query must be collected first
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and asking it for its columns is not attempted
+        with pytest.raises(TypeError, match=r"X is a lazy query \(LazyFrame\)"):
+            _fit(_model(kind), frame.lazy(), y)
+
+
+def test_polars_string_labels():
+    pl = pytest.importorskip("polars")
+    X, target = _data(8)
+    labels = np.array(["low", "mid", "high"])[_y("mlp", target)]
+    model = _fit(_model("mlp"), X, pl.Series("label", labels))
+    plain = _fit(_model("mlp"), X, labels)
+    assert_array_equal(model.classes_, plain.classes_)
+    assert_array_equal(model.predict(X), plain.predict(X))

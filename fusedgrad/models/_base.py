@@ -143,7 +143,7 @@ def feature_names(X):
         For string names mixed with others: whether to check them is then
         ambiguous.
     """
-    if isinstance(X, np.ndarray):
+    if isinstance(X, np.ndarray) or _is_lazy_frame(X):
         return None
     columns = getattr(X, "columns", None)
     # a list (polars) or an index (pandas); not, e.g., a lazy dask.delayed attribute
@@ -161,6 +161,14 @@ def feature_names(X):
             "when all are strings: convert them, e.g. X.columns = X.columns.astype(str)"
         )
     return None
+
+
+def _is_lazy_frame(value):
+    """Whether ``value`` is a query that must be collected into a frame first
+    (a polars ``LazyFrame``): it has ``collect`` but no array conversion. Dask
+    collections, which convert, are fitted by :mod:`fusedgrad.models._dask`."""
+    return hasattr(value, "collect") and not hasattr(value, "__array__") \
+        and not hasattr(value, "__dask_graph__")
 
 
 def check_array(name, value, *, dtype=None, ndim=2, ensure_finite=True, n_samples=None,
@@ -198,6 +206,9 @@ def check_array(name, value, *, dtype=None, ndim=2, ensure_finite=True, n_sample
         raise TypeError(f"{name} is a sparse matrix; fusedgrad needs a dense array")
     if value is None or isinstance(value, (str, bytes, dict, set)):
         raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__}")
+    if _is_lazy_frame(value):
+        raise TypeError(f"{name} is a lazy query ({type(value).__name__}); collect it into a "
+                        "DataFrame first (e.g. X.collect())")
     _refuse_masked(name, value)
     try:
         a = np.asarray(value)
