@@ -35,6 +35,7 @@ registers) with 4-row tiles (8 accumulators). Both compile everywhere; the
 caller picks one with ``wide``.
 """
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -42,7 +43,7 @@ from numba.extending import intrinsic, overload
 
 from fusedgrad.kernels._options import INLINE, JIT
 
-__all__ = ["pack", "packed_gram", "packed_gemv", "packed_size", "panel_shape",
+__all__ = ["pack", "pack_shifted", "packed_gram", "packed_gemv", "packed_size", "panel_shape",
            "item_bytes", "KC", "PREFETCH_MIN_ROW_BYTES"]
 
 #: Rows of the block per run of the tile loop: a tile's column panel (KC rows
@@ -208,6 +209,53 @@ def _make_column(vector_bytes):
     return column
 
 
+def _make_shift_row(vector_bytes):
+    """An intrinsic packing whole panels of one shifted, scaled row and adding it to its sums."""
+
+    @intrinsic
+    def shift_row(typingctx, P, p_off, p_stride, X, x_off, shift, a, s, panels):
+        # for j < panels * pw (pw = 2 * lanes), q = j // pw, c = j % pw:
+        #   z = (X[x_off + j] - shift[j]) * a
+        #   P[p_off + q * p_stride + c] = z;  s[j] += float64(z) * float64(a)
+        # the operations of the scalar loop, in vectors (s is float64).
+        sig = types.void(P, p_off, p_stride, X, x_off, shift, a, s, panels)
+
+        def codegen(context, builder, signature, args):
+            e = _Emitter(context, builder, P.dtype, vector_bytes)
+            e64 = _Emitter(context, builder, types.float64, 8 * e.lanes)
+            p_data, x_data, shift_data, s_data = [
+                e.data(signature.args[i], args[i]) for i in (0, 3, 5, 7)]
+            p_off_, p_stride_, x_off_, panels_ = [
+                e.int64(args[i], signature.args[i]) for i in (1, 2, 4, 8)]
+            a_ = context.cast(builder, args[6], signature.args[6], P.dtype)
+            undef = ir.Constant(e.vty, ir.Undefined)
+            av = builder.shuffle_vector(
+                builder.insert_element(undef, a_, ir.Constant(e.i32, 0)), undef,
+                ir.Constant(ir.VectorType(e.i32, e.lanes), [0] * e.lanes))
+            aa = builder.fpext(av, e64.vty) if e.size < 8 else av
+            pw = 2 * e.lanes
+
+            def step(q, acc):
+                j = builder.mul(q, e.const(pw))
+                dst = e.at(p_data, builder.add(p_off_, builder.mul(q, p_stride_)))
+                for h in range(2):
+                    jh = builder.add(j, e.const(h * e.lanes))
+                    x = e.load_vector(e.at(x_data, builder.add(x_off_, jh)))
+                    z = builder.fmul(builder.fsub(x, e.load_vector(e.at(shift_data, jh))), av)
+                    builder.store(z, builder.bitcast(e.at(dst, h * e.lanes), e.vty.as_pointer()),
+                                  align=e.size)
+                    z64 = builder.fpext(z, e64.vty) if e.size < 8 else z
+                    e64.add_into(e.at(s_data, jh), builder.fmul(z64, aa))
+                return []
+
+            e.loop(panels_, 0, step)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return shift_row
+
+
 @intrinsic
 def _prefetch(typingctx, a, offset):
     """Prefetch the cache line of ``a[offset]`` into L2 (``llvm.prefetch``:
@@ -239,6 +287,8 @@ _half_64 = _make_tile(8, 64, 1)
 _half_32 = _make_tile(4, 32, 1)
 _column_64 = _make_column(64)
 _column_32 = _make_column(32)
+_shift_row_64 = _make_shift_row(64)
+_shift_row_32 = _make_shift_row(32)
 
 
 def item_bytes(a):
@@ -294,6 +344,41 @@ def pack(A, p, P, wide):
             dst[c] = src[c0 + c]
         for c in range(p - c0, pw):
             dst[c] = 0
+
+
+@njit(**JIT)
+def pack_shifted(X, r0, m, shift, roots, weighted, P, s, wide):
+    """Pack rows ``r0 : r0 + m`` of X, shifted and scaled, into the panels of
+    ``P`` as :func:`pack` does: ``Z[n] = (X[r0 + n] - shift[:p]) * a_n``, ``a_n
+    = roots[n]`` with ``weighted``, else 1 (p = X.shape[1]); and add
+    ``float64(a_n) * Z[n]`` (float64) into ``s[:p]``.
+
+    Whole panels are formed in vector registers (no copy in between, and no
+    run-time alias checks per row, which the loop in Numba needed); the last,
+    partial panel by a scalar loop with the same operations.
+    """
+    p = X.shape[1]
+    rows, pw, panels = panel_shape(p, item_bytes(P), wide)
+    full = p // pw
+    c0 = full * pw
+    flat = X.reshape(X.size)
+    packed = P[:panels * m * pw].reshape((panels, m, pw))
+    one = X.dtype.type(1.0)
+    for n in range(m):
+        a = roots[n] if weighted else one
+        if wide:
+            _shift_row_64(P, n * pw, m * pw, flat, (r0 + n) * p, shift, a, s, full)
+        else:
+            _shift_row_32(P, n * pw, m * pw, flat, (r0 + n) * p, shift, a, s, full)
+        if c0 < p:
+            aa = np.float64(a)
+            dst = packed[full, n]
+            for c in range(p - c0):
+                z = (X[r0 + n, c0 + c] - shift[c0 + c]) * a
+                dst[c] = z
+                s[c0 + c] += aa * z
+            for c in range(p - c0, pw):
+                dst[c] = 0
 
 
 @njit(**JIT)

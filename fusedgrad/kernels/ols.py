@@ -20,6 +20,7 @@ from fusedgrad.kernels._tiles import (
     KC,
     PREFETCH_MIN_ROW_BYTES,
     pack,
+    pack_shifted,
     packed_gemv,
     packed_gram,
     packed_size,
@@ -280,7 +281,6 @@ def _centered_gram(X, y, sw, weighted, chunk, groups, counts, means, scatters):
     p = d + 1
     n_chunks = (N + chunk - 1) // chunk
     tiles = gram_uses_tiles(d, X.itemsize)
-    rows, pw, panels = panel_shape(d, X.itemsize, WIDE)
     one = X.dtype.type(1.0)
     prefetch = d * X.itemsize >= PREFETCH_MIN_ROW_BYTES
     flat = X.reshape(N * d)
@@ -290,7 +290,6 @@ def _centered_gram(X, y, sw, weighted, chunk, groups, counts, means, scatters):
         # into panels and y's apart (tiles).
         Z = np.empty((0 if tiles else chunk, p), X.dtype)
         P = np.empty(packed_size(KC, d, X.itemsize, WIDE) if tiles else 0, X.dtype)
-        zrow = np.zeros(panels * pw if tiles else 0, X.dtype)
         zy = np.empty(KC if tiles else 0, X.dtype)
         S = np.zeros((p, p), X.dtype)
         shift = np.empty(p, X.dtype)
@@ -332,24 +331,16 @@ def _centered_gram(X, y, sw, weighted, chunk, groups, counts, means, scatters):
             # Shifted (and weighted) block and its exact weighted column sums (float64).
             s[:] = 0.0
             if tiles:
-                # Runs of KC rows: each shifted row is formed in a row buffer
-                # (long vector loops) and copied into the run's panels.
+                # Runs of KC rows, shifted and scaled straight into the run's
+                # panels (whole panels in vector registers).
                 S[:, :] = 0
                 syy = 0.0
                 for k0 in range(0, m, KC):
                     k = min(m, k0 + KC) - k0
-                    packed = P[:panels * k * pw].reshape((panels, k, pw))
+                    pack_shifted(X, r0 + k0, k, shift, root[k0:k0 + k], weighted, P, s, WIDE)
                     for i in range(k):
                         a = root[k0 + i] if weighted else one
                         aa = np.float64(a)
-                        for j in range(d):
-                            z = (X[r0 + k0 + i, j] - shift[j]) * a
-                            zrow[j] = z
-                            s[j] += aa * z
-                        for q in range(panels):
-                            dst = packed[q, i]
-                            for c in range(pw):
-                                dst[c] = zrow[q * pw + c]
                         z = (y[r0 + k0 + i] - shift[d]) * a
                         zy[i] = z
                         s[d] += aa * z
