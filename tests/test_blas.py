@@ -202,6 +202,49 @@ def test_packed_gram_tiles(p, dtype, wide):
         assert rel_error(v, expect) < TOL[dtype], m
 
 
+@njit(**_OPTIONS)
+def _pack_shifted(X, r0, m, shift, roots, weighted, P, s, wide):
+    _tiles.pack_shifted(X, r0, m, shift, roots, weighted, P, s, wide)
+
+
+def _unpack(P, m, p, pw):
+    """The (m, p) block that P's panels hold, and the padding beyond column p."""
+    panels = -(-p // pw)
+    block = P[:panels * m * pw].reshape(panels, m, pw).transpose(1, 0, 2).reshape(m, panels * pw)
+    return block[:, :p], block[:, p:]
+
+
+@pytest.mark.parametrize("wide", [True, False], ids=["64-byte", "32-byte"])
+@pytest.mark.parametrize("p", TILE_WIDTHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pack_shifted(p, dtype, wide):
+    # Rows r0 : r0 + m of X, shifted and scaled, in the panels, padded with
+    # zeros (exactly NumPy's values: the same operations); their float64 sums
+    # weighted by the scales added to s (to rounding: the compiled code may
+    # fuse the multiply-add).
+    rng = np.random.default_rng(p + 1)
+    pw = (128 if wide else 64) // np.dtype(dtype).itemsize
+    X = (_rand(rng, (300, p), dtype) * 4 + 3).astype(dtype)
+    shift = _rand(rng, p, dtype)
+    for m, r0 in ((0, 0), (1, 299), (37, 5), (_tiles.KC, 100)):
+        for weighted in (False, True):
+            roots = np.sqrt(rng.random(m)).astype(dtype) if weighted else np.empty(0, dtype)
+            a = roots if weighted else np.ones(m, dtype)
+            P = _scratch(m, p, dtype, wide, rng)
+            s0 = rng.standard_normal(p + 1)
+            s = s0.copy()
+            _pack_shifted(X, r0, m, shift, roots, weighted, P, s, wide)
+            Z = (X[r0:r0 + m] - shift) * a[:, None]
+            assert Z.dtype == dtype
+            block, pad = _unpack(P, m, p, pw)
+            np.testing.assert_array_equal(block, Z)
+            np.testing.assert_array_equal(pad, 0)
+            want = s0.copy()
+            for n in range(m):  # row by row, in order, as the kernel adds
+                want[:p] += np.float64(a[n]) * Z[n].astype(np.float64)
+            np.testing.assert_allclose(s, want, rtol=0, atol=1e-14 * max(1, m) * np.abs(want).max())
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_packed_gram_views(dtype):
     # A row block of a larger array (the kernels pass X[r0:r1]) and a
