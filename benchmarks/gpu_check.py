@@ -937,6 +937,9 @@ def run_ptx_check(cc=(9, 0), ptx_dir=None):
         for epi in (_gemm.EPI_BIAS, _gemm.EPI_BIAS_SIGMOID, _gemm.EPI_DSIGMOID,
                     _gemm.EPI_BIAS_TANH, _gemm.EPI_BIAS_RELU, _gemm.EPI_DTANH, _gemm.EPI_DRELU):
             _gemm.epilogue(C, epi, np.zeros(3, dtype).view(Dev), C)
+        # the check and sum of sample weights given on the device
+        rt._weight_kernel(opt.CUDA_TPB)[1, opt.CUDA_TPB](np.ones(5, dtype).view(Dev),
+                                                        cuda.device_array((1, 4)))
     rt.POISON = False
     # rows= (the gather of X alone), both dtypes, lecture and layered paths
     import fusedgrad.kernels.cuda as kc

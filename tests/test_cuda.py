@@ -663,9 +663,35 @@ def test_weights_are_checked():
     for w, error, match in ((np.ones(13, np.float32), TypeError, "sample_weight has dtype"),
                             (np.ones(12), ValueError, r"sample_weight must have shape \(13,\)"),
                             (-np.ones(13), ValueError, "sample_weight must be non-negative"),
+                            (np.r_[np.ones(12), np.nan], ValueError, "sample_weight contains NaN"),
+                            (np.r_[np.ones(12), np.inf], ValueError, "sample_weight contains NaN"),
                             (np.zeros(13), ValueError, "positive sum")):
         with pytest.raises(error, match=match):
             kc.mlp_loss_grad(*args, sample_weight=w)
         with pytest.raises(error, match=match):
             kc.softmax_cross_entropy(rt.cuda.to_device(np.ones((13, 3))), args[1],
                                      sample_weight=rt.cuda.to_device(w))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_device_weights_stay_on_the_device(monkeypatch, dtype):
+    """Device weights are checked and summed by a kernel, not copied: the
+    kernel gets the caller's array itself; the sum is the float64 sum, and
+    a weight of -2.5 among them is named."""
+    monkeypatch.setattr(opt, "CUDA_TPB", 32)  # several blocks of the reduction
+    rng = np.random.default_rng(3)
+    w = rng.random(1000).astype(dtype)
+    wd = rt.cuda.to_device(w)
+    got, total = rt.weights(wd, dtype, 1000)
+    assert got is wd
+    np.testing.assert_allclose(total, np.sum(w, dtype=np.float64), rtol=1e-13)
+    w[[10, 700]] = [-1.0, -2.5]
+    with pytest.raises(ValueError, match=r"non-negative: it holds -2\.5"):
+        rt.weights(rt.cuda.to_device(w), dtype, 1000)
+    # without check_finite: not checked, still summed
+    _, total = rt.weights(rt.cuda.to_device(w), dtype, 1000, check_finite=False)
+    np.testing.assert_allclose(total, np.sum(w, dtype=np.float64), rtol=1e-12)
+    # a strided view is made contiguous on the device
+    wide = rt.cuda.to_device(np.repeat(np.abs(w), 2))
+    got, total = rt.weights(wide[::2], dtype, 1000)
+    np.testing.assert_array_equal(got.copy_to_host(), np.abs(w))

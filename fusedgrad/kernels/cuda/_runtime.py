@@ -652,15 +652,92 @@ def split_columns(C, left, last):
     _split_kernel()[grid_size(-(-C.size // tpb)), tpb](C, left, last)
 
 
+@functools.lru_cache(maxsize=None)
+def _weight_kernel(tpb):
+    @jit()
+    def weight_stats(w, out):
+        # out[b] = (float64 sum, NaN/inf count, negative count, smallest value)
+        # of the weights block b visits: each thread in its grid-stride order,
+        # then a fixed tree over the block; the caller adds the blocks in order.
+        buf = cuda.shared.array((4, tpb), types.float64)
+        tid = cuda.threadIdx.x
+        total = 0.0
+        bad = 0.0
+        negative = 0.0
+        low = 0.0
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < w.shape[0]:
+            v = np.float64(w[i])
+            total += v
+            if not math.isfinite(v):
+                bad += 1.0
+            elif v < 0:
+                negative += 1.0
+                low = min(low, v)
+            i += step
+        buf[0, tid] = total
+        buf[1, tid] = bad
+        buf[2, tid] = negative
+        buf[3, tid] = low
+        cuda.syncthreads()
+        s = tpb // 2
+        while s > 0:
+            if tid < s:
+                buf[0, tid] += buf[0, tid + s]
+                buf[1, tid] += buf[1, tid + s]
+                buf[2, tid] += buf[2, tid + s]
+                buf[3, tid] = min(buf[3, tid], buf[3, tid + s])
+            cuda.syncthreads()
+            s //= 2
+        if tid == 0:
+            b = cuda.blockIdx.x
+            for k in range(4):
+                out[b, k] = buf[k, 0]
+
+    return weight_stats
+
+
 def weights(value, dtype, n_rows, check_finite=True):
     """Sample weights for a kernel: ``(device array of dtype, float64 sum)``, or
-    ``(None, None)`` when ``value`` is None. Host or device input; the checks
-    of :func:`fusedgrad._validate.row_weights` (shape, dtype, finite, none
-    negative, a positive sum) run on a host copy."""
+    ``(None, None)`` when ``value`` is None.
+
+    The checks of :func:`fusedgrad._validate.row_weights` (dtype, shape and,
+    with ``check_finite``, finite, none negative, a positive sum). Host
+    weights are checked on the host and copied in; device weights stay on
+    the device: a reduction kernel gives their sum and counts, which come
+    back in one copy of a few numbers per block.
+    """
     if value is None:
         return None, None
-    from fusedgrad import _validate
-
-    host = to_host(_as_device(value)) if _is_device(value) else value
-    w, total = _validate.row_weights(host, np.dtype(dtype), n_rows, check_finite)
-    return cuda.to_device(w), total
+    dtype = np.dtype(dtype)
+    if not _is_device(value):
+        w, total = _validate.row_weights(value, dtype, n_rows, check_finite)
+        return cuda.to_device(w), total
+    w = _as_device(value)
+    w_dtype = np.dtype(w.dtype)
+    if w_dtype.kind != "f" or w_dtype.itemsize not in (4, 8) or not w_dtype.isnative:
+        raise TypeError(f"sample_weight must be a float32 or float64 array, got dtype {w_dtype}")
+    if w_dtype != dtype:
+        raise TypeError(f"sample_weight has dtype {w_dtype} but X has dtype {dtype}: all "
+                        "float inputs must have the same dtype (cast them first)")
+    if len(w.shape) != 1 or w.shape[0] != n_rows:
+        raise ValueError(f"sample_weight must have shape ({n_rows},) (one weight per row of "
+                         f"X), got shape {tuple(w.shape)}")
+    w = _contiguous(w)
+    tpb = opt.CUDA_TPB
+    blocks = grid_size(-(-max(n_rows, 1) // tpb))
+    out = cuda.device_array((blocks, 4), np.float64)
+    _weight_kernel(tpb)[blocks, tpb](w, out)
+    stats = out.copy_to_host()
+    total = 0.0
+    for b in range(blocks):  # in block order: the same sum on every call
+        total += float(stats[b, 0])
+    if check_finite:
+        if stats[:, 1].any():
+            raise ValueError("sample_weight contains NaN or infinity")
+        if stats[:, 2].any():
+            raise ValueError(f"sample_weight must be non-negative: it holds "
+                             f"{float(stats[:, 3].min())!r}")
+        _validate.require_positive_sum("sample_weight", total)
+    return w, total
