@@ -695,3 +695,55 @@ def test_device_weights_stay_on_the_device(monkeypatch, dtype):
     wide = rt.cuda.to_device(np.repeat(np.abs(w), 2))
     got, total = rt.weights(wide[::2], dtype, 1000)
     np.testing.assert_array_equal(got.copy_to_host(), np.abs(w))
+
+
+def _no_scratch_allocated(monkeypatch, step):
+    """Run ``step`` twice; the shapes of the device arrays it allocated, other
+    than one-number sums."""
+    made = []
+    real = rt.cuda.device_array
+    monkeypatch.setattr(rt.cuda, "device_array", lambda *a, **k: made.append(a) or real(*a, **k))
+    try:
+        step()
+        step()
+    finally:
+        monkeypatch.setattr(rt.cuda, "device_array", real)
+    return [a for a in made if np.prod(a[0]) > 1]
+
+
+@pytest.mark.parametrize("path", ["fused", "layered", "network rows"])
+def test_steps_with_a_workspace_allocate_nothing(monkeypatch, path):
+    """A training loop's steps (``loss_grad_device`` with one ``work`` dict) give
+    the results of steps without it and, after the first, allocate no scratch
+    on the device (the blocks' partial sums, a chunk's activations; with
+    ``rows``, the gathered rows)."""
+    from fusedgrad.kernels.cuda import mlp as km
+    from fusedgrad.kernels.cuda import network as kn
+
+    X, y, Ws, bs = _network([5, 6, 3], np.float64, 21)
+    rows = np.array([3, 0, 12, 7, 7, 1, 9, 2])
+    # layered: chunks of 5 rows (13 rows: three chunks)
+    monkeypatch.setattr(opt, "CUDA_CHUNK_BYTES", 5 * (6 + 3) * 8 if path == "layered" else 1 << 20)
+    Xd, rd = rt.cuda.to_device(X), rt.cuda.to_device(rows)
+    yd = rt.cuda.to_device(y[rows] if path == "network rows" else y)
+    Wd = [rt.cuda.to_device(W) for W in Ws]
+    bd = [rt.cuda.to_device(b) for b in bs]
+    size = kn.flat_size([5, 6, 3])
+
+    def step(flat, loss, work):
+        if path == "network rows":
+            kn.loss_grad_device(Xd, yd, Wd, bd, "logistic", flat, loss, rows=rd, work=work)
+        else:
+            km.loss_grad_device(Xd, yd, Wd[0], bd[0], Wd[1], bd[1], flat, loss, _path=path,
+                                work=work)
+
+    want_flat, want_loss = rt.cuda.device_array(size), rt.cuda.device_array(1)
+    step(want_flat, want_loss, None)
+    work = {}
+    flat, loss = rt.cuda.device_array(size), rt.cuda.device_array(1)
+    step(flat, loss, work)
+    assert work
+    assert not _no_scratch_allocated(monkeypatch, lambda: step(flat, loss, work))
+    assert _no_scratch_allocated(monkeypatch, lambda: step(flat, loss, None))  # it would
+    np.testing.assert_array_equal(flat.copy_to_host(), want_flat.copy_to_host())
+    np.testing.assert_array_equal(loss.copy_to_host(), want_loss.copy_to_host())

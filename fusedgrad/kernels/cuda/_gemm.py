@@ -266,7 +266,7 @@ def splits_for(n_tiles, inner, block_k):
 
 
 def matmul(A, B, C, *, ta=False, tb=False, epi=EPI_NONE, bias=None, aux=None, bvec=None,
-           accumulate=False, use_library=True):
+           accumulate=False, use_library=True, work=None):
     """``C (+)= op(A) @ op(B)``, then the epilogue ``epi``; all device arrays.
 
     Parameters
@@ -315,7 +315,7 @@ def matmul(A, B, C, *, ta=False, tb=False, epi=EPI_NONE, bias=None, aux=None, bv
                              BM, BN, BK, TM, TN)
     grid = (rt.grid_size(n_tiles), splits)
     if partial:
-        P = cuda.device_array((splits, M, Nc), dtype)
+        P = rt.buffer(work, "gemm.partials", (splits, M, Nc), dtype)
         kernel[grid, T](A, B, bvec_arg, P, bias, aux, M, Nc, Kd, k_chunk, False)
         rt.sum_partials(P.reshape(splits, M * Nc), C.reshape(M * Nc), 1.0, accumulate)
     else:

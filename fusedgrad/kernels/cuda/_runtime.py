@@ -277,6 +277,20 @@ def zeros(shape, dtype):
     return a
 
 
+def buffer(work, name, shape, dtype):
+    """A device array of ``shape``: a view of one kept in ``work`` under ``name``
+    (a dict that a training loop passes to every call, so that its steps
+    allocate nothing; grown when too small), or a new one when ``work`` is None."""
+    size = int(np.prod(shape, dtype=np.int64))
+    dtype = np.dtype(dtype)
+    if work is None:
+        return cuda.device_array(shape, dtype)
+    a = work.get(name)
+    if a is None or a.shape[0] < size or np.dtype(a.dtype) != dtype:
+        a = work[name] = cuda.device_array(max(size, 1), dtype)
+    return a[:size].reshape(shape)
+
+
 def to_host(a):
     """A device array copied to a new NumPy array."""
     return a.copy_to_host()

@@ -64,7 +64,8 @@ def _column_kernel(dtype, n_cols, tpb, deriv):
     return kernel, CW
 
 
-def column_sums(A, out, *, dA=None, dZ=None, deriv=_gemm.EPI_DSIGMOID, accumulate=False):
+def column_sums(A, out, *, dA=None, dZ=None, deriv=_gemm.EPI_DSIGMOID, accumulate=False,
+                work=None):
     """``out (+)= A.sum(axis=0)``, or with ``dA``: ``dZ = dA * f'`` (``f'`` from
     the activation ``A`` by the epilogue ``deriv``, by default the sigmoid's
     ``A (1 - A)``) and ``out (+)= dZ.sum(axis=0)`` in the same pass. Device
@@ -78,7 +79,7 @@ def column_sums(A, out, *, dA=None, dZ=None, deriv=_gemm.EPI_DSIGMOID, accumulat
     ranges = max(1, min(rt.grid_size(1 << 30) // col_tiles, -(-N // (tpb // CW))))
     rows_per_range = -(-N // ranges)
     ranges = -(-N // rows_per_range)
-    part = cuda.device_array((ranges, n_cols), dtype)
+    part = rt.buffer(work, "column_sums.partials", (ranges, n_cols), dtype)
     if not with_dz:
         dA = dZ = A
     kernel[(col_tiles, ranges), tpb](dA, A, dZ, part, rows_per_range)

@@ -314,7 +314,7 @@ def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, 
     return kernel
 
 
-def _fused(Xd, yd, W1, b1, W2, b2, flat, loss, plan, sw=None, total=None):
+def _fused(Xd, yd, W1, b1, W2, b2, flat, loss, plan, sw=None, total=None, work=None):
     N, D = Xd.shape
     H, K = W2.shape
     dtype = np.dtype(Xd.dtype)
@@ -323,8 +323,8 @@ def _fused(Xd, yd, W1, b1, W2, b2, flat, loss, plan, sw=None, total=None):
                            plan["MJ"], plan["MR"], plan["R"], plan["w1_shared"], rt.use_shuffle(),
                            opt.CUDA_FUSED_MIN_BLOCKS, weighted)
     blocks = rt.grid_size(-(-N // plan["R"]), opt.CUDA_FUSED_BLOCKS_PER_SM)
-    part = cuda.device_array((blocks, flat.shape[0]), dtype)
-    loss_part = cuda.device_array(blocks, np.float64)
+    part = rt.buffer(work, "mlp.part", (blocks, flat.shape[0]), dtype)
+    loss_part = rt.buffer(work, "mlp.loss_part", (blocks,), np.float64)
     n = total if weighted else N
     inv_n = dtype.type(1.0) / dtype.type(n)
     kernel[blocks, plan["T"]](Xd, yd, sw if weighted else yd, W1, b1, W2, b2, inv_n, part,
@@ -339,32 +339,33 @@ def _fused(Xd, yd, W1, b1, W2, b2, flat, loss, plan, sw=None, total=None):
 
 
 def _layered(Xd, yd, W1, b1, W2, b2, dW1, db1, dW2, db2, loss, chunk_rows, sw=None,
-             total=None):
+             total=None, work=None):
     N, D = Xd.shape
     n = N if sw is None else total
     H, K = W2.shape
     dtype = np.dtype(Xd.dtype)
     chunk = max(1, min(N, chunk_rows))
-    A_buf = cuda.device_array((chunk, H), dtype)
-    Z_buf = cuda.device_array((chunk, K), dtype)
+    A_buf = rt.buffer(work, "mlp.A", (chunk, H), dtype)
+    Z_buf = rt.buffer(work, "mlp.Z", (chunk, K), dtype)
     for c, r0 in enumerate(range(0, N, chunk)):
         r1 = min(N, r0 + chunk)
         m = r1 - r0
         acc = c > 0
         Xc, yc, A, Z = Xd[r0:r1], yd[r0:r1], A_buf[:m], Z_buf[:m]
-        _gemm.matmul(Xc, W1, A, epi=_gemm.EPI_BIAS_SIGMOID, bias=b1)
-        _gemm.matmul(A, W2, Z, epi=_gemm.EPI_BIAS, bias=b2)
+        _gemm.matmul(Xc, W1, A, epi=_gemm.EPI_BIAS_SIGMOID, bias=b1, work=work)
+        _gemm.matmul(A, W2, Z, epi=_gemm.EPI_BIAS, bias=b2, work=work)
         loss_part, col_part = softmax_ce_device(Z, yc, Z, colsum=True, n_total=n,
-                                                sw=None if sw is None else sw[r0:r1])
+                                                sw=None if sw is None else sw[r0:r1], work=work)
         rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 1.0 / n, acc)
         if col_part is not None:
             rt.sum_partials(col_part, db2, 1.0, acc)
         else:
-            column_sums(Z, db2, accumulate=acc)
-        _gemm.matmul(A, Z, dW2, ta=True, accumulate=acc)
-        _gemm.matmul(Z, W2, A, tb=True, epi=_gemm.EPI_DSIGMOID, aux=A, use_library=False)
-        column_sums(A, db1, accumulate=acc)
-        _gemm.matmul(Xc, A, dW1, ta=True, accumulate=acc)
+            column_sums(Z, db2, accumulate=acc, work=work)
+        _gemm.matmul(A, Z, dW2, ta=True, accumulate=acc, work=work)
+        _gemm.matmul(Z, W2, A, tb=True, epi=_gemm.EPI_DSIGMOID, aux=A, use_library=False,
+                     work=work)
+        column_sums(A, db1, accumulate=acc, work=work)
+        _gemm.matmul(Xc, A, dW1, ta=True, accumulate=acc, work=work)
 
 
 def mlp_loss_grad(X, y, W1, b1, W2, b2, *, sample_weight=None, check_finite=True, _path=None):
@@ -404,7 +405,8 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, sample_weight=None, check_finite=True
     b2 : device or host array, shape (n_classes,)
     sample_weight : device or host array, shape (n_samples,), X's dtype, optional
         Non-negative weights of the samples (positive sum), as in
-        :func:`fusedgrad.kernels.mlp_loss_grad`; checked on a host copy.
+        :func:`fusedgrad.kernels.mlp_loss_grad`; device weights are
+        checked by a kernel, without a copy.
     check_finite : bool, default True
         Reject NaN/inf in the inputs (a reduction kernel per device array).
 
@@ -452,7 +454,7 @@ def split_flat(flat, D, H, K):
 
 
 def loss_grad_device(Xd, yd, W1d, b1d, W2d, b2d, flat, loss, *, _path=None,
-                     sample_weight=None, total=None):
+                     sample_weight=None, total=None, work=None):
     """:func:`mlp_loss_grad` on prepared device arrays, without any check or copy.
 
     For callers that validated their data once and call many times (the
@@ -472,6 +474,11 @@ def loss_grad_device(Xd, yd, W1d, b1d, W2d, b2d, flat, loss, *, _path=None,
     sample_weight : device array, shape (n_samples,), X's dtype, optional
         The samples' weights, and ``total``, their sum (a float, from the
         caller): the weighted mean replaces the mean.
+    work : dict, optional
+        Keeps the scratch buffers (the blocks' partial sums, the activations
+        of a chunk) between calls: a training loop passes the same dict to
+        every step, which then allocates nothing; without it they are
+        allocated per call.
     """
     N, D = Xd.shape
     H, K = W2d.shape
@@ -479,9 +486,9 @@ def loss_grad_device(Xd, yd, W1d, b1d, W2d, b2d, flat, loss, *, _path=None,
     plan = plan_fused(D, H, K, dtype.itemsize)
     path = _path or ("fused" if plan is not None else "layered")
     if path == "fused":
-        _fused(Xd, yd, W1d, b1d, W2d, b2d, flat, loss, plan, sample_weight, total)
+        _fused(Xd, yd, W1d, b1d, W2d, b2d, flat, loss, plan, sample_weight, total, work)
     else:
         dW1, db1, dW2, db2 = split_flat(flat, D, H, K)
         chunk_rows = max(1, opt.CUDA_CHUNK_BYTES // ((H + K) * dtype.itemsize))
         _layered(Xd, yd, W1d, b1d, W2d, b2d, dW1, db1, dW2, db2, loss, chunk_rows,
-                 sample_weight, total)
+                 sample_weight, total, work)

@@ -51,14 +51,9 @@ def split_flat(flat, units):
 
 
 def _buffer(work, name, size, dtype):
-    """A 1-D device array of at least ``size`` elements, kept in ``work`` (a dict
-    that a training loop passes to every call) or new when ``work`` is None."""
-    if work is None:
-        return cuda.device_array(size, dtype)
-    a = work.get(name)
-    if a is None or a.shape[0] < size or np.dtype(a.dtype) != dtype:
-        a = work[name] = cuda.device_array(size, dtype)
-    return a
+    """A 1-D device array of ``size`` elements, kept in ``work`` (a dict that a
+    training loop passes to every call) or new when ``work`` is None."""
+    return rt.buffer(work, name, (size,), dtype)
 
 
 def _rows_view(buf, m, n):
@@ -114,29 +109,30 @@ def _layered(Xd, yd, rows, Ws, bs, activation, dWs, dbs, loss, work, sw=None, to
         Z = _rows_view(Z_buf, m, units[-1])
         prev = Xc
         for l in range(L - 1):
-            _gemm.matmul(prev, Ws[l], As[l], epi=fwd, bias=bs[l])
+            _gemm.matmul(prev, Ws[l], As[l], epi=fwd, bias=bs[l], work=work)
             prev = As[l]
-        _gemm.matmul(prev, Ws[-1], Z, epi=_gemm.EPI_BIAS, bias=bs[-1])
+        _gemm.matmul(prev, Ws[-1], Z, epi=_gemm.EPI_BIAS, bias=bs[-1], work=work)
         loss_part, col_part = softmax_ce_device(Z, yc, Z, colsum=True, n_total=n,
-                                                sw=None if sw is None else sw[r0:r1])
+                                                sw=None if sw is None else sw[r0:r1], work=work)
         rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 1.0 / n, acc)
         if col_part is not None:
             rt.sum_partials(col_part, dbs[-1], 1.0, acc)
         else:
-            column_sums(Z, dbs[-1], accumulate=acc)
+            column_sums(Z, dbs[-1], accumulate=acc, work=work)
         delta = Z
         for l in range(L - 1, -1, -1):
             below = Xc if l == 0 else As[l - 1]
-            _gemm.matmul(below, delta, dWs[l], ta=True, accumulate=acc)
+            _gemm.matmul(below, delta, dWs[l], ta=True, accumulate=acc, work=work)
             if l == 0:
                 break
             nxt = _rows_view(D_bufs[(L - 1 - l) % 2], m, units[l])
             if raw and bwd != _gemm.EPI_NONE:
-                _gemm.matmul(delta, Ws[l], nxt, tb=True)
-                column_sums(below, dbs[l - 1], dA=nxt, dZ=nxt, deriv=bwd, accumulate=acc)
+                _gemm.matmul(delta, Ws[l], nxt, tb=True, work=work)
+                column_sums(below, dbs[l - 1], dA=nxt, dZ=nxt, deriv=bwd, accumulate=acc,
+                            work=work)
             else:
-                _gemm.matmul(delta, Ws[l], nxt, tb=True, epi=bwd, aux=below)
-                column_sums(nxt, dbs[l - 1], accumulate=acc)
+                _gemm.matmul(delta, Ws[l], nxt, tb=True, epi=bwd, aux=below, work=work)
+                column_sums(nxt, dbs[l - 1], accumulate=acc, work=work)
             delta = nxt
 
 
@@ -183,7 +179,7 @@ def loss_grad_device(Xd, yd, Ws, bs, activation, flat, loss, *, rows=None, work=
                 _train.gather_rows(Xd, None, rows, Xg, None)
                 Xd = Xg
             _mlp.loss_grad_device(Xd, yd, Ws[0], bs[0], Ws[1], bs[1], flat, loss,
-                                  sample_weight=sample_weight, total=total)
+                                  sample_weight=sample_weight, total=total, work=work)
             return
     dWs, dbs = split_flat(flat, units)
     _layered(Xd, yd, rows, Ws, bs, activation, dWs, dbs, loss, work, sample_weight, total)
@@ -228,7 +224,8 @@ def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, sample_
         device a chunk at a time.
     sample_weight : device or host array, shape like ``y``, X's dtype, optional
         Non-negative weights of the samples (positive sum), as in
-        :func:`fusedgrad.kernels.network_loss_grad`; checked on a host copy.
+        :func:`fusedgrad.kernels.network_loss_grad`; device weights are
+        checked by a kernel, without a copy.
     check_finite : bool, default True
         Reject NaN/inf in the inputs (a reduction kernel per device array).
 

@@ -184,7 +184,7 @@ def _row_kernel(dtype, tpb, shuffle, weighted=False):
     return kernel
 
 
-def softmax_ce_device(Z, y, dZ, colsum=False, n_total=None, sw=None):
+def softmax_ce_device(Z, y, dZ, colsum=False, n_total=None, sw=None, work=None):
     """Launch the softmax-CE kernels on device arrays.
 
     ``Z`` and ``dZ`` (n_samples, n_classes) may be the same array; ``y`` is on
@@ -217,15 +217,16 @@ def softmax_ce_device(Z, y, dZ, colsum=False, n_total=None, sw=None):
         colsum = colsum and K <= tpb
         kernel = _staged_kernel(dtype, K, tpb, shuffle, colsum, weighted)
         blocks = rt.grid_size(-(-N // tpb))
-        loss_part = cuda.device_array(blocks, np.float64)
-        col_part = cuda.device_array((blocks, K) if colsum else (1, 1), np.float64)
+        loss_part = rt.buffer(work, "softmax.loss_partials", (blocks,), np.float64)
+        col_part = rt.buffer(work, "softmax.column_partials", (blocks, K) if colsum else (1, 1),
+                             np.float64)
         kernel[blocks, tpb](Z.reshape(N * K), y, sw, dZ.reshape(N * K), inv_n, loss_part,
                             col_part)
         return loss_part, (col_part if colsum else None)
     tpb = opt.CUDA_SOFTMAX_TPB
     kernel = _row_kernel(dtype, tpb, shuffle, weighted)
     blocks = rt.grid_size(N)
-    loss_part = cuda.device_array(blocks, np.float64)
+    loss_part = rt.buffer(work, "softmax.loss_partials", (blocks,), np.float64)
     kernel[blocks, tpb](Z, y, sw, dZ, inv_n, loss_part)
     return loss_part, None
 
@@ -253,7 +254,8 @@ def softmax_cross_entropy(Z, y, *, sample_weight=None, check_finite=True):
         Class labels in ``[0, n_classes)``.
     sample_weight : device or host array, shape (n_samples,), Z's dtype, optional
         Non-negative weights of the rows (positive sum), as in
-        :func:`fusedgrad.kernels.softmax_cross_entropy`; checked on a host copy.
+        :func:`fusedgrad.kernels.softmax_cross_entropy`; device weights are
+        checked by a kernel, without a copy.
     check_finite : bool, default True
         Reject NaN/inf in ``Z``.
 
