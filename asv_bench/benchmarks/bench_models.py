@@ -9,6 +9,7 @@ shuffling. ``implementation`` is ``'sklearn'`` or ``'fused'``.
 """
 
 import functools
+import threading
 import warnings
 
 import numpy as np
@@ -167,6 +168,41 @@ class LinearRegressionSolver:
 
     def time_fit(self, solver, size, dtype):
         self.make().fit(self.X, self.y)
+
+
+class ConcurrentFits:
+    """Two ``LinearRegression.fit`` calls in turn, or at once from two Python
+    threads, after a fit on the main thread (as in an application that later
+    fits in a thread pool). The kernels' one-thread BLAS limit must act from
+    any thread: when it did not (threadpoolctl 3.8 ignores OpenBLAS thread
+    counts set by any thread but the first that set one), LAPACK ran
+    multi-threaded inside the kernels' threads, and ``'two threads'`` of the
+    QR solver took 10 to 20 times as long as ``'in turn'``."""
+
+    params = [["in turn", "two threads"], ["normal", "qr"], ["large-batch"], common.DTYPES]
+    param_names = ["calls", "solver", "size", "dtype"]
+    timeout = 120
+
+    def setup(self, calls, solver, size, dtype):
+        _quiet()
+        self.X, self.y = regression_data(size, dtype)
+        self.make = functools.partial(linear_regression, "fused", dtype, solver)
+        _warm_up((solver, size, dtype), self.make, self.X, self.y)
+        self.make().fit(self.X, self.y)  # the main thread sets the BLAS limit first
+
+    def _fit(self):
+        self.make().fit(self.X, self.y)
+
+    def time_fit(self, calls, solver, size, dtype):
+        if calls == "in turn":
+            self._fit()
+            self._fit()
+            return
+        threads = [threading.Thread(target=self._fit) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
 
 
 class LinearRegressionDask:
