@@ -241,7 +241,11 @@ def _prepared(name, a, dtype):
 
 def _native_float(a):
     """The native-order float32/float64 dtype of ``a``, or None."""
-    dtype = a.dtype
+    return _native_float_dtype(a.dtype)
+
+
+def _native_float_dtype(dtype):
+    """The native-order float32/float64 dtype of ``dtype``, or None."""
     if dtype in _FLOAT_DTYPES:
         return dtype
     if dtype.kind != "f":
@@ -518,6 +522,21 @@ def weights(name, w, positive_sum=True):
     return float(total), int(nonzero)
 
 
+def weights_layout(w_dtype, shape, dtype, n_rows, rows_name="X", first="X"):
+    """The dtype and shape checks of :func:`row_weights`, on the dtype and shape
+    of the weights (of a host or a device array): a float32/float64 dtype (in
+    either byte order), that of the float inputs, and ``(n_rows,)``."""
+    native = _native_float_dtype(np.dtype(w_dtype))
+    if native is None:
+        raise TypeError(f"sample_weight must be a float32 or float64 array, got dtype {w_dtype}")
+    if native != dtype:
+        raise TypeError(f"sample_weight has dtype {native} but {first} has dtype {dtype}: all "
+                        "float inputs must have the same dtype (cast them first)")
+    if len(shape) != 1 or shape[0] != n_rows:
+        raise ValueError(f"sample_weight must have shape ({n_rows},) (one weight per row of "
+                         f"{rows_name}), got shape {tuple(shape)}")
+
+
 def row_weights(value, dtype, n_rows, check_finite=True, rows_name="X", first="X",
                 want_sum=True):
     """Weights ``sample_weight`` of ``n_rows`` rows (the samples, or the rows a
@@ -533,15 +552,7 @@ def row_weights(value, dtype, n_rows, check_finite=True, rows_name="X", first="X
     if value is None:
         return np.empty(0, dtype), float(n_rows)
     w = _as_array("sample_weight", value)
-    native = _native_float(w)
-    if native is None:
-        raise TypeError(f"sample_weight must be a float32 or float64 array, got dtype {w.dtype}")
-    if native != dtype:
-        raise TypeError(f"sample_weight has dtype {native} but {first} has dtype {dtype}: all "
-                        "float inputs must have the same dtype (cast them first)")
-    if w.ndim != 1 or w.shape[0] != n_rows:
-        raise ValueError(f"sample_weight must have shape ({n_rows},) (one weight per row of "
-                         f"{rows_name}), got shape {w.shape}")
+    weights_layout(w.dtype, w.shape, dtype, n_rows, rows_name, first)
     w = _prepared("sample_weight", w, dtype)
     if check_finite:
         return w, weights("sample_weight", w)[0]

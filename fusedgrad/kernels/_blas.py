@@ -16,6 +16,7 @@ threads: :func:`single_threaded_blas` sets that for the duration of a call.
 """
 
 import ctypes
+import itertools
 import threading
 from contextlib import contextmanager, nullcontext
 
@@ -338,8 +339,6 @@ def _count_setter(lib):
     OpenBLAS this calls the library's own setter; other libraries and an
     OpenBLAS on OpenMP (per-thread counts) keep the controller's.
     """
-    import itertools
-
     if getattr(lib, "internal_api", None) == "openblas" and \
             getattr(lib, "threading_layer", None) != "openmp":
         for prefix, suffix in itertools.product(("", "scipy_"), ("", "64_", "_64")):

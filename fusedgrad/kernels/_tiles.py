@@ -95,13 +95,17 @@ class _Emitter:
     def load_vector(self, ptr):
         return self.builder.load(self.builder.bitcast(ptr, self.vty.as_pointer()), align=self.size)
 
-    def broadcast(self, ptr):
-        """The scalar at ``ptr`` in every lane."""
+    def splat(self, value):
+        """The scalar ``value`` in every lane."""
         b = self.builder
         undef = ir.Constant(self.vty, ir.Undefined)
-        one = b.insert_element(undef, b.load(ptr, align=self.size), ir.Constant(self.i32, 0))
+        one = b.insert_element(undef, value, ir.Constant(self.i32, 0))
         return b.shuffle_vector(one, undef, ir.Constant(ir.VectorType(self.i32, self.lanes),
                                                         [0] * self.lanes))
+
+    def broadcast(self, ptr):
+        """The scalar at ``ptr`` in every lane."""
+        return self.splat(self.builder.load(ptr, align=self.size))
 
     def fma(self, a, x, acc):
         return self.builder.call(self._fma, [a, x, acc])
@@ -227,11 +231,7 @@ def _make_shift_row(vector_bytes):
                 e.data(signature.args[i], args[i]) for i in (0, 3, 5, 7)]
             p_off_, p_stride_, x_off_, panels_ = [
                 e.int64(args[i], signature.args[i]) for i in (1, 2, 4, 8)]
-            a_ = context.cast(builder, args[6], signature.args[6], P.dtype)
-            undef = ir.Constant(e.vty, ir.Undefined)
-            av = builder.shuffle_vector(
-                builder.insert_element(undef, a_, ir.Constant(e.i32, 0)), undef,
-                ir.Constant(ir.VectorType(e.i32, e.lanes), [0] * e.lanes))
+            av = e.splat(context.cast(builder, args[6], signature.args[6], P.dtype))
             aa = builder.fpext(av, e64.vty) if e.size < 8 else av
             pw = 2 * e.lanes
 

@@ -729,15 +729,9 @@ def weights(value, dtype, n_rows, check_finite=True):
         w, total = _validate.row_weights(value, dtype, n_rows, check_finite)
         return cuda.to_device(w), total
     w = _as_device(value)
-    w_dtype = np.dtype(w.dtype)
-    if w_dtype.kind != "f" or w_dtype.itemsize not in (4, 8) or not w_dtype.isnative:
-        raise TypeError(f"sample_weight must be a float32 or float64 array, got dtype {w_dtype}")
-    if w_dtype != dtype:
-        raise TypeError(f"sample_weight has dtype {w_dtype} but X has dtype {dtype}: all "
-                        "float inputs must have the same dtype (cast them first)")
-    if len(w.shape) != 1 or w.shape[0] != n_rows:
-        raise ValueError(f"sample_weight must have shape ({n_rows},) (one weight per row of "
-                         f"X), got shape {tuple(w.shape)}")
+    _validate.weights_layout(w.dtype, w.shape, dtype, n_rows)
+    if not np.dtype(w.dtype).isnative:  # no byte swap on the device
+        raise TypeError(f"sample_weight must be in native byte order, got dtype {w.dtype}")
     w = _contiguous(w)
     tpb = opt.CUDA_TPB
     blocks = grid_size(-(-max(n_rows, 1) // tpb))
