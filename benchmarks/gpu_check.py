@@ -53,8 +53,12 @@ What it does:
   ``device='cpu'`` at a few shapes (``--no-models`` skips them).
 
 The sections run in that order; none starts after ``--budget-s`` seconds
-(450), and the JSON is written after each one, so a run cut off by its time
-limit still returns what it measured.
+(450), no row of any section after ``--deadline-s`` (530), a row that raises
+is recorded with its error and the rest go on, and the JSON is rewritten
+after every row, so a run cut off by its time limit still returns what it
+measured. ``--warm-cpu``, started in the background beside the main run,
+compiles the CPU side of the model fits (Numba's disk cache) while the checks
+compile the GPU kernels.
 
 Other modes:
 
@@ -131,6 +135,37 @@ SMOKE_OPTIONS = dict(
 
 def log(msg):
     print(msg, flush=True)
+
+
+#: Set by main: writes the JSON so far (every finished row is kept if the run
+#: is cut off) and the perf_counter time after which no further row starts.
+_RUN = dict(save=lambda: None, deadline=math.inf)
+
+
+def checkpoint():
+    _RUN["save"]()
+
+
+def past_deadline():
+    return time.perf_counter() > _RUN["deadline"]
+
+
+def guarded(rows, label, fn):
+    """Append ``fn()``'s row to ``rows`` or, if it raised, a row naming the
+    error; skip it past the deadline. One failing shape does not cost the rest."""
+    if past_deadline():
+        rows.append(dict(row=label, error="skipped: past the deadline"))
+        log(f"  {label}: skipped, past the deadline")
+        return
+    try:
+        rows.append(fn())
+    except Exception as exc:  # noqa: BLE001  (report and go on)
+        import traceback
+
+        rows.append(dict(row=label, error=f"{type(exc).__name__}: {exc}"[:300],
+                         traceback=traceback.format_exc()[-2000:]))
+        log(f"  {label}: ERROR {type(exc).__name__}: {exc}"[:400])
+    checkpoint()
 
 
 # ---------------------------------------------------------------------------
@@ -237,7 +272,7 @@ class Options:
             setattr(self.opt, k, v)
 
 
-def run_checks(smoke):
+def run_checks(smoke, rows):
     sys.path.insert(0, str(REPO / "tests"))
     from cases import CASES, as_float64, outputs, rel_error
 
@@ -246,8 +281,10 @@ def run_checks(smoke):
     from fusedgrad.kernels.cuda import _runtime as rt
 
     rt.POISON = True
-    rows = []
     for label, name, shape, dtype, kwargs, overrides in check_configs(smoke):
+        if past_deadline():
+            rows.append(dict(check=label, status="skipped (past the deadline)"))
+            continue
         if overrides.get("CUDA_GEMM") == "cupy" and _gemm._cupy() is None:
             rows.append(dict(check=label, status="skipped (no CuPy)"))
             continue
@@ -277,6 +314,7 @@ def run_checks(smoke):
         r = rows[-1]
         log(f"  {r['check']:<44} {r['status']:<6} {r.get('max_rel_error', float('nan')):9.2e}"
             f"  {r.get('seconds', 0):6.2f} s")
+        checkpoint()
     rt.POISON = False
     return rows
 
@@ -335,14 +373,14 @@ def torch_network_step(X, y, Ws, bs, activation):
     return step
 
 
-def run_timings(smoke, quick):
+def run_timings(smoke, quick, results):
     from numba import cuda
 
     import fusedgrad.kernels.cuda as kc
     from fusedgrad.kernels.cuda import _gemm
     from fusedgrad.kernels.cuda.mlp import plan_fused
 
-    results = {"mlp": [], "network": [], "rowwise": [], "copy": None}
+    results.update({"mlp": [], "network": [], "rowwise": [], "copy": None})
     reps = 1 if smoke else (5 if quick else 10)
     torch = None
     if not smoke:
@@ -367,8 +405,7 @@ def run_timings(smoke, quick):
         return (f(N, d), torch.randint(0, K, (N,), generator=g, device=dev),
                 f(d, h) / d ** 0.5, f(h), f(h, K) / h ** 0.5, f(K))
 
-    shapes = [(13, 5, 6, 3), (40, 3, 4, 2)] if smoke else MLP_SHAPES
-    for N, d, h, K in shapes:
+    def mlp_row(N, d, h, K):
         t0 = time.perf_counter()
         X, y, W1, b1, W2, b2 = data(N, d, h, K)
         row = dict(shape=[N, d, h, K], path="fused" if plan_fused(d, h, K, 4) else "layered")
@@ -377,14 +414,7 @@ def run_timings(smoke, quick):
         ours = lambda: kc.mlp_loss_grad(X, y, W1, b1, W2, b2, check_finite=False)  # noqa: E731
         row["fused_ms"] = time_events(ours, r, 1 if big else 3)
         row["gemm"] = _gemm.backend() if row["path"] == "layered" else "-"
-        if row["path"] == "layered" and not smoke and _gemm._cupy() is not None:
-            from fusedgrad.kernels import _options as opt
-
-            with Options(opt, {"CUDA_GEMM": "numba"}):
-                row["fused_numba_gemm_ms"] = time_events(ours, r, 1)
         if not smoke:
-            row["fused_checked_ms"] = time_events(
-                lambda: kc.mlp_loss_grad(X, y, W1, b1, W2, b2), r, 1)
             try:
                 row["torch_ms"] = time_events(
                     torch_network_step(X, y, [W1, W2], [b1, b2], "logistic"), r, 3)
@@ -392,11 +422,21 @@ def run_timings(smoke, quick):
             except torch.cuda.OutOfMemoryError:
                 row["torch_ms"] = "out of memory"
             torch.cuda.empty_cache()
+            row["fused_checked_ms"] = time_events(
+                lambda: kc.mlp_loss_grad(X, y, W1, b1, W2, b2), r, 1)
+        if row["path"] == "layered" and not smoke and _gemm._cupy() is not None:
+            from fusedgrad.kernels import _options as opt
+
+            with Options(opt, {"CUDA_GEMM": "numba"}):
+                row["fused_numba_gemm_ms"] = time_events(ours, r, 1)
         row["torch_h200_issue_ms"] = TORCH_H200_MS.get((N, d, h, K))
         row["seconds"] = round(time.perf_counter() - t0, 1)
-        results["mlp"].append(row)
         log(f"  mlp {row}")
-        del X, y, W1, b1, W2, b2
+        return row
+
+    shapes = [(13, 5, 6, 3), (40, 3, 4, 2)] if smoke else MLP_SHAPES
+    for shape in shapes:
+        guarded(results["mlp"], f"mlp {shape}", lambda: mlp_row(*shape))
         if torch is not None:
             torch.cuda.empty_cache()
 
@@ -404,9 +444,7 @@ def run_timings(smoke, quick):
     # layered path, against PyTorch's step on the same GPU.
     from fusedgrad.bench import NETWORK_SHAPES
 
-    net_shapes = [(13, 5, (6, 4), 3, "relu"), (40, 3, (4, 3), 2, "tanh")] if smoke else \
-        NETWORK_SHAPES
-    for N, d, hidden, K, act in net_shapes:
+    def network_row(N, d, hidden, K, act):
         t0 = time.perf_counter()
         units = [d, *hidden, K]
         X, y = data(N, d, 1, K, seed=2)[:2]
@@ -420,27 +458,34 @@ def run_timings(smoke, quick):
                                             check_finite=False)
         row["fused_ms"] = time_events(ours, reps, 3)
         if not smoke:
+            row["torch_ms"] = time_events(torch_network_step(X, y, Ws, bs, act), reps, 3)
+            row["torch_over_fused"] = row["torch_ms"] / row["fused_ms"]
             if _gemm._cupy() is not None:
                 from fusedgrad.kernels import _options as opt
 
                 with Options(opt, {"CUDA_GEMM": "numba"}):
                     row["fused_numba_gemm_ms"] = time_events(ours, reps, 1)
-            row["torch_ms"] = time_events(torch_network_step(X, y, Ws, bs, act), reps, 3)
-            row["torch_over_fused"] = row["torch_ms"] / row["fused_ms"]
             torch.cuda.empty_cache()
         row["seconds"] = round(time.perf_counter() - t0, 1)
-        results["network"].append(row)
         log(f"  network {row}")
-        del X, y, Ws, bs
+        return row
+
+    net_shapes = [(13, 5, (6, 4), 3, "relu"), (40, 3, (4, 3), 2, "tanh")] if smoke else \
+        NETWORK_SHAPES
+    for shape in net_shapes:
+        guarded(results["network"], f"network {shape}", lambda: network_row(*shape))
 
     # Row-wise and elementwise kernels: achieved GB/s on (inputs + outputs).
     def rowwise(label, fn, nbytes, r):
-        ms = time_events(fn, r, 2)
-        row = dict(kernel=label, ms=ms, bytes=nbytes, GBps=nbytes / (ms * 1e-3) / 1e9)
-        if results["copy"]:
-            row["fraction_of_copy"] = row["GBps"] / results["copy"]["GBps"]
-        results["rowwise"].append(row)
-        log(f"  {row}")
+        def one():
+            ms = time_events(fn, r, 2)
+            row = dict(kernel=label, ms=ms, bytes=nbytes, GBps=nbytes / (ms * 1e-3) / 1e9)
+            if results["copy"]:
+                row["fraction_of_copy"] = row["GBps"] / results["copy"]["GBps"]
+            log(f"  {row}")
+            return row
+
+        guarded(results["rowwise"], label, one)
 
     N = 40 if smoke else 4194304
     rng = np.random.default_rng(1)
@@ -536,7 +581,7 @@ def _naive_kernels():
     return softmax_ce_per_thread, column_sums_atomic
 
 
-def run_ablations(smoke, quick):
+def run_ablations(smoke, quick, rows):
     """Time each design choice of the CUDA kernels against its alternative in
     the same run: the staged softmax-CE tile against one thread per row
     (strided) and one block per row; block partial sums against a global
@@ -553,10 +598,13 @@ def run_ablations(smoke, quick):
 
     reps = 1 if smoke else (5 if quick else 10)
     rng = np.random.default_rng(2)
-    rows = []
 
     def add(group, variant, fn, nbytes=None, overrides=None, **extra):
         row = dict(group=group, variant=variant, **extra)
+        if past_deadline():
+            row["error"] = "skipped: past the deadline"
+            rows.append(row)
+            return
         try:
             with Options(opt, overrides or {}):
                 row["ms"] = time_events(fn, reps, 2)
@@ -566,6 +614,7 @@ def run_ablations(smoke, quick):
             row["error"] = f"{type(exc).__name__}: {exc}"[:200]
         rows.append(row)
         log(f"  {row}")
+        checkpoint()
 
     softmax_naive, colsum_atomic = _naive_kernels()
     N = 40 if smoke else 4194304
@@ -1067,7 +1116,36 @@ MODEL_LINEAR = [
 ]
 
 
-def run_model_timings(smoke, quick):
+def warm_cpu_cache(n=16384):
+    """Fit the CPU side of ``MODEL_MLP`` and ``MODEL_LINEAR`` on ``n`` rows:
+    compiles (and caches on disk) the CPU kernels the model section's
+    ``device='cpu'`` fits use, so that section, run later or concurrently in
+    another process, spends its time fitting rather than compiling. Touches no
+    GPU; meant to run beside the checks, which are mostly GPU compilation."""
+    import warnings
+
+    from fusedgrad.models import LinearRegression, MLPClassifier
+
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for label, _, d, h, K, params in MODEL_MLP:
+            params = dict(params)
+            w = rng.uniform(0.0, 2.0, n) if params.pop("weighted", False) else None
+            X = rng.standard_normal((n, d), dtype=np.float32)
+            MLPClassifier(hidden_layer_sizes=h if isinstance(h, tuple) else (h,), max_iter=1,
+                          random_state=0, learning_rate_init=0.01, device="cpu",
+                          **params).fit(X, rng.integers(0, K, n), sample_weight=w)
+        for label, _, d, params in MODEL_LINEAR:
+            params = dict(params)
+            w = rng.uniform(0.0, 2.0, n) if params.pop("weighted", False) else None
+            X = rng.standard_normal((n, d), dtype=np.float32)
+            LinearRegression(device="cpu", **params).fit(X, X.sum(axis=1), sample_weight=w)
+    log(f"warm-cpu: compiled the model fits' CPU kernels in {time.perf_counter() - t0:.1f} s")
+
+
+def run_model_timings(smoke, quick, rows):
     """Wall-clock seconds of ``fit`` of both models on ``device='cuda'`` and
     ``'cpu'`` (median of the repeats after one warm-up fit on the device, which
     compiles). A cuda fit returns after its final copy of the parameters to
@@ -1096,8 +1174,7 @@ def run_model_timings(smoke, quick):
                 times.append(time.perf_counter() - t)
         return statistics.median(times)
 
-    rows = []
-    for label, N, d, h, K, params in mlp:
+    def mlp_row(label, N, d, h, K, params):
         X = rng.standard_normal((N, d), dtype=np.float32)
         y = rng.integers(0, K, N)
         params = dict(params)
@@ -1112,8 +1189,9 @@ def run_model_timings(smoke, quick):
         row["cpu_over_cuda"] = row["cpu_s"] / row["cuda_s"]
         log(f"  MLPClassifier {label} {N}x{d}x{h}x{K}: cuda {row['cuda_s']:.3f} s, "
             f"cpu {row['cpu_s']:.3f} s")
-        rows.append(row)
-    for label, N, d, params in linear:
+        return row
+
+    def linear_row(label, N, d, params):
         X = rng.standard_normal((N, d), dtype=np.float32)
         y = (X @ rng.standard_normal(d, dtype=np.float32) + np.float32(1.0))
         params = dict(params)
@@ -1125,7 +1203,12 @@ def run_model_timings(smoke, quick):
         row["cpu_over_cuda"] = row["cpu_s"] / row["cuda_s"]
         log(f"  LinearRegression {label} {N}x{d}: cuda {row['cuda_s']:.3f} s, "
             f"cpu {row['cpu_s']:.3f} s")
-        rows.append(row)
+        return row
+
+    for config in mlp:
+        guarded(rows, f"MLPClassifier {config[0]}", lambda: mlp_row(*config))
+    for config in linear:
+        guarded(rows, f"LinearRegression {config[0]}", lambda: linear_row(*config))
     return rows
 
 
@@ -1144,6 +1227,12 @@ def main(argv=None):
                         help="skip the model fits (device='cuda' against 'cpu')")
     parser.add_argument("--budget-s", type=float, default=450.0,
                         help="start no further section after this many seconds (default 450)")
+    parser.add_argument("--deadline-s", type=float, default=530.0,
+                        help="start no further row of any section after this many seconds "
+                             "(default 530)")
+    parser.add_argument("--warm-cpu", action="store_true",
+                        help="only compile the CPU side of the model fits (no GPU), filling "
+                             "Numba's cache for a later run's model section")
     parser.add_argument("--commit", default=os.environ.get("FUSEDGRAD_COMMIT", "unknown"))
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json)")
     args = parser.parse_args(argv)
@@ -1154,13 +1243,17 @@ def main(argv=None):
                        else None)
 
     def save():
-        # after every section, so a run cut off by its time limit keeps what it measured
+        # after every row, so a run cut off by its time limit keeps what it measured
         result["seconds"] = round(time.perf_counter() - t0, 1)
         if out:
-            with open(out, "w") as f:
+            with open(out + ".tmp", "w") as f:
                 json.dump(result, f, indent=1, default=str)
+            os.replace(out + ".tmp", out)
 
-    def section(flag, name, title, fn, printer=None):
+    _RUN["save"] = save
+    _RUN["deadline"] = t0 + args.deadline_s
+
+    def section(flag, name, title, fn, container, printer=None):
         if flag:
             return
         if time.perf_counter() - t0 > args.budget_s:
@@ -1168,11 +1261,21 @@ def main(argv=None):
             result.setdefault("skipped", []).append(name)
             return
         log(f"{title}:")
-        result[name] = fn()
-        if printer:
-            printer(result[name])
+        result[name] = container
+        try:
+            fn(container)
+            if printer:
+                printer(container)
+        except Exception as exc:  # noqa: BLE001  (keep the sections after this one)
+            import traceback
+
+            log(traceback.format_exc())
+            result.setdefault("section_errors", {})[name] = f"{type(exc).__name__}: {exc}"[:500]
         save()
 
+    if args.warm_cpu:
+        warm_cpu_cache()
+        return 0
     if args.ptx:
         result["ptx"] = run_ptx_check(ptx_dir=args.ptx_dir)
         ok = not result["ptx"]["failures"]
@@ -1189,20 +1292,31 @@ def main(argv=None):
         save()
         section(args.no_checks, "checks",
                 "checks (max normwise relative error against the float64 reference)",
-                lambda: run_checks(args.smoke))
-        ok = all(r["status"] in ("ok",) or r["status"].startswith("skipped")
-                 for r in result.get("checks", []))
+                lambda c: run_checks(args.smoke, c), [])
+        ok = "checks" not in result.get("section_errors", {}) and all(
+            r["status"] in ("ok",) or r["status"].startswith("skipped")
+            for r in result.get("checks", []))
         section(args.no_timings, "timings", "timings (CUDA events, medians)",
-                lambda: run_timings(args.smoke, args.quick), print_tables)
+                lambda c: run_timings(args.smoke, args.quick, c), {}, print_tables)
         section(args.no_ablations, "ablations",
                 "design alternatives (CUDA events, medians, float32)",
-                lambda: run_ablations(args.smoke, args.quick), print_ablation_table)
+                lambda c: run_ablations(args.smoke, args.quick, c), [], print_ablation_table)
         section(args.no_models, "models", "model fits (wall clock, medians)",
-                lambda: run_model_timings(args.smoke, args.quick), print_model_table)
+                lambda c: run_model_timings(args.smoke, args.quick, c), [], print_model_table)
+        timed = [r for v in result.get("timings", {}).values() if isinstance(v, list)
+                 for r in v]
+        timed += result.get("ablations", []) + result.get("models", [])
+        errors = [r for r in timed if "error" in r and not r["error"].startswith("skipped")]
+        ok = ok and not errors and not result.get("section_errors")
+        if errors or result.get("section_errors"):
+            log(f"{len(errors)} timed rows and {len(result.get('section_errors', {}))} "
+                f"sections raised (see the log and the JSON)")
     save()
     if out:
         log(f"wrote {out}")
-    log(f"{'all checks passed' if ok else 'SOME CHECKS FAILED'} ({result['seconds']} s)")
+    skipped = sum(r["status"].startswith("skipped") for r in result.get("checks", []))
+    log(f"{'checks passed' if ok else 'SOME CHECKS FAILED OR ROWS RAISED'}"
+        f"{f' ({skipped} checks skipped)' if skipped else ''} ({result['seconds']} s)")
     return 0 if ok else 1
 
 
@@ -1210,6 +1324,9 @@ def print_tables(t):
     log("\n| N, d, h, K | path | fused ms | checked ms | torch ms | torch/fused | torch H200 (issue) ms |")
     log("|:---|:---|---:|---:|---:|---:|---:|")
     for r in t["mlp"]:
+        if "error" in r:
+            log(f"| {r['row']} | {r['error']} | | | | | |")
+            continue
         torch_ms = r.get("torch_ms", "-")
         ratio = r.get("torch_over_fused")
         log(f"| {', '.join(map(str, r['shape']))} | {r['path']} {r.get('gemm', '')} | "
@@ -1219,6 +1336,9 @@ def print_tables(t):
     log("\n| N, d, hidden, K | activation | ms | numba products ms | torch ms | torch/ours |")
     log("|:---|:---|---:|---:|---:|---:|")
     for r in t.get("network", []):
+        if "error" in r:
+            log(f"| {r['row']} | {r['error']} | | | | |")
+            continue
         ratio = r.get("torch_over_fused")
         log(f"| {r['shape'][0]}, {r['shape'][1]}, {r['shape'][2]}, {r['shape'][3]} | "
             f"{r['activation']} ({r['gemm']}) | {r['fused_ms']:.3f} | "
@@ -1228,6 +1348,9 @@ def print_tables(t):
     log("\n| kernel | ms | GB/s | of copy |")
     log("|:---|---:|---:|---:|")
     for r in t["rowwise"]:
+        if "error" in r:
+            log(f"| {r['row']} | {r['error']} | | |")
+            continue
         frac = r.get("fraction_of_copy")
         log(f"| {r['kernel']} | {r['ms']:.3f} | {r['GBps']:.0f} | "
             f"{'-' if frac is None else f'{frac:.0%}'} |")
@@ -1250,6 +1373,9 @@ def print_model_table(rows):
     log("\n| model | fit | shape | cuda s | cpu s | cpu/cuda |")
     log("|:---|:---|:---|---:|---:|---:|")
     for r in rows:
+        if "error" in r:
+            log(f"| {r['row']} | {r['error']} | | | | |")
+            continue
         log(f"| {r['model']} | {r['config']} | {', '.join(map(str, r['shape']))} | "
             f"{r['cuda_s']:.3f} | {r['cpu_s']:.3f} | {r['cpu_over_cuda']:.2f} |")
 
