@@ -4,26 +4,32 @@ How to run it on a lent H100/H200 (the device tool; its README describes the
 steps). numba-cuda 0.30.4 cannot compile a kernel under numpy 2.5, which the
 GPU image has, so a numpy 2.4.x wheel for Python 3.12 travels with the tree:
 
-1. Here, once, in the repository root::
+1. Here, once, in the repository root (tbb and tcmlib give the CPU side
+   of the model fits Numba's TBB threading layer, as on a user's machine)::
 
        echo /.whl/ >> .git/info/exclude
        python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
            --implementation cp --platform manylinux_2_28_x86_64 \\
            --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \\
-           --platform manylinux2014_x86_64 -d .whl numpy==2.4.6
+           --platform manylinux2014_x86_64 -d .whl numpy==2.4.6 tbb==2023.2.0 tcmlib==1.6.0
 
-2. One ``run`` with ``carry=[".whl"]`` and ``timeout_s=540`` (the script
-   budgets about 8 minutes, JIT included; ``--quick`` about half)::
+2. One ``run`` with ``kind="nvidia-h200"`` (PyTorch's step at the largest
+   shape may not fit an H100's 80 GB: X is 13 GB, each hidden activation 17), ``carry=[".whl"]`` and
+   ``timeout_s=570``. The first run (H200, 2026-11-27) took 286 s with
+   ``--quick``, the machine's start about 30 s more::
 
        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \\
            --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit;
-       nvidia-smi -L; PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py \\
-           --commit <git rev-parse HEAD here> 2>&1 | tee $OUT/gpu_check.log
+       nvidia-smi -L;
+       NUMBA_NUM_THREADS=4 python3 benchmarks/gpu_check.py --warm-cpu > $OUT/warm_cpu.log 2>&1 &
+       PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --quick --budget-s 430 \\
+           --deadline-s 495 --commit <git rev-parse HEAD here> 2>&1 | tee $OUT/gpu_check.log
 
    The image has numba 0.68, numba-cuda 0.30.4, CuPy, PyTorch and SciPy.
    The JSON results go to ``$OUT/gpu_check.json`` (``$OUT`` set by the tool)
-   or ``--out PATH``. Then copy the table into benchmarks/NOTES.md with the
-   card, the date and the commit. Optionally, in the same run after the
+   or ``--out PATH``. Then copy the tables into benchmarks/NOTES.md with the
+   card, the date and the commit. A lent machine may not be lent twice in a
+   session: plan on this one run. Optionally, if time is left, after the
    script: ``FUSEDGRAD_TEST_GPU=1 python3 -m pytest -q -m gpu tests/test_cuda.py``.
 
 What it does:
@@ -44,10 +50,15 @@ What it does:
 * **design alternatives** (``--no-ablations`` skips them): each choice of
   the kernels timed against the one it replaced, in the same run: the staged
   softmax-CE tile against one thread per row with strided reads and against
-  one block per row; bias gradients by block partial sums against a global
-  atomic per element; the fused MLP kernel against the layered path (numba
+  one block per row, and the staged kernels bare (preallocated outputs, no
+  checks or loss sum) as the strided one is timed; the grid of the row
+  kernels (``GRID_SWEEP`` blocks per SM); bias gradients by block partial
+  sums against a global atomic per element; the fused MLP kernel against the layered path (numba
   and cuBLAS products) at the thin shapes, and the fused kernel's block size,
   register bound and grid (``FUSED_SWEEP``);
+* **profile**: the GPU kernels and copies of one wrapper call (torch.profiler's
+  CUPTI table) beside its time between events, for the row-wise kernels and
+  the MLP shapes: what the events time but no kernel does is host time;
 * **models**: wall-clock ``fit`` of ``MLPClassifier(device='cuda')`` and
   ``LinearRegression(device='cuda')`` against the same models on
   ``device='cpu'`` at a few shapes (``--no-models`` skips them).
@@ -546,6 +557,11 @@ FUSED_SWEEP = [
 ]
 SMOKE_FUSED_SWEEP = [{}, {"CUDA_FUSED_MIN_BLOCKS": 2}, {"CUDA_FUSED_TPB": 32}]
 
+#: Blocks per multiprocessor of the grid-stride row kernels timed beside the
+#: default (``CUDA_BLOCKS_PER_SM = 4``): the first GPU run found the row-wise
+#: kernels at 3-16% of the copy bandwidth, with 25-50% of the threads an SM holds.
+GRID_SWEEP = [8, 16, 32]
+
 
 def _naive_kernels():
     """The designs issue 5 rules out, as plainly as they are usually written:
@@ -596,8 +612,10 @@ def run_ablations(smoke, quick, rows):
     import fusedgrad.kernels.cuda as kc
     from fusedgrad.kernels import _options as opt
     from fusedgrad.kernels.cuda import _gemm
+    from fusedgrad.kernels.cuda import _runtime as rt
     from fusedgrad.kernels.cuda.affine import column_sums
     from fusedgrad.kernels.cuda.mlp import plan_fused
+    from fusedgrad.kernels.cuda.softmax import softmax_ce_device
 
     reps = 1 if smoke else (5 if quick else 10)
     rng = np.random.default_rng(2)
@@ -632,6 +650,25 @@ def run_ablations(smoke, quick, rows):
         group = f"softmax_cross_entropy N={N} K={K} float32"
         add(group, "staged tile (default)",
             lambda: kc.softmax_cross_entropy(Z, y, check_finite=False), nbytes)
+        # The same kernels without the wrapper's per-call costs (input checks,
+        # the output's allocation, the loss's second pass and copy): the bare
+        # launches on preallocated buffers, as the strided kernel below.
+        work = {}
+        add(group, "staged tile, bare kernel (no loss sum)",
+            lambda: softmax_ce_device(Z, y, G, work=work), nbytes)
+        for per_sm in GRID_SWEEP:
+            add(group, f"staged tile, bare kernel, {per_sm} blocks/SM",
+                lambda: softmax_ce_device(Z, y, G, work=work), nbytes,
+                {"CUDA_BLOCKS_PER_SM": per_sm})
+            add(group, f"staged tile (default), {per_sm} blocks/SM",
+                lambda: kc.softmax_cross_entropy(Z, y, check_finite=False), nbytes,
+                {"CUDA_BLOCKS_PER_SM": per_sm})
+        loss = cuda.device_array(1, np.float64)
+        part = rt.buffer(work, "gpu_check.partials", (rt.grid_size(1 << 30), 1), np.float64)
+        add(group, "second pass over the loss's block partials alone",
+            lambda: rt.sum_partials(part, loss, 1.0))
+        add(group, "the same, a thread per column (before 2026-11-27)",
+            lambda: rt.sum_partials(part, loss, 1.0), None, {"CUDA_SUM_BLOCK_MAX_COLS": 0})
         add(group, "one block per row", lambda: kc.softmax_cross_entropy(Z, y, check_finite=False),
             nbytes, {"CUDA_SOFTMAX_STAGED_MAX_K": 1})
         add(group, "one thread per row, strided (no loss sum)",
@@ -643,6 +680,11 @@ def run_ablations(smoke, quick, rows):
         group = f"column sums (bias gradient) N={N} m={m} float32"
         add(group, "block partials + second pass (default)", lambda: column_sums(A, out),
             N * m * 4)
+        add(group, "block partials + second pass by a thread per column (before 2026-11-27)",
+            lambda: column_sums(A, out), N * m * 4, {"CUDA_SUM_BLOCK_MAX_COLS": 0})
+        for per_sm in GRID_SWEEP:
+            add(group, f"block partials + second pass, {per_sm} blocks/SM",
+                lambda: column_sums(A, out), N * m * 4, {"CUDA_BLOCKS_PER_SM": per_sm})
         add(group, "one global atomic per element",
             lambda: colsum_atomic[-(-N * m // tpb), tpb](A, out), N * m * 4)
         del A
@@ -672,6 +714,60 @@ def run_ablations(smoke, quick, rows):
         gemms = ["numba"] + (["cupy"] if _gemm._cupy() is not None else [])
         for g in gemms:
             add(group, f"layered, {g} products", step("layered"), None, {"CUDA_GEMM": g})
+        del X
+    return rows
+
+
+def run_profile(smoke, rows):
+    """Where one call's time goes: the GPU kernels and copies of three calls of
+    each public wrapper as CUPTI records them (torch.profiler sees numba's and
+    CuPy's kernels too), beside the calls' time between CUDA events. What is
+    not in the kernels' sum is host time with the GPU idle (checks, launches,
+    allocations, synchronisations)."""
+    if smoke:
+        log("  skipped under the simulator")
+        return rows
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import fusedgrad.kernels.cuda as kc
+
+    rng = np.random.default_rng(3)
+
+    def dev(*shape):
+        return cuda.to_device(rng.standard_normal(shape).astype(np.float32))
+
+    def one(label, fn):
+        def measure():
+            ms = time_events(fn, 5, 3)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    fn()
+                torch.cuda.synchronize()
+            events = prof.key_averages()
+            key = "device_time_total" if hasattr(events[0], "device_time_total") else \
+                "cuda_time_total"  # the name before PyTorch 2.4
+            kernel_us = sum(getattr(e, key) for e in events) / 3
+            table = events.table(sort_by=key, row_limit=12, max_name_column_width=60)
+            log(f"  {label}: {ms:.3f} ms between events, {kernel_us / 1e3:.3f} ms in kernels "
+                f"and copies\n{table}")
+            return dict(row=label, event_ms=ms, kernel_ms=kernel_us / 1e3, table=table)
+
+        guarded(rows, label, measure)
+
+    N = 4194304
+    Z, y = dev(N, 10), cuda.to_device(rng.integers(0, 10, N))
+    one("softmax_cross_entropy N=4194304 K=10",
+        lambda: kc.softmax_cross_entropy(Z, y, check_finite=False))
+    del Z
+    X, yv, w = dev(N, 16), dev(N), dev(16)
+    one("ols_loss_grad N=4194304 d=16", lambda: kc.ols_loss_grad(X, yv, w, check_finite=False))
+    del X
+    for n, d, h, K in MLP_SHAPES[:3]:
+        X, y = dev(n, d), cuda.to_device(rng.integers(0, K, n))
+        W1, b1, W2, b2 = dev(d, h), dev(h), dev(h, K), dev(K)
+        one(f"mlp_loss_grad {n}, {d}, {h}, {K}",
+            lambda: kc.mlp_loss_grad(X, y, W1, b1, W2, b2, check_finite=False))
         del X
     return rows
 
@@ -1226,6 +1322,8 @@ def main(argv=None):
     parser.add_argument("--no-timings", action="store_true")
     parser.add_argument("--no-ablations", action="store_true",
                         help="skip the design alternatives and the fused kernel's sweep")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="skip the kernel tables of single wrapper calls")
     parser.add_argument("--no-models", action="store_true",
                         help="skip the model fits (device='cuda' against 'cpu')")
     parser.add_argument("--budget-s", type=float, default=450.0,
@@ -1304,6 +1402,8 @@ def main(argv=None):
         section(args.no_ablations, "ablations",
                 "design alternatives (CUDA events, medians, float32)",
                 lambda c: run_ablations(args.smoke, args.quick, c), [], print_ablation_table)
+        section(args.no_profile, "profile", "one call's kernels (torch.profiler, float32)",
+                lambda c: run_profile(args.smoke, c), [])
         section(args.no_models, "models", "model fits (wall clock, medians)",
                 lambda c: run_model_timings(args.smoke, args.quick, c), [], print_model_table)
         timed = [r for v in result.get("timings", {}).values() if isinstance(v, list)

@@ -747,3 +747,27 @@ def test_steps_with_a_workspace_allocate_nothing(monkeypatch, path):
     assert _no_scratch_allocated(monkeypatch, lambda: step(flat, loss, None))  # it would
     np.testing.assert_array_equal(flat.copy_to_host(), want_flat.copy_to_host())
     np.testing.assert_array_equal(loss.copy_to_host(), want_loss.copy_to_host())
+
+
+@pytest.mark.parametrize("m", [1, 3, 8, 10, 37])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sum_partials_against_numpy(monkeypatch, m, dtype):
+    """The fixed-order second pass over per-block partials, by both kernels (a
+    block per group of columns, for losses and bias gradients; a thread per
+    column, for wide outputs): ``out (+)= scale * P.sum(axis=0)``, with
+    several column groups per block and lanes left idle when the block's
+    threads do not divide evenly among the columns."""
+    rng = np.random.default_rng(m)
+    rtol = 1e-6 if dtype == np.float32 else 1e-12
+    for max_cols in (1024, 0):
+        monkeypatch.setattr(opt, "CUDA_SUM_BLOCK_MAX_COLS", max_cols)
+        for G in (1, 2, 13):
+            P = rng.standard_normal((G, m)).astype(dtype)
+            base = rng.standard_normal(m).astype(dtype)
+            for accumulate in (False, True):
+                out = rt.cuda.to_device(base.copy())
+                rt.sum_partials(rt.cuda.to_device(P), out, 0.25, accumulate)
+                want = 0.25 * P.astype(np.float64).sum(axis=0)
+                if accumulate:
+                    want += base
+                np.testing.assert_allclose(out.copy_to_host(), want, rtol=rtol, atol=rtol)

@@ -188,6 +188,11 @@ CUDA_DEFAULT_SMS = 2
 #: static shared memory on every CUDA GPU).
 CUDA_SHARED_BYTES = 48 * 1024
 
+#: Second passes over per-block partial sums with at most this many columns
+#: (losses, bias gradients) use a block per 32 columns; wider ones a thread
+#: per column (see ``_runtime.sum_partials``).
+CUDA_SUM_BLOCK_MAX_COLS = 1024
+
 #: Reduce within a warp with ``shfl_down_sync`` (True), through shared memory
 #: only (False), or decide at build time (None: shuffles on a real GPU, shared
 #: memory under the simulator, which does not implement warp shuffles).

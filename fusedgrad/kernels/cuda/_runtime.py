@@ -316,14 +316,68 @@ def _sum_kernel():
     return sum_rows
 
 
+@functools.lru_cache(maxsize=None)
+def _sum_block_kernel(tpb, cw):
+    """The second pass for few columns: a block per ``cw`` columns, its
+    ``gl = tpb // cw`` lanes each summing every ``gl``-th partial of a column
+    (consecutive threads read consecutive columns), then a tree over the
+    lanes in shared memory. Fixed order for a given ``tpb``."""
+    gl = tpb // cw
+
+    @jit()
+    def sum_cols(partials, out, scale, accumulate):
+        red = cuda.shared.array(tpb, dtype=types.float64)
+        tid = cuda.threadIdx.x
+        lane = tid // cw
+        G = partials.shape[0]
+        M = out.shape[0]
+        col0 = cuda.blockIdx.x * cw
+        while col0 < M:  # the same trip count for the whole block
+            c = col0 + tid - lane * cw
+            s = 0.0
+            if lane < gl and c < M:
+                g = lane
+                while g < G:
+                    s += partials[g, c]
+                    g += gl
+            red[tid] = s
+            cuda.syncthreads()
+            stride = 1
+            while stride < gl:
+                if lane % (2 * stride) == 0 and lane + stride < gl:
+                    red[tid] += red[tid + stride * cw]
+                cuda.syncthreads()
+                stride *= 2
+            if lane == 0 and c < M:
+                v = red[tid] * scale
+                if accumulate:
+                    v += out[c]
+                out[c] = v
+            cuda.syncthreads()
+            col0 += cuda.gridDim.x * cw
+
+    return sum_cols
+
+
 def sum_partials(partials, out, scale=1.0, accumulate=False):
     """``out (+)= scale * partials.sum(axis=0)``: the fixed-order second pass.
 
     ``partials`` is (n_blocks, m) on the device, ``out`` a 1-D device array
     of length m (any contiguous array viewed flat). Sums in float64.
+
+    Up to ``CUDA_SUM_BLOCK_MAX_COLS`` columns (a loss, the bias gradients)
+    a block sums each group of 32 columns, so that the partials of one
+    column are read by a block's threads in parallel; on the first GPU run
+    the loss's sum was one thread reading its 528 partials one after the
+    other. Wider outputs (split-K products) keep a thread per column.
     """
     m = out.shape[0]
     tpb = opt.CUDA_TPB
+    if m <= opt.CUDA_SUM_BLOCK_MAX_COLS and partials.shape[0] > 1:
+        cw = min(32, m, tpb)
+        _sum_block_kernel(tpb, cw)[grid_size(-(-m // cw)), tpb](
+            partials, out, float(scale), bool(accumulate))
+        return
     _sum_kernel()[grid_size(-(-m // tpb)), tpb](partials, out, float(scale), bool(accumulate))
 
 
