@@ -560,7 +560,10 @@ SMOKE_FUSED_SWEEP = [{}, {"CUDA_FUSED_MIN_BLOCKS": 2}, {"CUDA_FUSED_TPB": 32}]
 #: Blocks per multiprocessor of the grid-stride row kernels timed beside the
 #: default (``CUDA_BLOCKS_PER_SM = 4``): the first GPU run found the row-wise
 #: kernels at 3-16% of the copy bandwidth, with 25-50% of the threads an SM holds.
-GRID_SWEEP = [8, 16, 32]
+#: ``ptxas``: the float32 staged softmax kernel takes 56 registers at 128
+#: threads, so 9 of its blocks fit an SM; 256 gives one block per 128-row tile
+#: (no grid-stride loop at N = 4,194,304).
+GRID_SWEEP = [8, 16, 32, 256]
 
 
 def _naive_kernels():
@@ -663,6 +666,9 @@ def run_ablations(smoke, quick, rows):
             add(group, f"staged tile (default), {per_sm} blocks/SM",
                 lambda: kc.softmax_cross_entropy(Z, y, check_finite=False), nbytes,
                 {"CUDA_BLOCKS_PER_SM": per_sm})
+        add(group, "staged tile, bare kernel, 256-row tiles",
+            lambda: softmax_ce_device(Z, y, G, work=work), nbytes,
+            {"CUDA_SOFTMAX_TPB": 256})
         loss = cuda.device_array(1, np.float64)
         part = rt.buffer(work, "gpu_check.partials", (rt.grid_size(1 << 30), 1), np.float64)
         add(group, "second pass over the loss's block partials alone",
