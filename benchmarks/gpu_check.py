@@ -94,11 +94,14 @@ Other modes:
 """
 
 import argparse
+import cProfile
 import datetime
+import io
 import json
 import math
 import os
 import platform
+import pstats
 import statistics
 import subprocess
 import sys
@@ -755,11 +758,49 @@ def run_profile(smoke, rows):
                 "cuda_time_total"  # the name before PyTorch 2.4
             kernel_us = sum(getattr(e, key) for e in events) / 3
             table = events.table(sort_by=key, row_limit=12, max_name_column_width=60)
+            # the host side of one call: the functions that take its time
+            pr = cProfile.Profile()
+            pr.enable()
+            fn()
+            cuda.synchronize()
+            pr.disable()
+            text = io.StringIO()
+            pstats.Stats(pr, stream=text).sort_stats("tottime").print_stats(12)
+            host = "\n".join(line for line in text.getvalue().splitlines()[4:] if line.strip())
             log(f"  {label}: {ms:.3f} ms between events, {kernel_us / 1e3:.3f} ms in kernels "
-                f"and copies\n{table}")
-            return dict(row=label, event_ms=ms, kernel_ms=kernel_us / 1e3, table=table)
+                f"and copies\n{table}\n{host}")
+            return dict(row=label, event_ms=ms, kernel_ms=kernel_us / 1e3, table=table,
+                        host_profile=host)
 
         guarded(rows, label, measure)
+
+    def probe(label, fn, reps=20):
+        def measure():
+            fn()
+            cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            cuda.synchronize()
+            us = (time.perf_counter() - t) / reps * 1e6
+            log(f"  {label}: {us:.1f} us")
+            return dict(row=label, us=us)
+
+        guarded(rows, label, measure)
+
+    @cuda.jit
+    def empty(a):
+        pass
+
+    d1 = cuda.device_array(1, np.float32)
+    probe("launch of an empty numba kernel (1 argument)", lambda: empty[1, 32](d1), 1000)
+    for mb in (1, 64, 256):
+        probe(f"cuda.device_array of {mb} MB, then dropped",
+              lambda mb=mb: cuda.device_array(mb << 18, np.float32))
+    T = torch.empty(1 << 20, device="cuda")
+    probe("cuda.as_cuda_array of a PyTorch tensor", lambda: cuda.as_cuda_array(T), 1000)
+    probe("the same, sync=False", lambda: cuda.as_cuda_array(T, sync=False), 1000)
+    del T
 
     N = 4194304
     Z, y = dev(N, 10), cuda.to_device(rng.integers(0, 10, N))
