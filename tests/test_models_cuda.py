@@ -290,6 +290,41 @@ def test_linear_gd_copies_two_numbers_per_iteration(monkeypatch):
     assert sorted(sizes) == sorted([d + 1, d * d, d] + [2] * model.n_iter_ + [d]), sizes
 
 
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_linear_gd_allocates_nothing_per_iteration(monkeypatch, two_pass):
+    """The gradient's scratch (the blocks' partial sums; on the two-pass path
+    ``X w`` and the residuals) is kept across the iterations of
+    ``solver='gd'``: a fit of 6 iterations allocates what one of 2 does."""
+    from fusedgrad.kernels import _options as opt
+    from fusedgrad.kernels.cuda import ols
+
+    if two_pass:  # no tile of rows fits: X w by a product, then the residual pass
+        monkeypatch.setattr(opt, "CUDA_SHARED_BYTES", 64)
+    assert bool(ols._plan(X_LIN.shape[1], 4, opt.CUDA_TPB)) is not two_pass
+    real = rt.cuda.device_array
+    counts, curves = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the first fit makes the module's cached placeholders
+        LinearRegression(solver="gd", max_iter=1, device="cuda").fit(X_LIN, Y_LIN)
+    for max_iter in (2, 6):
+        made = []
+        monkeypatch.setattr(rt.cuda, "device_array",
+                            lambda *a, **k: made.append(a) or real(*a, **k))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = LinearRegression(solver="gd", max_iter=max_iter, tol=0.0,
+                                     device="cuda").fit(X_LIN, Y_LIN)
+        monkeypatch.setattr(rt.cuda, "device_array", real)
+        assert model.n_iter_ == max_iter
+        counts.append(len(made))
+        curves.append(model.loss_curve_)
+    assert counts[0] == counts[1], counts
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # not converged: tol=0
+        cpu = LinearRegression(solver="gd", max_iter=6, tol=0.0).fit(X_LIN, Y_LIN)
+    np.testing.assert_allclose(curves[1], cpu.loss_curve_, rtol=1e-5)
+
+
 def test_deeper_network_partial_fit_matches_cpu():
     """partial_fit carries the optimizer's state of every layer between calls
     (uploaded flat, written back at the end of each call) on both devices."""

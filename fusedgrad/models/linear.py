@@ -557,8 +557,9 @@ class LinearRegression(RegressorMixin, BaseModel):
         curve = []
         g0 = None
         converged = False
+        work = {}  # the gradient's scratch, kept across the iterations
         for _ in range(self.max_iter):
-            loss_grad_device(Xd, yd, w, grad, loss)
+            loss_grad_device(Xd, yd, w, grad, loss, work=work)
             _train.gd_step(w, grad, step, w_next, loss, stats)
             loss_value, sq_norm = stats.copy_to_host()
             loss_value = float(dt(loss_value))

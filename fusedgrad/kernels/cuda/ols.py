@@ -186,12 +186,15 @@ def ols_loss_grad(X, y, w, *, check_finite=True):
     return rt.loss_value(loss, inp.dtype), inp.result(grad)
 
 
-def loss_grad_device(Xd, yd, wd, grad, loss):
+def loss_grad_device(Xd, yd, wd, grad, loss, work=None):
     """:func:`ols_loss_grad` on prepared device arrays, without any check or copy.
 
     ``grad`` (n_features,) receives the gradient and ``loss`` (1,), float64,
     the loss; nothing is copied to the host and nothing synchronises (for the
-    training loop of ``LinearRegression(device='cuda')``).
+    training loop of ``LinearRegression(device='cuda')``). ``work``: a dict
+    that keeps the scratch (the blocks' partial sums; on the two-pass path
+    ``X w`` and the residuals, two N-vectors) between the loop's iterations;
+    without it they are allocated per call.
     """
     N, d = Xd.shape
     dtype = np.dtype(Xd.dtype)
@@ -200,19 +203,19 @@ def loss_grad_device(Xd, yd, wd, grad, loss):
     R = _plan(d, dtype.itemsize, tpb)
     if R:
         blocks = rt.grid_size(-(-N // R))
-        loss_part = cuda.device_array(blocks, np.float64)
-        grad_part = cuda.device_array((blocks, d), dtype)
+        loss_part = rt.buffer(work, "ols.loss_part", (blocks,), np.float64)
+        grad_part = rt.buffer(work, "ols.grad_part", (blocks, d), dtype)
         _ols_kernel(dtype, d, R, tpb, shuffle)[blocks, tpb](Xd, yd, wd, loss_part, grad_part)
         rt.sum_partials(grad_part, grad, -1.0 / N)
     else:
-        Xw = cuda.device_array((N, 1), dtype)
-        _gemm.matmul(Xd, wd.reshape(d, 1), Xw)
-        rn = cuda.device_array((N, 1), dtype)
+        Xw = rt.buffer(work, "ols.Xw", (N, 1), dtype)
+        _gemm.matmul(Xd, wd.reshape(d, 1), Xw, work=work)
+        rn = rt.buffer(work, "ols.residuals", (N, 1), dtype)
         blocks = rt.grid_size(-(-N // tpb))
-        loss_part = cuda.device_array(blocks, np.float64)
+        loss_part = rt.buffer(work, "ols.loss_part", (blocks,), np.float64)
         inv_n = dtype.type(1.0) / dtype.type(N)
         _residual_kernel(dtype, tpb, shuffle)[blocks, tpb](Xw, yd, rn, inv_n, loss_part)
-        _gemm.matmul(Xd, rn, grad.reshape(d, 1), ta=True)
+        _gemm.matmul(Xd, rn, grad.reshape(d, 1), ta=True, work=work)
     rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 0.5 / N)
 
 
