@@ -165,11 +165,12 @@ def past_deadline():
     return time.perf_counter() > _RUN["deadline"]
 
 
-def guarded(rows, label, fn):
+def guarded(rows, label, fn, **fields):
     """Append ``fn()``'s row to ``rows`` or, if it raised, a row naming the
-    error; skip it past the deadline. One failing shape does not cost the rest."""
+    error (with ``fields``, which a table prints it by); skip it past the
+    deadline. One failing shape does not cost the rest."""
     if past_deadline():
-        rows.append(dict(row=label, error="skipped: past the deadline"))
+        rows.append(dict(fields, row=label, error="skipped: past the deadline"))
         log(f"  {label}: skipped, past the deadline")
         return
     try:
@@ -177,7 +178,7 @@ def guarded(rows, label, fn):
     except Exception as exc:  # noqa: BLE001  (report and go on)
         import traceback
 
-        rows.append(dict(row=label, error=f"{type(exc).__name__}: {exc}"[:300],
+        rows.append(dict(fields, row=label, error=f"{type(exc).__name__}: {exc}"[:300],
                          traceback=traceback.format_exc()[-2000:]))
         log(f"  {label}: ERROR {type(exc).__name__}: {exc}"[:400])
     checkpoint()
@@ -627,21 +628,17 @@ def run_ablations(smoke, quick, rows):
     rng = np.random.default_rng(2)
 
     def add(group, variant, fn, nbytes=None, overrides=None, **extra):
-        row = dict(group=group, variant=variant, **extra)
-        if past_deadline():
-            row["error"] = "skipped: past the deadline"
-            rows.append(row)
-            return
-        try:
+        # a configuration that cannot launch is a result too (an error row)
+        def one():
+            row = dict(group=group, variant=variant, **extra)
             with Options(opt, overrides or {}):
                 row["ms"] = time_events(fn, reps, 2)
             if nbytes:
                 row["GBps"] = nbytes / (row["ms"] * 1e-3) / 1e9
-        except Exception as exc:  # a configuration that cannot launch is a result too
-            row["error"] = f"{type(exc).__name__}: {exc}"[:200]
-        rows.append(row)
-        log(f"  {row}")
-        checkpoint()
+            log(f"  {row}")
+            return row
+
+        guarded(rows, f"{group}: {variant}", one, group=group, variant=variant, **extra)
 
     softmax_naive, colsum_atomic = _naive_kernels()
     N = 40 if smoke else 4194304
@@ -1262,6 +1259,39 @@ MODEL_LINEAR = [
 ]
 
 
+def _mlp_fit(config, rng, n=None):
+    """``(make, X, y, w)`` of a ``MODEL_MLP`` row (at ``n`` rows if given):
+    ``make(device)`` builds its one-epoch model, ``w`` the sample weights or None."""
+    from fusedgrad.models import MLPClassifier
+
+    _, N, d, h, K, params = config
+    N = N if n is None else n
+    X = rng.standard_normal((N, d), dtype=np.float32)
+    y = rng.integers(0, K, N)
+    params = dict(params)
+    w = rng.uniform(0.0, 2.0, N) if params.pop("weighted", False) else None
+    hidden = h if isinstance(h, tuple) else (h,)
+
+    def make(device):
+        return MLPClassifier(hidden_layer_sizes=hidden, max_iter=1, random_state=0,
+                             learning_rate_init=0.01, device=device, **params)
+
+    return make, X, y, w
+
+
+def _linear_fit(config, rng, n=None):
+    """``(make, X, y, w)`` of a ``MODEL_LINEAR`` row, as :func:`_mlp_fit`."""
+    from fusedgrad.models import LinearRegression
+
+    _, N, d, params = config
+    N = N if n is None else n
+    X = rng.standard_normal((N, d), dtype=np.float32)
+    y = X @ rng.standard_normal(d, dtype=np.float32) + np.float32(1.0)
+    params = dict(params)
+    w = rng.uniform(0.0, 2.0, N) if params.pop("weighted", False) else None
+    return (lambda device: LinearRegression(device=device, **params)), X, y, w
+
+
 def warm_cpu_cache(n=16384):
     """Fit the CPU side of ``MODEL_MLP`` and ``MODEL_LINEAR`` on ``n`` rows:
     compiles (and caches on disk) the CPU kernels the model section's
@@ -1270,24 +1300,14 @@ def warm_cpu_cache(n=16384):
     GPU; meant to run beside the checks, which are mostly GPU compilation."""
     import warnings
 
-    from fusedgrad.models import LinearRegression, MLPClassifier
-
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for label, _, d, h, K, params in MODEL_MLP:
-            params = dict(params)
-            w = rng.uniform(0.0, 2.0, n) if params.pop("weighted", False) else None
-            X = rng.standard_normal((n, d), dtype=np.float32)
-            MLPClassifier(hidden_layer_sizes=h if isinstance(h, tuple) else (h,), max_iter=1,
-                          random_state=0, learning_rate_init=0.01, device="cpu",
-                          **params).fit(X, rng.integers(0, K, n), sample_weight=w)
-        for label, _, d, params in MODEL_LINEAR:
-            params = dict(params)
-            w = rng.uniform(0.0, 2.0, n) if params.pop("weighted", False) else None
-            X = rng.standard_normal((n, d), dtype=np.float32)
-            LinearRegression(device="cpu", **params).fit(X, X.sum(axis=1), sample_weight=w)
+        for build, configs in ((_mlp_fit, MODEL_MLP), (_linear_fit, MODEL_LINEAR)):
+            for config in configs:
+                make, X, y, w = build(config, rng, n)
+                make("cpu").fit(X, y, sample_weight=w)
     log(f"warm-cpu: compiled the model fits' CPU kernels in {time.perf_counter() - t0:.1f} s")
 
 
@@ -1299,8 +1319,6 @@ def run_model_timings(smoke, quick, rows):
     ``X`` to the GPU."""
     import warnings
 
-    from fusedgrad.models import LinearRegression, MLPClassifier
-
     reps = 1 if smoke else (2 if quick else 3)
     rng = np.random.default_rng(0)
     mlp = MODEL_MLP if not smoke else [
@@ -1309,52 +1327,33 @@ def run_model_timings(smoke, quick, rows):
     linear = MODEL_LINEAR if not smoke else [(lab, 40, 3, dict(p, max_iter=3) if "max_iter" in p
                                               else p) for lab, _, _, p in MODEL_LINEAR]
 
-    def timed(make, X, y, w=None):
+    def timed(make, device, X, y, w):
         times = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            make().fit(X, y, sample_weight=w)  # warm-up: compiles the kernels of this shape
+            make(device).fit(X, y, sample_weight=w)  # warm-up: compiles for this shape
             for _ in range(reps):
                 t = time.perf_counter()
-                make().fit(X, y, sample_weight=w)
+                make(device).fit(X, y, sample_weight=w)
                 times.append(time.perf_counter() - t)
         return statistics.median(times)
 
-    def mlp_row(label, N, d, h, K, params):
-        X = rng.standard_normal((N, d), dtype=np.float32)
-        y = rng.integers(0, K, N)
-        params = dict(params)
-        w = rng.uniform(0.0, 2.0, N) if params.pop("weighted", False) else None
-        row = dict(model="MLPClassifier", config=label, shape=[N, d, h, K])
+    def row(model, build, config, shape):
+        make, X, y, w = build(config, rng)
+        r = dict(model=model, config=config[0], shape=shape)
         for device in ("cuda", "cpu"):
-            row[f"{device}_s"] = timed(
-                lambda: MLPClassifier(hidden_layer_sizes=h if isinstance(h, tuple) else (h,),
-                                      max_iter=1, random_state=0,
-                                      learning_rate_init=0.01, device=device, **params), X, y,
-                w)
-        row["cpu_over_cuda"] = row["cpu_s"] / row["cuda_s"]
-        log(f"  MLPClassifier {label} {N}x{d}x{h}x{K}: cuda {row['cuda_s']:.3f} s, "
-            f"cpu {row['cpu_s']:.3f} s")
-        return row
-
-    def linear_row(label, N, d, params):
-        X = rng.standard_normal((N, d), dtype=np.float32)
-        y = (X @ rng.standard_normal(d, dtype=np.float32) + np.float32(1.0))
-        params = dict(params)
-        w = rng.uniform(0.0, 2.0, N) if params.pop("weighted", False) else None
-        row = dict(model="LinearRegression", config=label, shape=[N, d])
-        for device in ("cuda", "cpu"):
-            row[f"{device}_s"] = timed(lambda: LinearRegression(device=device, **params), X, y,
-                                       w)
-        row["cpu_over_cuda"] = row["cpu_s"] / row["cuda_s"]
-        log(f"  LinearRegression {label} {N}x{d}: cuda {row['cuda_s']:.3f} s, "
-            f"cpu {row['cpu_s']:.3f} s")
-        return row
+            r[f"{device}_s"] = timed(make, device, X, y, w)
+        r["cpu_over_cuda"] = r["cpu_s"] / r["cuda_s"]
+        log(f"  {model} {config[0]} {'x'.join(map(str, shape))}: cuda {r['cuda_s']:.3f} s, "
+            f"cpu {r['cpu_s']:.3f} s")
+        return r
 
     for config in mlp:
-        guarded(rows, f"MLPClassifier {config[0]}", lambda: mlp_row(*config))
+        guarded(rows, f"MLPClassifier {config[0]}",
+                lambda: row("MLPClassifier", _mlp_fit, config, list(config[1:5])))
     for config in linear:
-        guarded(rows, f"LinearRegression {config[0]}", lambda: linear_row(*config))
+        guarded(rows, f"LinearRegression {config[0]}",
+                lambda: row("LinearRegression", _linear_fit, config, list(config[1:3])))
     return rows
 
 

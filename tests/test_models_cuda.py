@@ -212,6 +212,15 @@ def count_copies(monkeypatch):
     return sizes
 
 
+def count_allocations(monkeypatch):
+    """Record the shape of every device array allocated."""
+    shapes = []
+    original = rt.cuda.device_array
+    monkeypatch.setattr(rt.cuda, "device_array",
+                        lambda *args, **kwargs: shapes.append(args) or original(*args, **kwargs))
+    return shapes
+
+
 def test_mlp_fit_copies_no_parameters_per_step(monkeypatch):
     sizes = count_copies(monkeypatch)
     counts = []
@@ -301,20 +310,17 @@ def test_linear_gd_allocates_nothing_per_iteration(monkeypatch, two_pass):
     if two_pass:  # no tile of rows fits: X w by a product, then the residual pass
         monkeypatch.setattr(opt, "CUDA_SHARED_BYTES", 64)
     assert bool(ols._plan(X_LIN.shape[1], 4, opt.CUDA_TPB)) is not two_pass
-    real = rt.cuda.device_array
-    counts, curves = [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the first fit makes the module's cached placeholders
         LinearRegression(solver="gd", max_iter=1, device="cuda").fit(X_LIN, Y_LIN)
+    made = count_allocations(monkeypatch)
+    counts, curves = [], []
     for max_iter in (2, 6):
-        made = []
-        monkeypatch.setattr(rt.cuda, "device_array",
-                            lambda *a, **k: made.append(a) or real(*a, **k))
+        del made[:]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = LinearRegression(solver="gd", max_iter=max_iter, tol=0.0,
                                      device="cuda").fit(X_LIN, Y_LIN)
-        monkeypatch.setattr(rt.cuda, "device_array", real)
         assert model.n_iter_ == max_iter
         counts.append(len(made))
         curves.append(model.loss_curve_)
