@@ -202,6 +202,61 @@ def test_softmax_row_kernel(monkeypatch, dtype):
     compare(case, kc.softmax_cross_entropy(*args), case.reference(*as_float64(args)), dtype)
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("N", [3, 4, 12, 13, 25, 40])
+def test_softmax_staged_tiles(monkeypatch, prefetch, N):
+    """Tiles of 4 rows over 3 blocks: only a partial tile (N=3), one full
+    tile, full tiles only, a block whose next tile is partial (13, 25); in
+    place (Z is dZ) with the column sums, as the MLP's layered path calls it;
+    with and without the registers' prefetch of the next tile."""
+    from fusedgrad.kernels.cuda.softmax import softmax_ce_device
+
+    monkeypatch.setattr(opt, "CUDA_SOFTMAX_PREFETCH", prefetch)
+    rng = np.random.default_rng(N)
+    Z = (3 * rng.standard_normal((N, 3))).astype(np.float32)
+    y = rng.integers(0, 3, N)
+    want_loss, want_dZ = ref.softmax_cross_entropy(Z.astype(np.float64), y)
+    Zd = rt.cuda.to_device(Z)
+    loss_part, col_part = softmax_ce_device(Zd, rt.cuda.to_device(y), Zd, colsum=True)
+    np.testing.assert_allclose(Zd.copy_to_host(), want_dZ, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(loss_part.copy_to_host().sum() / N, want_loss, rtol=2e-6)
+    np.testing.assert_allclose(col_part.copy_to_host().sum(axis=0), want_dZ.sum(axis=0),
+                               atol=1e-6)
+
+
+def test_resident_grid_asks_the_occupancy_once(monkeypatch):
+    """On a GPU the staged softmax grid is what the occupancy calculator says
+    fits at once, asked once per kernel and argument types, capped by the
+    work and ``CUDA_MAX_BLOCKS``; under the simulator, or with a per-SM count,
+    the plain ``grid_size``."""
+    import numba
+
+    calls = []
+
+    class Kernel:
+        def compile(self, sig):
+            calls.append(sig)
+            return self
+
+        def max_cooperative_grid_blocks(self, tpb):
+            return 7 * 132 if tpb == 128 else 0
+
+    kernel, f64 = Kernel(), numba.types.float64[::1]
+    args = (np.zeros(3, np.float32), np.float32(1), f64)
+    monkeypatch.setattr(opt, "CUDA_MAX_BLOCKS", None)
+    monkeypatch.setattr(rt, "simulator", lambda: False)
+    assert rt.resident_grid(kernel, args, 128, 10_000) == 7 * 132
+    assert rt.resident_grid(kernel, args, 128, 50) == 50
+    assert calls == [(numba.types.float32[::1], numba.types.float32, f64)]
+    monkeypatch.setattr(opt, "CUDA_MAX_BLOCKS", 5)
+    assert rt.resident_grid(kernel, args, 128, 10_000) == 5
+    assert rt.resident_grid(kernel, args, 128, 10_000, per_sm=2) == min(5, rt.grid_size(10_000, 2))
+    assert len(calls) == 1
+    monkeypatch.setattr(rt, "simulator", lambda: True)
+    monkeypatch.setattr(opt, "CUDA_MAX_BLOCKS", None)
+    assert rt.resident_grid(kernel, args, 128, 10_000) == rt.grid_size(10_000)
+
+
 @pytest.mark.parametrize("staged_max_k", [32, 2])
 def test_softmax_confident_rows_keep_their_digits(monkeypatch, staged_max_k):
     """A label with a logit margin of 30: loss and gradient ~1e-13 must not
@@ -227,6 +282,18 @@ def test_softmax_huge_logits():
     assert np.isfinite(loss) and np.all(np.isfinite(dZ))
     np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
     np.testing.assert_allclose(dZ, want_dZ, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("N", [3, 4, 12, 13, 25, 40])
+def test_ols_tiles(monkeypatch, prefetch, N):
+    """Tiles of 4 rows of 5 features (20 values over 8 threads: the last of a
+    thread's 3 loads runs past the tile for some) over 3 blocks, full and
+    partial, with and without the registers' prefetch of the next tile."""
+    monkeypatch.setattr(opt, "CUDA_OLS_PREFETCH", prefetch)
+    case = CASES["ols_loss_grad"]
+    args = case.make_args(dict(N=N, d=5), np.float64, N)
+    compare(case, kc.ols_loss_grad(*args), case.reference(*as_float64(args)), np.float64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -771,3 +838,60 @@ def test_sum_partials_against_numpy(monkeypatch, m, dtype):
                 if accumulate:
                     want += base
                 np.testing.assert_allclose(out.copy_to_host(), want, rtol=rtol, atol=rtol)
+
+
+class FakePool:
+    """CuPy's ``empty`` as the wrappers use it: an owner object exporting the
+    CUDA array interface. Its memory is a simulator device array, which
+    ``_wrap`` (patched below) hands back."""
+
+    def __init__(self):
+        self.owners = []
+
+    def empty(self, shape, dtype):
+        owner = type("Owner", (), {})()
+        owner.array = rt.cuda.device_array(shape, dtype)
+        owner.__cuda_array_interface__ = {"shape": tuple(np.atleast_1d(shape)), "stream": 1,
+                                          "typestr": np.dtype(dtype).str, "version": 3}
+        self.owners.append(owner)
+        return owner
+
+
+@pytest.mark.parametrize("name", ["softmax_cross_entropy", "mlp_loss_grad", "ols_loss_grad",
+                                  "gram", "affine_sigmoid_backward"])
+def test_outputs_and_scratch_come_from_the_pool(monkeypatch, name):
+    """With a pool (CuPy's on a GPU) every array a wrapper allocates comes
+    from it, none from numba's ``cuda.device_array``, the stream of CuPy's
+    interface is dropped (ours is the same legacy stream), and the results
+    are those of the reference."""
+    case = CASES[name]
+    host_args = case.make_args(dict(N=13, d=5, h=6, K=3), np.float32, 7)
+    args = to_device(host_args)
+    case.cuda_kernel(*args)  # build the kernels (and their cached dummies) first
+    fake = FakePool()
+    wrapped = []
+    monkeypatch.setattr(rt, "pool", lambda: fake)
+    monkeypatch.setattr(rt, "_wrap", lambda desc, owner: wrapped.append(desc) or owner.array)
+    numba_allocs = []
+    original = rt.cuda.device_array
+    monkeypatch.setattr(rt.cuda, "device_array",
+                        lambda *a, **k: numba_allocs.append(a) or original(*a, **k))
+    got = case.cuda_kernel(*args)
+    compare(case, host(got), case.reference(*as_float64(host_args)), np.float32)
+    assert len(numba_allocs) == len(fake.owners) > 0  # the fake's own memory only
+    assert all("stream" not in desc for desc in wrapped) and len(wrapped) == len(fake.owners)
+
+
+def test_pool_choice(monkeypatch):
+    monkeypatch.setattr(rt, "simulator", lambda: False)
+    monkeypatch.setattr(opt, "CUDA_ALLOCATOR", "numba")
+    assert rt.pool() is None
+    monkeypatch.setattr(opt, "CUDA_ALLOCATOR", "malloc")
+    with pytest.raises(ValueError, match="CUDA_ALLOCATOR"):
+        rt.pool()
+    monkeypatch.setattr(rt, "_cupy", lambda: None)
+    monkeypatch.setattr(opt, "CUDA_ALLOCATOR", "auto")
+    assert rt.pool() is None
+    monkeypatch.setattr(opt, "CUDA_ALLOCATOR", "cupy")
+    with pytest.raises(RuntimeError, match="CuPy does not import"):
+        rt.pool()

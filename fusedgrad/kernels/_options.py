@@ -204,6 +204,18 @@ CUDA_WARP_SHUFFLE = None
 # block works on one row at a time, its threads striding over the row.
 CUDA_SOFTMAX_TPB = 128
 CUDA_SOFTMAX_STAGED_MAX_K = 32
+#: Read a full tile into registers with all of a thread's loads issued
+#: together, and the block's next tile during this one (see
+#: ``softmax._staged_kernel``); False: the plain load-and-store loop.
+CUDA_SOFTMAX_PREFETCH = True
+#: Blocks per multiprocessor of the staged softmax kernel, or None: as many
+#: as the GPU holds at once (``_runtime.resident_grid``, the driver's
+#: occupancy calculator). With the prefetch its float32 build takes 72
+#: registers at K = 10 and 128 threads (ptxas, sm_90), so 7 blocks are
+#: resident: 896 threads, each with 10 loads in flight. At 3.5 TB/s and about
+#: 1 us of latency an SM needs some 25 KB in flight, which the first GPU
+#: run's 4 blocks of the plain loop (four loads a thread) did not reach.
+CUDA_SOFTMAX_BLOCKS_PER_SM = None
 
 # Tiled matrix product (numba.cuda): a block computes a BM x BN tile of C in
 # steps of BK, each thread a TM x TN micro-tile held in registers;
@@ -213,6 +225,13 @@ CUDA_GEMM_BN = 64
 CUDA_GEMM_BK = 16
 CUDA_GEMM_TM = 4
 CUDA_GEMM_TN = 4
+
+#: Which allocator gives the kernel wrappers their outputs and scratch:
+#: "numba" (``cuda.device_array``: ``cudaMalloc`` per array, frees batched and
+#: synchronising), "cupy" (CuPy's caching memory pool: a freed array's memory
+#: is kept for the next call) or "auto" (CuPy when it imports and a real GPU
+#: is in use, else numba).
+CUDA_ALLOCATOR = "auto"
 
 #: Which library computes the large matrix products: "numba" (the tiled
 #: kernel above), "cupy" (cuBLAS through CuPy) or "auto" (CuPy when it imports
@@ -247,6 +266,13 @@ CUDA_FUSED_MIN_BLOCKS = None
 
 #: Rows per tile of the OLS kernel, at most (fewer when a row is wide).
 CUDA_OLS_MAX_ROWS = 64
+#: The OLS kernel's register prefetch of full tiles (as ``CUDA_SOFTMAX_PREFETCH``),
+#: where a thread's share of a tile is at most 8 values (more costs too many
+#: registers: see ``ols._ols_kernel``).
+CUDA_OLS_PREFETCH = True
+#: Blocks per multiprocessor of the OLS kernel, or None: as many as fit at
+#: once (as ``CUDA_SOFTMAX_BLOCKS_PER_SM``).
+CUDA_OLS_BLOCKS_PER_SM = None
 
 #: The layered MLP path processes the rows in chunks whose hidden activations
 #: take at most this many bytes.

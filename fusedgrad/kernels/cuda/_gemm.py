@@ -93,11 +93,7 @@ def _epilogue_fn(dtype, epi):
 
 @functools.lru_cache(maxsize=None)
 def _cupy():
-    try:
-        import cupy
-    except Exception:
-        return None
-    return cupy
+    return rt._cupy()
 
 
 def backend():

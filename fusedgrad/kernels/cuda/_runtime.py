@@ -141,6 +141,32 @@ def grid_size(work, per_sm=None):
     return blocks
 
 
+_RESIDENT = {}
+
+
+def resident_grid(kernel, args, tpb, work, per_sm=None):
+    """Blocks of a grid-stride kernel launched on ``args``: ``per_sm`` per
+    multiprocessor as :func:`grid_size`, or with ``per_sm`` None as many as
+    the GPU holds at once for this kernel's registers and shared memory (the
+    driver's occupancy calculator, asked once per kernel and argument types;
+    ``args`` may hold numba types for buffers not yet allocated):
+    a memory-bound kernel then has all the loads in flight it can, and no
+    block waits for a second wave. At most ``work``."""
+    if per_sm is not None or simulator() or not hasattr(kernel, "compile"):
+        return grid_size(work, per_sm)
+    import numba
+
+    sig = tuple(a if isinstance(a, types.Type) else numba.typeof(a) for a in args)
+    key = (kernel, sig, int(tpb))
+    n = _RESIDENT.get(key)
+    if n is None:
+        n = _RESIDENT[key] = int(kernel.compile(sig).max_cooperative_grid_blocks(int(tpb)))
+    blocks = max(1, min(int(work), n))
+    if opt.CUDA_MAX_BLOCKS is not None:
+        blocks = min(blocks, int(opt.CUDA_MAX_BLOCKS))
+    return blocks
+
+
 def jit(**extra):
     """``cuda.jit`` with the options of :mod:`fusedgrad.kernels._options`.
 
@@ -251,6 +277,59 @@ def _copy_kernels():
     return copy2d, copy1d, fill
 
 
+def _cupy():
+    try:
+        import cupy
+    except Exception:
+        return None
+    return cupy
+
+
+def pool():
+    """CuPy, whose caching memory pool then allocates the wrappers' outputs
+    and scratch, or None (numba's ``cuda.device_array``: a ``cudaMalloc`` per
+    array, and a batched ``cudaFree`` that synchronises). See ``CUDA_ALLOCATOR``."""
+    choice = opt.CUDA_ALLOCATOR
+    if choice == "numba" or simulator():
+        return None
+    if choice not in ("auto", "cupy"):
+        raise ValueError(f"CUDA_ALLOCATOR must be 'auto', 'numba' or 'cupy', got {choice!r}")
+    cp = _cupy()
+    if cp is None and choice == "cupy":
+        raise RuntimeError("CUDA_ALLOCATOR = 'cupy' but CuPy does not import")
+    return cp
+
+
+def _wrap(desc, owner):
+    """A numba device array over memory described by ``desc`` (owned by ``owner``)."""
+    return cuda.from_cuda_array_interface(desc, owner=owner, sync=False)
+
+
+def device_array(shape, dtype):
+    """An uninitialised device array: from CuPy's memory pool when :func:`pool`
+    gives one (the block returns to the pool when the array is freed, so a
+    wrapper called in a loop reuses its memory, as PyTorch's caching
+    allocator does), else numba's ``cuda.device_array``. Either is a numba
+    device array on the legacy default stream, the stream every kernel here
+    runs on."""
+    cp = pool()
+    if cp is None:
+        return cuda.device_array(shape, dtype)
+    a = cp.empty(shape, dtype)
+    desc = dict(a.__cuda_array_interface__)
+    desc.pop("stream", None)  # CuPy's legacy default stream: ours too, no sync needed
+    return _wrap(desc, a)
+
+
+def to_device(host):
+    """A host array copied into a new :func:`device_array`."""
+    host = np.ascontiguousarray(host)
+    a = device_array(host.shape, host.dtype)
+    if host.size:
+        a.copy_to_device(host)
+    return a
+
+
 #: When True every output buffer is filled with NaN (0x7F.. for integers)
 #: before a kernel writes it, so an element a kernel forgets stays NaN.
 #: Used by the tests and ``benchmarks/gpu_check.py``; costs a pass per output.
@@ -259,7 +338,7 @@ POISON = False
 
 def empty(shape, dtype):
     """An uninitialised device array (NaN-filled when :data:`POISON` is set)."""
-    a = cuda.device_array(shape, dtype)
+    a = device_array(shape, dtype)
     if POISON and a.size:
         flat = a.reshape(a.size)
         value = np.nan if np.dtype(dtype).kind == "f" else np.iinfo(dtype).max
@@ -270,7 +349,7 @@ def empty(shape, dtype):
 
 def zeros(shape, dtype):
     """A zero-filled device array."""
-    a = cuda.device_array(shape, dtype)
+    a = device_array(shape, dtype)
     if a.size:
         _, _, fill = _copy_kernels()
         fill[grid_size(-(-a.size // opt.CUDA_TPB)), opt.CUDA_TPB](a.reshape(a.size), np.dtype(dtype).type(0))
@@ -284,7 +363,7 @@ def buffer(work, name, shape, dtype):
     size = int(np.prod(shape, dtype=np.int64))
     dtype = np.dtype(dtype)
     if work is None:
-        return cuda.device_array(shape, dtype)
+        return device_array(shape, dtype)
     a = work.get(name)
     if a is None or a.shape[0] < size or np.dtype(a.dtype) != dtype:
         a = work[name] = cuda.device_array(max(size, 1), dtype)
@@ -395,7 +474,15 @@ def _is_device(value):
 def _as_device(value):
     if getattr(value, "__cuda_ndarray__", False):
         return value
-    return cuda.as_cuda_array(value)
+    desc = value.__cuda_array_interface__
+    # A producer that names the legacy default stream (CuPy: 1) queued its
+    # work where every kernel here runs: stream order already puts ours after
+    # it, so the host need not wait (numba's as_cuda_array would synchronise
+    # that stream, i.e. the device, once per input). Any other stream: wait.
+    from numba.cuda.core import config
+
+    legacy = desc.get("stream") == 1 and not config.CUDA_PER_THREAD_DEFAULT_STREAM
+    return cuda.from_cuda_array_interface(desc, owner=value, sync=not legacy)
 
 
 def _host(name, value):
@@ -417,7 +504,7 @@ def _contiguous(a):
     """A C-contiguous device array with the contents of device array ``a``."""
     if _is_c_contiguous(a):
         return a
-    out = cuda.device_array(a.shape, a.dtype)
+    out = device_array(a.shape, a.dtype)
     copy2d, copy1d, _ = _copy_kernels()
     tpb = opt.CUDA_TPB
     blocks = grid_size(-(-max(a.size, 1) // tpb))
@@ -585,7 +672,7 @@ def prepare(specs, check_finite=True, labels=None, indices=None):
     if idx_device:
         init += [0, np.iinfo(np.int64).max, np.iinfo(np.int64).min]
     if init:
-        flags = cuda.to_device(np.array(init, dtype=np.int64))
+        flags = to_device(np.array(init, dtype=np.int64))
     count_nonfinite, label_range = _check_kernels(opt.CUDA_TPB)
     tpb = opt.CUDA_TPB
     slot = 0
@@ -636,11 +723,11 @@ def prepare(specs, check_finite=True, labels=None, indices=None):
         if dev:
             arrays.append(_contiguous(a))
         else:
-            arrays.append(cuda.to_device(np.ascontiguousarray(a)))
+            arrays.append(to_device(a))
     if y is not None and not y_device:
-        y = cuda.to_device(np.ascontiguousarray(y))
+        y = to_device(y)
     if idx is not None and not idx_device:
-        idx = cuda.to_device(np.ascontiguousarray(idx))
+        idx = to_device(idx)
     host = not any(on_device) and not y_device and not idx_device
     return Inputs(arrays, y, host, dtype, sizes, idx)
 
@@ -781,7 +868,7 @@ def weights(value, dtype, n_rows, check_finite=True):
     dtype = np.dtype(dtype)
     if not _is_device(value):
         w, total = _validate.row_weights(value, dtype, n_rows, check_finite)
-        return cuda.to_device(w), total
+        return to_device(w), total
     w = _as_device(value)
     _validate.weights_layout(w.dtype, w.shape, dtype, n_rows)
     if not np.dtype(w.dtype).isnative:  # no byte swap on the device
@@ -789,7 +876,7 @@ def weights(value, dtype, n_rows, check_finite=True):
     w = _contiguous(w)
     tpb = opt.CUDA_TPB
     blocks = grid_size(-(-max(n_rows, 1) // tpb))
-    out = cuda.device_array((blocks, 4), np.float64)
+    out = device_array((blocks, 4), np.float64)
     _weight_kernel(tpb)[blocks, tpb](w, out)
     stats = out.copy_to_host()
     total = 0.0

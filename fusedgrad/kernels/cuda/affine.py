@@ -132,11 +132,11 @@ def backward(X, A, dA, W, activation, check_finite, delta=None):
         dZ = dAd
         column_sums(dZ, db)
     elif delta is not None:
-        dZ = cuda.device_array((N, n_out), inp.dtype)
+        dZ = rt.device_array((N, n_out), inp.dtype)
         delta(Ad, dAd, dZ)
         column_sums(dZ, db)
     else:
-        dZ = cuda.device_array((N, n_out), inp.dtype)
+        dZ = rt.device_array((N, n_out), inp.dtype)
         column_sums(Ad, db, dA=dAd, dZ=dZ, deriv=_gemm.BACKWARD_EPI[activation])
     dW = rt.empty((n_in, n_out), inp.dtype)
     _gemm.matmul(Xd, dZ, dW, ta=True)

@@ -438,7 +438,7 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, sample_weight=None, check_finite=True
         raise ValueError(f"the fused path does not fit layers of {D} x {H} x {K}")
     swd, total = rt.weights(sample_weight, dtype, N, check_finite)
     flat = rt.empty(D * H + H + H * K + K, dtype)
-    loss = cuda.device_array(1, np.float64)
+    loss = rt.device_array(1, np.float64)
     loss_grad_device(Xd, inp.labels, W1d, b1d, W2d, b2d, flat, loss, _path=_path,
                      sample_weight=swd, total=total)
     dW1, db1, dW2, db2 = split_flat(flat, D, H, K)

@@ -258,7 +258,7 @@ def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, sample_
     n = inp.indices.shape[0] if gather else Xd.shape[0]
     swd, total = rt.weights(sample_weight, inp.dtype, n, check_finite)
     flat = rt.empty(flat_size(units), inp.dtype)
-    loss = cuda.device_array(1, np.float64)
+    loss = rt.device_array(1, np.float64)
     loss_grad_device(Xd, inp.labels, Ws, bs, activation, flat, loss, rows=inp.indices,
                      sample_weight=swd, total=total)
     dWs, dbs = split_flat(flat, units)

@@ -30,11 +30,16 @@ def _plan(d, itemsize, tpb):
 
 
 @functools.lru_cache(maxsize=None)
-def _ols_kernel(dtype, d, R, tpb, shuffle):
+def _ols_kernel(dtype, d, R, tpb, shuffle, prefetch=True):
     """One pass over X: a block stages a tile of R rows in shared memory
     (coalesced loads), computes the R residuals with ``tpb / R`` threads per
     row, then adds ``r_i x_i`` to the gradient sums its threads keep in
-    registers (column ``j``, row lane ``p``) across all its tiles."""
+    registers (column ``j``, row lane ``p``) across all its tiles.
+
+    With ``prefetch`` a full tile is read into registers (a thread's
+    ``ceil(R d / tpb)`` loads issued together) and the block's next tile is
+    read while it works on this one, as in the staged softmax kernel; the
+    last, partial tile takes the plain loop."""
     dt = np.dtype(dtype).type
     nbt = numba.from_dtype(np.dtype(dtype))
     zero = dt(0.0)
@@ -44,15 +49,22 @@ def _ols_kernel(dtype, d, R, tpb, shuffle):
     P = tpb // CW  # gradient row lanes
     Q = -(-d // CW)  # columns per thread
     _d_block_sum = helpers(np.dtype(dtype), tpb, shuffle)._d_block_sum
+    RD = R * d
+    LT = -(-RD // tpb)  # loads per thread of a full tile
+    # ptxas (sm_90, float32): d = 16 takes 96 registers with the prefetch (72
+    # without); d = 128 (32 loads a thread) 240, which leaves one block per SM.
+    prefetch = prefetch and LT <= 8
 
     @jit()
-    def kernel(X, y, w, loss_part, grad_part):
+    def kernel(X, Xf, y, w, loss_part, grad_part):
+        # Xf: X viewed flat, for the prefetch (a tile is RD consecutive values)
         Xs = cuda.shared.array((R, D1), dtype=nbt)
         ws = cuda.shared.array(D1, dtype=nbt)
         rs = cuda.shared.array(R, dtype=nbt)
         buf = cuda.shared.array(tpb, dtype=nbt)
         red = cuda.shared.array(tpb, dtype=types.float64)
         gacc = cuda.local.array(Q, dtype=nbt)
+        held = cuda.local.array(LT, dtype=nbt)
         tid = cuda.threadIdx.x
         N = X.shape[0]
         for q in range(Q):
@@ -68,16 +80,41 @@ def _ols_kernel(dtype, d, R, tpb, shuffle):
         loss = 0.0
         n_tiles = (N + R - 1) // R
         t = cuda.blockIdx.x
+        have = False
+        if prefetch and t < n_tiles and (t + 1) * R <= N:
+            for q in range(LT):
+                e = tid + q * tpb
+                if e < RD:
+                    held[q] = Xf[t * RD + e]
+            have = True
         while t < n_tiles:
             r0 = t * R
             rows = min(R, N - r0)
-            e = tid
-            while e < rows * d:
-                rr = e // d
-                c = e - rr * d
-                Xs[rr, c] = X[r0 + rr, c]
-                e += tpb
+            yv = zero
+            if tid < rows:
+                yv = y[r0 + tid]
+            if have:
+                for q in range(LT):
+                    e = tid + q * tpb
+                    if e < RD:
+                        rr = e // d
+                        Xs[rr, e - rr * d] = held[q]
+            else:
+                e = tid
+                while e < rows * d:
+                    rr = e // d
+                    c = e - rr * d
+                    Xs[rr, c] = X[r0 + rr, c]
+                    e += tpb
             cuda.syncthreads()
+            if prefetch:  # the next tile's loads, in flight during this one
+                tn = t + cuda.gridDim.x
+                have = tn < n_tiles and (tn + 1) * R <= N
+                if have:
+                    for q in range(LT):
+                        e = tid + q * tpb
+                        if e < RD:
+                            held[q] = Xf[tn * RD + e]
             s = zero
             if row < rows:
                 c = g
@@ -90,7 +127,7 @@ def _ols_kernel(dtype, d, R, tpb, shuffle):
                 s = zero
                 for q in range(G):
                     s += buf[tid * G + q]
-                r = y[r0 + tid] - s
+                r = yv - s
                 rs[tid] = r
                 loss += np.float64(r) * np.float64(r)
             cuda.syncthreads()
@@ -181,7 +218,7 @@ def ols_loss_grad(X, y, w, *, check_finite=True):
     )
     Xd, yd, wd = inp.arrays
     grad = rt.empty(Xd.shape[1], inp.dtype)
-    loss = cuda.device_array(1, np.float64)
+    loss = rt.device_array(1, np.float64)
     loss_grad_device(Xd, yd, wd, grad, loss)
     return rt.loss_value(loss, inp.dtype), inp.result(grad)
 
@@ -202,10 +239,15 @@ def loss_grad_device(Xd, yd, wd, grad, loss, work=None):
     shuffle = rt.use_shuffle()
     R = _plan(d, dtype.itemsize, tpb)
     if R:
-        blocks = rt.grid_size(-(-N // R))
+        kernel = _ols_kernel(dtype, d, R, tpb, shuffle, bool(opt.CUDA_OLS_PREFETCH))
+        nbt = numba.from_dtype(dtype)
+        Xf = Xd.reshape(N * d)
+        blocks = rt.resident_grid(
+            kernel, (Xd, Xf, yd, wd, types.float64[::1], nbt[:, ::1]), tpb, -(-N // R),
+            opt.CUDA_OLS_BLOCKS_PER_SM)
         loss_part = rt.buffer(work, "ols.loss_part", (blocks,), np.float64)
         grad_part = rt.buffer(work, "ols.grad_part", (blocks, d), dtype)
-        _ols_kernel(dtype, d, R, tpb, shuffle)[blocks, tpb](Xd, yd, wd, loss_part, grad_part)
+        kernel[blocks, tpb](Xd, Xf, yd, wd, loss_part, grad_part)
         rt.sum_partials(grad_part, grad, -1.0 / N)
     else:
         Xw = rt.buffer(work, "ols.Xw", (N, 1), dtype)
@@ -251,7 +293,7 @@ def gram(X, y, *, check_finite=True):
         _gemm.matmul(Xd, Xd, XtX, ta=True)
         _gemm.matmul(Xd, yd.reshape(N, 1), Xty.reshape(d, 1), ta=True)
     else:
-        C = cuda.device_array((d, d + 1), inp.dtype)
+        C = rt.device_array((d, d + 1), inp.dtype)
         _gemm.matmul(Xd, Xd, C, ta=True, bvec=yd)
         rt.split_columns(C, XtX, Xty)
     return inp.result(XtX), inp.result(Xty)
