@@ -562,8 +562,9 @@ FUSED_SWEEP = [
 SMOKE_FUSED_SWEEP = [{}, {"CUDA_FUSED_MIN_BLOCKS": 2}, {"CUDA_FUSED_TPB": 32}]
 
 #: Blocks per multiprocessor of the grid-stride row kernels timed beside the
-#: default (``CUDA_BLOCKS_PER_SM = 4``): the first GPU run found the row-wise
-#: kernels at 3-16% of the copy bandwidth, with 25-50% of the threads an SM holds.
+#: defaults (``CUDA_BLOCKS_PER_SM = 4``; the staged softmax and OLS kernels: as
+#: many as fit at once): the first GPU run found the row-wise kernels at 3-16%
+#: of the copy bandwidth, with 25-50% of the threads an SM holds.
 #: ``ptxas``: the float32 staged softmax kernel takes 56 registers at 128
 #: threads, so 9 of its blocks fit an SM; 256 gives one block per 128-row tile
 #: (no grid-stride loop at N = 4,194,304).
@@ -659,13 +660,28 @@ def run_ablations(smoke, quick, rows):
         work = {}
         add(group, "staged tile, bare kernel (no loss sum)",
             lambda: softmax_ce_device(Z, y, G, work=work), nbytes)
+        # what changed after the first run, each against what it replaced
+        before = {"CUDA_SOFTMAX_PREFETCH": False, "CUDA_SOFTMAX_BLOCKS_PER_SM": 4}
+        add(group, "staged tile, bare kernel, plain loop, 4 blocks/SM (the first run's kernel)",
+            lambda: softmax_ce_device(Z, y, G, work=work), nbytes, before)
+        add(group, "staged tile, bare kernel, plain loop, resident grid",
+            lambda: softmax_ce_device(Z, y, G, work=work), nbytes,
+            {"CUDA_SOFTMAX_PREFETCH": False})
+        add(group, "staged tile, bare kernel, prefetch, 4 blocks/SM",
+            lambda: softmax_ce_device(Z, y, G, work=work), nbytes,
+            {"CUDA_SOFTMAX_BLOCKS_PER_SM": 4})
+        add(group, "staged tile (default), numba allocator (cudaMalloc per call)",
+            lambda: kc.softmax_cross_entropy(Z, y, check_finite=False), nbytes,
+            {"CUDA_ALLOCATOR": "numba"})
+        add(group, "staged tile, as the first run (plain loop, 4 blocks/SM, numba allocator)",
+            lambda: kc.softmax_cross_entropy(Z, y, check_finite=False), nbytes,
+            dict(before, CUDA_ALLOCATOR="numba"))
         for per_sm in GRID_SWEEP:
+            grid = {"CUDA_BLOCKS_PER_SM": per_sm, "CUDA_SOFTMAX_BLOCKS_PER_SM": per_sm}
             add(group, f"staged tile, bare kernel, {per_sm} blocks/SM",
-                lambda: softmax_ce_device(Z, y, G, work=work), nbytes,
-                {"CUDA_BLOCKS_PER_SM": per_sm})
+                lambda: softmax_ce_device(Z, y, G, work=work), nbytes, grid)
             add(group, f"staged tile (default), {per_sm} blocks/SM",
-                lambda: kc.softmax_cross_entropy(Z, y, check_finite=False), nbytes,
-                {"CUDA_BLOCKS_PER_SM": per_sm})
+                lambda: kc.softmax_cross_entropy(Z, y, check_finite=False), nbytes, grid)
         add(group, "staged tile, bare kernel, 256-row tiles",
             lambda: softmax_ce_device(Z, y, G, work=work), nbytes,
             {"CUDA_SOFTMAX_TPB": 256})
@@ -695,6 +711,33 @@ def run_ablations(smoke, quick, rows):
             lambda: colsum_atomic[-(-N * m // tpb), tpb](A, out), N * m * 4)
         del A
 
+    from fusedgrad.kernels.cuda import ols as cuda_ols
+
+    for d in ((5,) if smoke else (16, 128)):
+        n = N if d == 16 else N // 8
+        X = cuda.to_device(rng.standard_normal((n, d)).astype(np.float32))
+        yv = cuda.to_device(rng.standard_normal(n).astype(np.float32))
+        w = cuda.to_device(rng.standard_normal(d).astype(np.float32))
+        grad = cuda.device_array(d, np.float32)
+        loss = cuda.device_array(1, np.float64)
+        nbytes = (n * d + n) * 4
+        group = f"ols_loss_grad N={n} d={d} float32"
+        work = {}
+        add(group, "one pass (default)",
+            lambda: kc.ols_loss_grad(X, yv, w, check_finite=False), nbytes)
+        add(group, "one pass, bare (loss_grad_device, kept scratch)",
+            lambda: cuda_ols.loss_grad_device(X, yv, w, grad, loss, work=work), nbytes)
+        add(group, "one pass, bare, plain loop",
+            lambda: cuda_ols.loss_grad_device(X, yv, w, grad, loss, work=work), nbytes,
+            {"CUDA_OLS_PREFETCH": False})
+        add(group, "one pass, bare, plain loop, 4 blocks/SM (the first run's kernel)",
+            lambda: cuda_ols.loss_grad_device(X, yv, w, grad, loss, work=work), nbytes,
+            {"CUDA_OLS_PREFETCH": False, "CUDA_OLS_BLOCKS_PER_SM": 4})
+        add(group, "one pass (default), numba allocator",
+            lambda: kc.ols_loss_grad(X, yv, w, check_finite=False), nbytes,
+            {"CUDA_ALLOCATOR": "numba"})
+        del X
+
     shapes = [(13, 5, 6, 3)] if smoke else [s for s in MLP_SHAPES if plan_fused(*s[1:], 4)]
     sweep = SMOKE_FUSED_SWEEP if smoke else FUSED_SWEEP
     for N, d, h, K in shapes:
@@ -717,6 +760,8 @@ def run_ablations(smoke, quick, rows):
             label = ", ".join(f"{k[5:]}={v}" for k, v in overrides.items()) or "defaults"
             add(group, f"fused: {label}", step("fused"), None, overrides,
                 rows_per_tile=plan and plan["R"])
+        add(group, "fused: defaults, numba allocator", step("fused"), None,
+            {"CUDA_ALLOCATOR": "numba"})
         gemms = ["numba"] + (["cupy"] if _gemm._cupy() is not None else [])
         for g in gemms:
             add(group, f"layered, {g} products", step("layered"), None, {"CUDA_GEMM": g})
