@@ -493,6 +493,34 @@ def test_gemm_backends(monkeypatch, backend, dtype):
             dtype)
 
 
+@pytest.mark.parametrize("max_rows", [8, 16])
+@pytest.mark.parametrize("shape", [(5, 6, 3), (7, 9, 4), (2, 13, 3), (9, 3, 5), (3, 4, 2)])
+def test_fused_flat_kernel(monkeypatch, max_rows, shape):
+    """The flat-offset fused kernel against the float64 reference, on layers
+    whose thread grid overhangs the tiles (its dW1 loop reads padding
+    columns: NI * MI > d or NJ * MJ > h), with W1 in shared memory (16-row tiles) and
+    read from global memory (8-row tiles), weighted and not; and bit for bit
+    what the first fused kernel gives (the same arithmetic in the same order)."""
+    monkeypatch.setattr(opt, "CUDA_FUSED_MAX_ROWS", max_rows)
+    d, h, K = shape
+    plan = plan_fused(d, h, K, 4)
+    assert plan is not None and plan["w1_shared"] == (max_rows == 16)
+    case = CASES["mlp_loss_grad"]
+    args = case.make_args(dict(N=37, d=d, h=h, K=K), np.float32, d * h)
+    counts = np.random.default_rng(h).integers(0, 4, 37)  # weights as repeated rows
+    copies = np.repeat(np.arange(37), counts)
+    for sw in (None, counts.astype(np.float32)):
+        rows = slice(None) if sw is None else copies
+        want = case.reference(*as_float64((args[0][rows], args[1][rows], *args[2:])))
+        got = {}
+        for flat in (True, False):
+            monkeypatch.setattr(opt, "CUDA_FUSED_FLAT", flat)
+            got[flat] = kc.mlp_loss_grad(*args, sample_weight=sw, _path="fused")
+        compare(case, got[True], want, np.float32)
+        for a, b in zip(outputs(got[True]), outputs(got[False])):
+            np.testing.assert_array_equal(a, b)
+
+
 @gpu
 @needs_gpu
 @pytest.mark.parametrize("dtype", DTYPES)

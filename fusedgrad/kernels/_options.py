@@ -254,6 +254,10 @@ CUDA_FUSED_TPB = 256
 CUDA_FUSED_MAX_ACC = 64
 #: Most rows per tile of the fused kernel (fewer when shared memory is short).
 CUDA_FUSED_MAX_ROWS = 128
+#: The fused kernel with flat shared tiles walked by unsigned running offsets
+#: (``mlp._flat_kernel``: the same arithmetic with far fewer index
+#: instructions), or False for the first one (``mlp._fused_kernel``).
+CUDA_FUSED_FLAT = True
 #: Blocks per multiprocessor of the fused kernel.
 CUDA_FUSED_BLOCKS_PER_SM = 2
 #: Blocks of the fused kernel that must fit on one multiprocessor at once,

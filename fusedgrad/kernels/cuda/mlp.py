@@ -23,10 +23,20 @@ __all__ = ["mlp_loss_grad", "plan_fused", "loss_grad_device", "split_flat"]
 # ---------------------------------------------------------------------------
 
 
-def _fused_shared_bytes(D, H, K, R, T, itemsize, w1_shared):
-    words = R * ((D | 1) + (H | 1) + (K | 1)) + H * (K | 1) + H + K + T
+def _strides(D, H, NI, NJ, MI, MJ):
+    """Row strides of the flat kernel's X and A tiles (and of W1 in shared
+    memory): odd (rows start in different banks), and wide enough that the
+    dW1 loop's columns ``ti + NI ii`` and ``tj + NJ jj`` stay in the row, so
+    that loop tests nothing: what it reads past ``D`` and ``H`` only enters
+    sums that are never stored."""
+    return max(D, NI * MI) | 1, max(H, NJ * MJ) | 1
+
+
+def _fused_shared_bytes(D, H, K, R, T, itemsize, w1_shared, NI=1, NJ=1, MI=1, MJ=1):
+    XS, AS = _strides(D, H, NI, NJ, MI, MJ)
+    words = R * (XS + AS + (K | 1)) + H * (K | 1) + H + K + T
     if w1_shared:
-        words += D * (H | 1)
+        words += D * AS
     return itemsize * words + 8 * T
 
 
@@ -67,7 +77,8 @@ def plan_fused(D, H, K, itemsize, tpb=None):
     for w1_shared in (True, False):
         R = (min(T, opt.CUDA_FUSED_MAX_ROWS) // NI) * NI
         while R >= NI and (
-            _fused_shared_bytes(D, H, K, R, T, itemsize, w1_shared) > opt.CUDA_SHARED_BYTES
+            _fused_shared_bytes(D, H, K, R, T, itemsize, w1_shared, NI, NJ, MI, MJ)
+            > opt.CUDA_SHARED_BYTES
             or (R // NI) * MJ > acc_max
         ):
             R -= NI
@@ -314,14 +325,303 @@ def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, 
     return kernel
 
 
+@functools.lru_cache(maxsize=None)
+def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, min_blocks,
+                 weighted=False):
+    """:func:`_fused_kernel` with its shared tiles flat and its inner loops
+    walking them by unsigned running offsets.
+
+    The same arithmetic in the same order; what changes is the index code. The
+    two-dimensional ``Xs[r, c]`` of the first kernel makes numba emit, per
+    access, a signed 64-bit multiply-add and a negative-index wrap-around
+    test, and the ``if i < D`` tests of the dW1 loop a compare and a select
+    per load. Here a flat array indexed by an unsigned offset has no
+    wrap-around test, the offsets advance by a constant per row, and the
+    tiles' rows are wide enough (:func:`_strides`) for the dW1 loop to read
+    past ``D`` and ``H`` without a test (those sums are never stored).
+    """
+    dt = np.dtype(dtype).type
+    nbt = numba.from_dtype(np.dtype(dtype))
+    zero = dt(0.0)
+    one = dt(1.0)
+    u = np.uint32
+    XS, AS = _strides(D, H, NI, NJ, MI, MJ)
+    KS = K | 1
+    Q2 = -(-H * K // T)  # dW2 entries per thread
+    MK = -(-K // NJ)  # db2 columns per thread
+    NACC1, NZT = MI * MJ, MR * MJ  # shapes must be compile-time constants
+    XSN, ASN, ZSN, W2N = R * XS, R * AS, R * KS, H * KS
+    W1N = D * AS if w1_shared else 1
+    uXS, uAS, uKS, uNIKS = u(XS), u(AS), u(KS), u(NI * KS)
+    d = helpers(np.dtype(dtype), T, shuffle)
+    _d_sigmoid, _d_block_sum = d._d_sigmoid, d._d_block_sum
+    o_b1 = D * H
+    o_w2 = o_b1 + H
+    o_b2 = o_w2 + H * K
+
+    @jit(launch_bounds=None if min_blocks is None else (T, min_blocks))
+    def kernel(X, y, sw, W1, b1, W2, b2, inv_n, part, loss_part):
+        Xs = cuda.shared.array(XSN, dtype=nbt)  # row r at r * XS
+        As = cuda.shared.array(ASN, dtype=nbt)  # A, then dZ1; row r at r * AS
+        Zs = cuda.shared.array(ZSN, dtype=nbt)  # Z2, then dZ2; row r at r * KS
+        W2s = cuda.shared.array(W2N, dtype=nbt)  # row j at j * KS
+        W1s = cuda.shared.array(W1N, dtype=nbt)  # row k at k * AS
+        b1s = cuda.shared.array(H, dtype=nbt)
+        b2s = cuda.shared.array(K, dtype=nbt)
+        buf = cuda.shared.array(T, dtype=nbt)
+        red = cuda.shared.array(T, dtype=types.float64)
+        acc1 = cuda.local.array(NACC1, dtype=nbt)  # dW1[ti + NI ii, tj + NJ jj]
+        accb1 = cuda.local.array(MJ, dtype=nbt)
+        acc2 = cuda.local.array(Q2, dtype=nbt)  # dW2 entries tid + T q
+        accb2 = cuda.local.array(MK, dtype=nbt)
+        zt = cuda.local.array(NZT, dtype=nbt)
+        xv = cuda.local.array(MI, dtype=nbt)
+        gv = cuda.local.array(MJ, dtype=nbt)
+        tid = cuda.threadIdx.x
+        ti = tid // NJ
+        tj = tid - ti * NJ
+        N = X.shape[0]
+
+        for q in range(MI * MJ):
+            acc1[q] = zero
+        for q in range(MJ):
+            accb1[q] = zero
+        for q in range(Q2):
+            acc2[q] = zero
+        for q in range(MK):
+            accb2[q] = zero
+        # the tiles' padding columns enter only sums that are never stored;
+        # zeroed so that nothing reads uninitialised memory
+        e = tid
+        while e < XSN:
+            Xs[e] = zero
+            e += T
+        e = tid
+        while e < ASN:
+            As[e] = zero
+            e += T
+        e = tid
+        while e < H * K:
+            jj = e // K
+            W2s[jj * KS + e - jj * K] = W2[jj, e - jj * K]
+            e += T
+        e = tid
+        while e < H:
+            b1s[e] = b1[e]
+            e += T
+        e = tid
+        while e < K:
+            b2s[e] = b2[e]
+            e += T
+        if w1_shared:
+            e = tid
+            while e < D * AS:
+                ii = e // AS
+                c = e - ii * AS
+                W1s[e] = W1[ii, c] if c < H else zero
+                e += T
+        cuda.syncthreads()
+        loss = 0.0
+        x_row = u(ti) * uXS  # this thread's first row of the forward product
+        z_own = u(tid) * uKS  # the row of Zs this thread's softmax handles
+
+        n_tiles = (N + R - 1) // R
+        t = cuda.blockIdx.x
+        while t < n_tiles:
+            r0 = t * R
+            rows = min(R, N - r0)
+            # X tile, coalesced
+            e = tid
+            while e < rows * D:
+                rr = e // D
+                c = e - rr * D
+                Xs[rr * XS + c] = X[r0 + rr, c]
+                e += T
+            cuda.syncthreads()
+            # A = sigmoid(X W1 + b1): micro-tile of MR rows x MJ units. Rows
+            # past the tile's end read stale values and are never stored.
+            for q in range(MR * MJ):
+                zt[q] = zero
+            xk = x_row
+            wk = u(tj)
+            for k in range(D):
+                for jj in range(MJ):
+                    if w1_shared:
+                        gv[jj] = W1s[wk + u(NJ * jj)]
+                    else:
+                        j = tj + NJ * jj
+                        gv[jj] = W1[k, j] if j < H else zero
+                for rr in range(MR):
+                    xk_r = Xs[xk + u(NI * XS * rr)]
+                    for jj in range(MJ):
+                        zt[rr * MJ + jj] += xk_r * gv[jj]
+                xk += u(1)
+                wk += uAS
+            for rr in range(MR):
+                r = ti + NI * rr
+                if r < rows:
+                    for jj in range(MJ):
+                        j = tj + NJ * jj
+                        if j < H:
+                            As[u(r) * uAS + u(j)] = _d_sigmoid(zt[rr * MJ + jj] + b1s[j])
+            cuda.syncthreads()
+            # Z2 = A W2 + b2
+            e = tid
+            while e < rows * K:
+                r = e // K
+                k = e - r * K
+                z = b2s[k]
+                ao = u(r) * uAS
+                wo = u(k)
+                for j in range(H):
+                    z += As[ao] * W2s[wo]
+                    ao += u(1)
+                    wo += uKS
+                Zs[u(r) * uKS + u(k)] = z
+                e += T
+            cuda.syncthreads()
+            # softmax cross-entropy, one thread per row: dZ2 = (softmax - Y) / N
+            if tid < rows:
+                label = y[r0 + tid]
+                zy = Zs[z_own + u(label)]
+                m = Zs[z_own]
+                for k in range(1, K):
+                    m = max(m, Zs[z_own + u(k)])
+                a = K - 1
+                for k in range(K - 2, -1, -1):
+                    if Zs[z_own + u(k)] == m:
+                        a = k
+                s = zero
+                for k in range(K):
+                    ek = math.exp(Zs[z_own + u(k)] - m)
+                    Zs[z_own + u(k)] = ek
+                    if k != a:
+                        s += ek
+                row_loss = np.float64(math.log1p(s)) + np.float64(m - zy)
+                inv = inv_n
+                if weighted:  # a compile-time constant: no branch in the unweighted kernel
+                    row_loss *= np.float64(sw[r0 + tid])
+                    inv = inv_n * sw[r0 + tid]
+                loss += row_loss
+                scale = inv / (one + s)
+                ey = Zs[z_own + u(label)]
+                for k in range(K):
+                    Zs[z_own + u(k)] *= scale
+                if label == a:
+                    Zs[z_own + u(label)] = -s * scale
+                else:
+                    Zs[z_own + u(label)] = ey * scale - inv
+            cuda.syncthreads()
+            # dW2 += A^T dZ2, db2 += sum dZ2
+            for q in range(Q2):
+                e = tid + T * q
+                if e < H * K:
+                    j = e // K
+                    k = e - j * K
+                    g = acc2[q]
+                    ao = u(j)
+                    zo = u(k)
+                    for r in range(rows):
+                        g += As[ao] * Zs[zo]
+                        ao += uAS
+                        zo += uKS
+                    acc2[q] = g
+            for kk in range(MK):
+                k = tj + NJ * kk
+                if k < K:
+                    g = accb2[kk]
+                    zo = u(ti) * uKS + u(k)
+                    r = ti
+                    while r < rows:
+                        g += Zs[zo]
+                        zo += uNIKS
+                        r += NI
+                    accb2[kk] = g
+            cuda.syncthreads()
+            # dZ1 = (dZ2 W2^T) * A (1 - A), in place of A; db1 += sum dZ1
+            for rr in range(MR):
+                r = ti + NI * rr
+                if r < rows:
+                    zr = u(r) * uKS
+                    for jj in range(MJ):
+                        j = tj + NJ * jj
+                        if j < H:
+                            wj = u(j) * uKS
+                            g = zero
+                            for k in range(K):
+                                g += Zs[zr + u(k)] * W2s[wj + u(k)]
+                            ao = u(r) * uAS + u(j)
+                            av = As[ao]
+                            g = g * av * (one - av)
+                            As[ao] = g
+                            accb1[jj] += g
+            cuda.syncthreads()
+            # dW1 += X^T dZ1: micro-tile of MI inputs x MJ units; the sums of
+            # the columns past D and H are never stored
+            xo = u(ti)
+            ao = u(tj)
+            for r in range(rows):
+                for ii in range(MI):
+                    xv[ii] = Xs[xo + u(NI * ii)]
+                for jj in range(MJ):
+                    gv[jj] = As[ao + u(NJ * jj)]
+                for ii in range(MI):
+                    for jj in range(MJ):
+                        acc1[ii * MJ + jj] += xv[ii] * gv[jj]
+                xo += uXS
+                ao += uAS
+            cuda.syncthreads()
+            t += cuda.gridDim.x
+
+        # this block's partial sums: [dW1 | db1 | dW2 | db2]
+        b = cuda.blockIdx.x
+        for ii in range(MI):
+            i = ti + NI * ii
+            if i < D:
+                for jj in range(MJ):
+                    j = tj + NJ * jj
+                    if j < H:
+                        part[b, i * H + j] = acc1[ii * MJ + jj]
+        for q in range(Q2):
+            e = tid + T * q
+            if e < H * K:
+                part[b, o_w2 + e] = acc2[q]
+        for jj in range(MJ):
+            buf[tid] = accb1[jj]
+            cuda.syncthreads()
+            j = tj + NJ * jj
+            if ti == 0 and j < H:
+                g = zero
+                for p in range(NI):
+                    g += buf[p * NJ + tj]
+                part[b, o_b1 + j] = g
+            cuda.syncthreads()
+        for kk in range(MK):
+            buf[tid] = accb2[kk]
+            cuda.syncthreads()
+            k = tj + NJ * kk
+            if ti == 0 and k < K:
+                g = zero
+                for p in range(NI):
+                    g += buf[p * NJ + tj]
+                part[b, o_b2 + k] = g
+            cuda.syncthreads()
+        total = _d_block_sum(red, loss)
+        if tid == 0:
+            loss_part[b] = total
+
+    return kernel
+
+
 def _fused(Xd, yd, W1, b1, W2, b2, flat, loss, plan, sw=None, total=None, work=None):
     N, D = Xd.shape
     H, K = W2.shape
     dtype = np.dtype(Xd.dtype)
     weighted = sw is not None
-    kernel = _fused_kernel(dtype, D, H, K, plan["T"], plan["NI"], plan["NJ"], plan["MI"],
-                           plan["MJ"], plan["MR"], plan["R"], plan["w1_shared"], rt.use_shuffle(),
-                           opt.CUDA_FUSED_MIN_BLOCKS, weighted)
+    factory = _flat_kernel if opt.CUDA_FUSED_FLAT else _fused_kernel
+    kernel = factory(dtype, D, H, K, plan["T"], plan["NI"], plan["NJ"], plan["MI"],
+                     plan["MJ"], plan["MR"], plan["R"], plan["w1_shared"], rt.use_shuffle(),
+                     opt.CUDA_FUSED_MIN_BLOCKS, weighted)
     blocks = rt.grid_size(-(-N // plan["R"]), opt.CUDA_FUSED_BLOCKS_PER_SM)
     part = rt.buffer(work, "mlp.part", (blocks, flat.shape[0]), dtype)
     loss_part = rt.buffer(work, "mlp.loss_part", (blocks,), np.float64)
