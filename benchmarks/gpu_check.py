@@ -546,20 +546,24 @@ def run_timings(smoke, quick, results):
 # ---------------------------------------------------------------------------
 
 #: Option sets of the fused MLP kernel timed at the thin shapes (the first is
-#: the default). ``--ptx`` and ``ptxas -v`` at (64, 128, 10) float32: 256
-#: threads take 179 registers, so one block is resident per multiprocessor
-#: although the grid has two per multiprocessor; a launch bound of two blocks
-#: gives 128 registers without spills; 128 threads take 247 registers (two
-#: resident blocks), 512 threads 128 (one).
+#: the default). ``ptxas -v`` (sm_90, float32), 256 threads: the first kernel
+#: took 179 registers at (64, 128, 10), so one block was resident per
+#: multiprocessor although the grid has two (a launch bound of two blocks
+#: gives 128 without spills; 128 threads took 247, 512 threads 128); the flat
+#: kernel (the default since 2026-11-27) takes 128 there and 125 at
+#: (16, 32, 4), two blocks each.
 FUSED_SWEEP = [
     {},
+    {"CUDA_FUSED_FLAT": False},  # the first run's kernel
+    {"CUDA_FUSED_FLAT": False, "CUDA_FUSED_TPB": 128},
     {"CUDA_FUSED_MIN_BLOCKS": 2},
     {"CUDA_FUSED_BLOCKS_PER_SM": 1},
     {"CUDA_FUSED_TPB": 128},
     {"CUDA_FUSED_TPB": 128, "CUDA_FUSED_BLOCKS_PER_SM": 4},
     {"CUDA_FUSED_TPB": 512, "CUDA_FUSED_BLOCKS_PER_SM": 1},
 ]
-SMOKE_FUSED_SWEEP = [{}, {"CUDA_FUSED_MIN_BLOCKS": 2}, {"CUDA_FUSED_TPB": 32}]
+SMOKE_FUSED_SWEEP = [{}, {"CUDA_FUSED_FLAT": False}, {"CUDA_FUSED_MIN_BLOCKS": 2},
+                     {"CUDA_FUSED_TPB": 32}]
 
 #: Blocks per multiprocessor of the grid-stride row kernels timed beside the
 #: defaults (``CUDA_BLOCKS_PER_SM = 4``; the staged softmax and OLS kernels: as

@@ -338,7 +338,10 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
     per load. Here a flat array indexed by an unsigned offset has no
     wrap-around test, the offsets advance by a constant per row, and the
     tiles' rows are wide enough (:func:`_strides`) for the dW1 loop to read
-    past ``D`` and ``H`` without a test (those sums are never stored).
+    past ``D`` and ``H`` without a test (those sums are never stored). The
+    loops over a tile's rows run on their offset (``while xo < x_end``): a
+    ``for r in range(rows)`` kept numba's 64-bit range counter, five uniform
+    instructions a row, and LLVM unrolls the offset loop 16 times.
     """
     dt = np.dtype(dtype).type
     nbt = numba.from_dtype(np.dtype(dtype))
@@ -352,7 +355,7 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
     NACC1, NZT = MI * MJ, MR * MJ  # shapes must be compile-time constants
     XSN, ASN, ZSN, W2N = R * XS, R * AS, R * KS, H * KS
     W1N = D * AS if w1_shared else 1
-    uXS, uAS, uKS, uNIKS = u(XS), u(AS), u(KS), u(NI * KS)
+    uXS, uAS, uKS, uNIKS, uD, uT = u(XS), u(AS), u(KS), u(NI * KS), u(D), u(T)
     d = helpers(np.dtype(dtype), T, shuffle)
     _d_sigmoid, _d_block_sum = d._d_sigmoid, d._d_block_sum
     o_b1 = D * H
@@ -360,7 +363,8 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
     o_b2 = o_w2 + H * K
 
     @jit(launch_bounds=None if min_blocks is None else (T, min_blocks))
-    def kernel(X, y, sw, W1, b1, W2, b2, inv_n, part, loss_part):
+    def kernel(Xf, y, sw, W1, b1, W2, b2, inv_n, part, loss_part):
+        # Xf: X (N, D) viewed flat, so a tile is R * D consecutive values
         Xs = cuda.shared.array(XSN, dtype=nbt)  # row r at r * XS
         As = cuda.shared.array(ASN, dtype=nbt)  # A, then dZ1; row r at r * AS
         Zs = cuda.shared.array(ZSN, dtype=nbt)  # Z2, then dZ2; row r at r * KS
@@ -380,7 +384,7 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
         tid = cuda.threadIdx.x
         ti = tid // NJ
         tj = tid - ti * NJ
-        N = X.shape[0]
+        N = Xf.shape[0] // D
 
         for q in range(MI * MJ):
             acc1[q] = zero
@@ -431,12 +435,13 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
             r0 = t * R
             rows = min(R, N - r0)
             # X tile, coalesced
-            e = tid
-            while e < rows * D:
-                rr = e // D
-                c = e - rr * D
-                Xs[rr * XS + c] = X[r0 + rr, c]
-                e += T
+            e = u(tid)
+            e_end = u(rows * D)
+            g0 = np.uint64(r0) * uD
+            while e < e_end:
+                rr = e // uD
+                Xs[rr * uXS + (e - rr * uD)] = Xf[g0 + e]
+                e += uT
             cuda.syncthreads()
             # A = sigmoid(X W1 + b1): micro-tile of MR rows x MJ units. Rows
             # past the tile's end read stale values and are never stored.
@@ -521,7 +526,8 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
                     g = acc2[q]
                     ao = u(j)
                     zo = u(k)
-                    for r in range(rows):
+                    z_end = zo + u(rows) * uKS
+                    while zo < z_end:  # a loop on the offset: no range counter
                         g += As[ao] * Zs[zo]
                         ao += uAS
                         zo += uKS
@@ -560,7 +566,8 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
             # the columns past D and H are never stored
             xo = u(ti)
             ao = u(tj)
-            for r in range(rows):
+            x_end = xo + u(rows) * uXS
+            while xo < x_end:  # a loop on the offset: no range counter
                 for ii in range(MI):
                     xv[ii] = Xs[xo + u(NI * ii)]
                 for jj in range(MJ):
@@ -627,7 +634,8 @@ def _fused(Xd, yd, W1, b1, W2, b2, flat, loss, plan, sw=None, total=None, work=N
     loss_part = rt.buffer(work, "mlp.loss_part", (blocks,), np.float64)
     n = total if weighted else N
     inv_n = dtype.type(1.0) / dtype.type(n)
-    kernel[blocks, plan["T"]](Xd, yd, sw if weighted else yd, W1, b1, W2, b2, inv_n, part,
+    X_arg = Xd.reshape(N * D) if opt.CUDA_FUSED_FLAT else Xd
+    kernel[blocks, plan["T"]](X_arg, yd, sw if weighted else yd, W1, b1, W2, b2, inv_n, part,
                               loss_part)
     rt.sum_partials(part, flat)
     rt.sum_partials(loss_part.reshape(blocks, 1), loss, 1.0 / n)
