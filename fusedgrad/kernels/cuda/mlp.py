@@ -356,6 +356,7 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
     XSN, ASN, ZSN, W2N = R * XS, R * AS, R * KS, H * KS
     W1N = D * AS if w1_shared else 1
     uXS, uAS, uKS, uNIKS, uD, uT = u(XS), u(AS), u(KS), u(NI * KS), u(D), u(T)
+    uH, uHm1 = u(H), u(H - 1)
     d = helpers(np.dtype(dtype), T, shuffle)
     _d_sigmoid, _d_block_sum = d._d_sigmoid, d._d_block_sum
     o_b1 = D * H
@@ -363,8 +364,9 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
     o_b2 = o_w2 + H * K
 
     @jit(launch_bounds=None if min_blocks is None else (T, min_blocks))
-    def kernel(Xf, y, sw, W1, b1, W2, b2, inv_n, part, loss_part):
-        # Xf: X (N, D) viewed flat, so a tile is R * D consecutive values
+    def kernel(Xf, y, sw, W1f, b1, W2, b2, inv_n, part, loss_part):
+        # Xf, W1f: X (N, D) and W1 (D, H) viewed flat (a tile of X is R * D
+        # consecutive values)
         Xs = cuda.shared.array(XSN, dtype=nbt)  # row r at r * XS
         As = cuda.shared.array(ASN, dtype=nbt)  # A, then dZ1; row r at r * AS
         Zs = cuda.shared.array(ZSN, dtype=nbt)  # Z2, then dZ2; row r at r * KS
@@ -422,7 +424,7 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
             while e < D * AS:
                 ii = e // AS
                 c = e - ii * AS
-                W1s[e] = W1[ii, c] if c < H else zero
+                W1s[e] = W1f[ii * H + c] if c < H else zero
                 e += T
         cuda.syncthreads()
         loss = 0.0
@@ -448,20 +450,23 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
             for q in range(MR * MJ):
                 zt[q] = zero
             xk = x_row
-            wk = u(tj)
+            wk = u(tj)  # W1s: row k at k * AS
+            gk = u(0)  # W1f: row k at k * H
             for k in range(D):
                 for jj in range(MJ):
                     if w1_shared:
                         gv[jj] = W1s[wk + u(NJ * jj)]
                     else:
-                        j = tj + NJ * jj
-                        gv[jj] = W1[k, j] if j < H else zero
+                        # a column past H (the thread grid overhanging the
+                        # layer) reads column H - 1: its sums are never stored
+                        gv[jj] = W1f[gk + min(u(tj) + u(NJ * jj), uHm1)]
                 for rr in range(MR):
                     xk_r = Xs[xk + u(NI * XS * rr)]
                     for jj in range(MJ):
                         zt[rr * MJ + jj] += xk_r * gv[jj]
                 xk += u(1)
                 wk += uAS
+                gk += uH
             for rr in range(MR):
                 r = ti + NI * rr
                 if r < rows:
@@ -634,8 +639,8 @@ def _fused(Xd, yd, W1, b1, W2, b2, flat, loss, plan, sw=None, total=None, work=N
     loss_part = rt.buffer(work, "mlp.loss_part", (blocks,), np.float64)
     n = total if weighted else N
     inv_n = dtype.type(1.0) / dtype.type(n)
-    X_arg = Xd.reshape(N * D) if opt.CUDA_FUSED_FLAT else Xd
-    kernel[blocks, plan["T"]](X_arg, yd, sw if weighted else yd, W1, b1, W2, b2, inv_n, part,
+    X_arg, W1_arg = (Xd.reshape(N * D), W1.reshape(D * H)) if opt.CUDA_FUSED_FLAT else (Xd, W1)
+    kernel[blocks, plan["T"]](X_arg, yd, sw if weighted else yd, W1_arg, b1, W2, b2, inv_n, part,
                               loss_part)
     rt.sum_partials(part, flat)
     rt.sum_partials(loss_part.reshape(blocks, 1), loss, 1.0 / n)
