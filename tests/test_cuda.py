@@ -910,16 +910,19 @@ def test_outputs_and_scratch_come_from_the_pool(monkeypatch, name):
     assert all("stream" not in desc for desc in wrapped) and len(wrapped) == len(fake.owners)
 
 
-def test_pool_choice(monkeypatch):
+@pytest.mark.parametrize("choice, have_cupy, outcome", [
+    ("numba", True, None), ("auto", True, "cupy"), ("auto", False, None), ("cupy", True, "cupy"),
+    ("cupy", False, RuntimeError), ("malloc", True, ValueError)])
+def test_pool_choice(monkeypatch, choice, have_cupy, outcome):
+    """``CUDA_ALLOCATOR`` on a GPU: CuPy's pool when asked or, with "auto",
+    when CuPy imports; a clear error when "cupy" cannot be had or the choice
+    is unknown."""
+    cupy = object()
     monkeypatch.setattr(rt, "simulator", lambda: False)
-    monkeypatch.setattr(opt, "CUDA_ALLOCATOR", "numba")
-    assert rt.pool() is None
-    monkeypatch.setattr(opt, "CUDA_ALLOCATOR", "malloc")
-    with pytest.raises(ValueError, match="CUDA_ALLOCATOR"):
-        rt.pool()
-    monkeypatch.setattr(rt, "_cupy", lambda: None)
-    monkeypatch.setattr(opt, "CUDA_ALLOCATOR", "auto")
-    assert rt.pool() is None
-    monkeypatch.setattr(opt, "CUDA_ALLOCATOR", "cupy")
-    with pytest.raises(RuntimeError, match="CuPy does not import"):
-        rt.pool()
+    monkeypatch.setattr(rt, "_cupy", lambda: cupy if have_cupy else None)
+    monkeypatch.setattr(opt, "CUDA_ALLOCATOR", choice)
+    if outcome in (ValueError, RuntimeError):
+        with pytest.raises(outcome, match="CUDA_ALLOCATOR"):
+            rt.pool()
+    else:
+        assert rt.pool() is (cupy if outcome == "cupy" else None)
