@@ -204,17 +204,19 @@ def test_softmax_row_kernel(monkeypatch, dtype):
 
 @pytest.mark.parametrize("prefetch", [True, False])
 @pytest.mark.parametrize("N", [3, 4, 12, 13, 25, 40])
-def test_softmax_staged_tiles(monkeypatch, prefetch, N):
+@pytest.mark.parametrize("K", [2, 3])
+def test_softmax_staged_tiles(monkeypatch, prefetch, N, K):
     """Tiles of 4 rows over 3 blocks: only a partial tile (N=3), one full
     tile, full tiles only, a block whose next tile is partial (13, 25); in
-    place (Z is dZ) with the column sums, as the MLP's layered path calls it;
-    with and without the registers' prefetch of the next tile."""
+    place (Z is dZ) with the column sums, as the MLP's layered path calls it,
+    by one lane per column (K=3) or two (K=2); with and without the
+    registers' prefetch of the next tile."""
     from fusedgrad.kernels.cuda.softmax import softmax_ce_device
 
     monkeypatch.setattr(opt, "CUDA_SOFTMAX_PREFETCH", prefetch)
     rng = np.random.default_rng(N)
-    Z = (3 * rng.standard_normal((N, 3))).astype(np.float32)
-    y = rng.integers(0, 3, N)
+    Z = (3 * rng.standard_normal((N, K))).astype(np.float32)
+    y = rng.integers(0, K, N)
     want_loss, want_dZ = ref.softmax_cross_entropy(Z.astype(np.float64), y)
     Zd = rt.cuda.to_device(Z)
     loss_part, col_part = softmax_ce_device(Zd, rt.cuda.to_device(y), Zd, colsum=True)

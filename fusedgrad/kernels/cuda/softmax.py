@@ -42,6 +42,8 @@ def _staged_kernel(dtype, K, tpb, shuffle, colsum, weighted=False, prefetch=True
     TILE = R * K  # shapes must be compile-time constants
     phases = max(1, tpb // K)  # column-sum lanes per column
     col_threads = phases * K if K <= tpb else 0
+    u = np.uint32
+    uK, uPK, uTILE = u(K), u(phases * K), np.uint64(TILE)
 
     @jit()
     def kernel(Zf, y, sw, dZf, inv_n, loss_part, col_part):
@@ -57,10 +59,12 @@ def _staged_kernel(dtype, K, tpb, shuffle, colsum, weighted=False, prefetch=True
         c_phase = tid // K
         t = cuda.blockIdx.x
         held = cuda.local.array(K, dtype=nbt)  # a full tile's K values per thread
+        v = cuda.local.array(K, dtype=nbt)  # this thread's row
         have = False
         if prefetch and t < n_tiles and (t + 1) * R <= N:
+            g0 = np.uint64(t) * uTILE + u(tid)
             for j in range(K):
-                held[j] = Zf[t * TILE + tid + j * tpb]
+                held[j] = Zf[g0 + u(j * tpb)]
             have = True
         while t < n_tiles:
             r0 = t * R
@@ -71,7 +75,7 @@ def _staged_kernel(dtype, K, tpb, shuffle, colsum, weighted=False, prefetch=True
                 label = y[r0 + tid]
             if have:
                 for j in range(K):
-                    tile[tid + j * tpb] = held[j]
+                    tile[u(tid) + u(j * tpb)] = held[j]
             else:
                 e = tid
                 while e < rows * K:
@@ -82,22 +86,30 @@ def _staged_kernel(dtype, K, tpb, shuffle, colsum, weighted=False, prefetch=True
                 tn = t + cuda.gridDim.x
                 have = tn < n_tiles and (tn + 1) * R <= N
                 if have:
+                    g0 = np.uint64(tn) * uTILE + u(tid)
                     for j in range(K):
-                        held[j] = Zf[tn * TILE + tid + j * tpb]
+                        held[j] = Zf[g0 + u(j * tpb)]
             if tid < rows:
-                o = tid * K
-                zy = tile[o + label]
-                m = tile[o]
+                # the row in registers (v: constant indices only), the tile
+                # by unsigned offsets (no wrap-around test per access)
+                o = u(tid) * uK
+                zy = tile[o + u(label)]
+                for k in range(K):
+                    v[k] = tile[o + u(k)]
+                m = v[0]
                 for k in range(1, K):
-                    m = max(m, tile[o + k])
+                    m = max(m, v[k])
                 a = K - 1
                 for k in range(K - 2, -1, -1):
-                    if tile[o + k] == m:
+                    if v[k] == m:
                         a = k
                 s = zero
+                ey = zero
                 for k in range(K):
-                    ek = math.exp(tile[o + k] - m)
-                    tile[o + k] = ek
+                    ek = math.exp(v[k] - m)
+                    v[k] = ek
+                    if k == label:
+                        ey = ek
                     if k != a:
                         s += ek
                 row_loss = np.float64(math.log1p(s)) + np.float64(m - zy)
@@ -107,22 +119,20 @@ def _staged_kernel(dtype, K, tpb, shuffle, colsum, weighted=False, prefetch=True
                     inv = inv_n * sw[r0 + tid]
                 loss += row_loss
                 scale = inv / (one + s)
-                ey = tile[o + label]
+                gy = -s * scale if label == a else ey * scale - inv
                 for k in range(K):
-                    tile[o + k] *= scale
-                if label == a:
-                    tile[o + label] = -s * scale
-                else:
-                    tile[o + label] = ey * scale - inv
+                    tile[o + u(k)] = gy if k == label else v[k] * scale
             cuda.syncthreads()
             if colsum and tid < col_threads:
-                r = c_phase
-                while r < rows:
-                    cacc += tile[r * K + c_col]
-                    r += phases
+                co = u(c_phase) * uK + u(c_col)
+                c_end = u(rows) * uK
+                while co < c_end:
+                    cacc += tile[co]
+                    co += uPK
             if rows == R:
+                g0 = np.uint64(base) + u(tid)
                 for j in range(K):
-                    dZf[base + tid + j * tpb] = tile[tid + j * tpb]
+                    dZf[g0 + u(j * tpb)] = tile[u(tid) + u(j * tpb)]
             else:
                 e = tid
                 while e < rows * K:
