@@ -288,13 +288,15 @@ def test_softmax_huge_logits():
 
 @pytest.mark.parametrize("prefetch", [True, False])
 @pytest.mark.parametrize("N", [3, 4, 12, 13, 25, 40])
-def test_ols_tiles(monkeypatch, prefetch, N):
-    """Tiles of 4 rows of 5 features (20 values over 8 threads: the last of a
-    thread's 3 loads runs past the tile for some) over 3 blocks, full and
-    partial, with and without the registers' prefetch of the next tile."""
+@pytest.mark.parametrize("d", [5, 3])
+def test_ols_tiles(monkeypatch, prefetch, N, d):
+    """Tiles of 4 rows over 3 blocks, full and partial, with and without the
+    registers' prefetch of the next tile: 5 features (20 values over 8
+    threads: the last of a thread's 3 loads runs past the tile for some; one
+    gradient lane per column) or 3 (two lanes per column)."""
     monkeypatch.setattr(opt, "CUDA_OLS_PREFETCH", prefetch)
     case = CASES["ols_loss_grad"]
-    args = case.make_args(dict(N=N, d=5), np.float64, N)
+    args = case.make_args(dict(N=N, d=d), np.float64, N)
     compare(case, kc.ols_loss_grad(*args), case.reference(*as_float64(args)), np.float64)
 
 
