@@ -210,9 +210,9 @@ CUDA_SOFTMAX_STAGED_MAX_K = 32
 CUDA_SOFTMAX_PREFETCH = True
 #: Blocks per multiprocessor of the staged softmax kernel, or None: as many
 #: as the GPU holds at once (``_runtime.resident_grid``, the driver's
-#: occupancy calculator). With the prefetch its float32 build takes 72
-#: registers at K = 10 and 128 threads (ptxas, sm_90), so 7 blocks are
-#: resident: 896 threads, each with 10 loads in flight. At 3.5 TB/s and about
+#: occupancy calculator). With the prefetch its float32 build takes 56
+#: registers at K = 10 and 128 threads (ptxas, sm_90), so 9 blocks are
+#: resident: 1,152 threads, each with 10 loads in flight. At 3.5 TB/s and about
 #: 1 us of latency an SM needs some 25 KB in flight, which the first GPU
 #: run's 4 blocks of the plain loop (four loads a thread) did not reach.
 CUDA_SOFTMAX_BLOCKS_PER_SM = None
