@@ -156,7 +156,8 @@ def resident_grid(kernel, args, tpb, work, per_sm=None):
         return grid_size(work, per_sm)
     import numba
 
-    sig = tuple(a if isinstance(a, types.Type) else numba.typeof(a) for a in args)
+    typeof = getattr(kernel, "typeof_pyval", numba.typeof)  # the launch's own typing
+    sig = tuple(a if isinstance(a, types.Type) else typeof(a) for a in args)
     key = (kernel, sig, int(tpb))
     n = _RESIDENT.get(key)
     if n is None:
