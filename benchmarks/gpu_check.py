@@ -666,7 +666,8 @@ def run_ablations(smoke, quick, rows):
             lambda: softmax_ce_device(Z, y, G, work=work), nbytes)
         # what changed after the first run, each against what it replaced
         before = {"CUDA_SOFTMAX_PREFETCH": False, "CUDA_SOFTMAX_BLOCKS_PER_SM": 4}
-        add(group, "staged tile, bare kernel, plain loop, 4 blocks/SM (the first run's kernel)",
+        add(group,
+            "staged tile, bare kernel, plain loop, 4 blocks/SM (the first run's loads and grid)",
             lambda: softmax_ce_device(Z, y, G, work=work), nbytes, before)
         add(group, "staged tile, bare kernel, plain loop, resident grid",
             lambda: softmax_ce_device(Z, y, G, work=work), nbytes,
@@ -677,7 +678,7 @@ def run_ablations(smoke, quick, rows):
         add(group, "staged tile (default), numba allocator (cudaMalloc per call)",
             lambda: kc.softmax_cross_entropy(Z, y, check_finite=False), nbytes,
             {"CUDA_ALLOCATOR": "numba"})
-        add(group, "staged tile, as the first run (plain loop, 4 blocks/SM, numba allocator)",
+        add(group, "staged tile, the first run's loads, grid and allocator",
             lambda: kc.softmax_cross_entropy(Z, y, check_finite=False), nbytes,
             dict(before, CUDA_ALLOCATOR="numba"))
         for per_sm in GRID_SWEEP:
@@ -734,7 +735,7 @@ def run_ablations(smoke, quick, rows):
         add(group, "one pass, bare, plain loop",
             lambda: cuda_ols.loss_grad_device(X, yv, w, grad, loss, work=work), nbytes,
             {"CUDA_OLS_PREFETCH": False})
-        add(group, "one pass, bare, plain loop, 4 blocks/SM (the first run's kernel)",
+        add(group, "one pass, bare, plain loop, 4 blocks/SM (the first run's loads and grid)",
             lambda: cuda_ols.loss_grad_device(X, yv, w, grad, loss, work=work), nbytes,
             {"CUDA_OLS_PREFETCH": False, "CUDA_OLS_BLOCKS_PER_SM": 4})
         add(group, "one pass (default), numba allocator",
