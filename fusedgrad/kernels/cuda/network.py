@@ -18,7 +18,6 @@ from fusedgrad.kernels import _options as opt
 from fusedgrad.kernels.cuda import _gemm, _train
 from fusedgrad.kernels.cuda import _runtime as rt
 from fusedgrad.kernels.cuda import mlp as _mlp
-from fusedgrad.kernels.cuda._runtime import cuda
 from fusedgrad.kernels.cuda.affine import column_sums
 from fusedgrad.kernels.cuda.softmax import softmax_ce_device
 from fusedgrad.kernels.network import HIDDEN_ACTIVATIONS, network_specs

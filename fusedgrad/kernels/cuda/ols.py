@@ -180,7 +180,6 @@ def _ols_kernel(dtype, d, R, tpb, shuffle, prefetch=True):
 @functools.lru_cache(maxsize=None)
 def _residual_kernel(dtype, tpb, shuffle):
     """``rn = -(y - Xw) / N`` from ``Xw``, and per-block sums of the squared residuals."""
-    nbt = numba.from_dtype(np.dtype(dtype))
     _d_block_sum = helpers(np.dtype(dtype), tpb, shuffle)._d_block_sum
 
     @jit()
