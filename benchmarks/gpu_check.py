@@ -1062,9 +1062,21 @@ def run_ptx_check(cc=(9, 0), ptx_dir=None):
                                "C" if a.flags.c_contiguous else "A")
         return numba.typeof(a)
 
+    asked = {}  # (kernel, signature) -> label: what rt.resident_grid asked the occupancy of
+
     class Launch:
         def __init__(self, fn, options):
             self.fn, self.options = fn, options
+
+        # rt.resident_grid types the arguments and asks the compiled kernel
+        # how many blocks fit; the launch that follows must use that same
+        # signature, or the real GPU would compile the kernel twice
+        def typeof_pyval(self, a):
+            return argtype(a)
+
+        def compile(self, sig):
+            asked[(self.fn, tuple(sig))] = self.fn.__qualname__
+            return SimpleNamespace(max_cooperative_grid_blocks=lambda tpb: 8 * 132)
 
         def __getitem__(self, config):
             block = config[1]
@@ -1244,6 +1256,13 @@ def run_ptx_check(cc=(9, 0), ptx_dir=None):
         log(f"{i:>3} {short[:30]:<30} {sig_text:<64} {n64:>7} {threads[key]:>4} {regs:>5} {spill:>11} {smem:>7} {seconds:5.1f}")
         rows.append(dict(kernel=qualname, signature=[str(t) for t in sig], f64_ops_in_f32=n64,
                          threads_per_block=threads[key], registers=regs, stack_and_spill_bytes=spill, shared_bytes=smem))
+    unused = [(fn, sig, name) for (fn, sig), name in asked.items() if (fn, sig) not in compiled]
+    for fn, sig, name in unused:
+        msg = "the occupancy was asked for a signature no launch used"
+        failures.append((name, [str(t) for t in sig], "", None, msg))
+        log(f"FAILED {name} {sig}: {msg}")
+    log(f"{len(asked)} occupancy queries (rt.resident_grid), {len(unused)} for a signature "
+        "no launch used")
     log(f"{len(compiled)} kernels compiled for sm_{cc[0]}{cc[1]}, {len(failures)} failures")
     return dict(kernels=rows, failures=failures)
 
