@@ -78,6 +78,15 @@ def small_blocks(request, monkeypatch):
     monkeypatch.setattr(rt, "POISON", True)
 
 
+def count_allocations(monkeypatch):
+    """Record the shape of every device array numba allocates."""
+    shapes = []
+    original = rt.cuda.device_array
+    monkeypatch.setattr(rt.cuda, "device_array",
+                        lambda *args, **kwargs: shapes.append(args) or original(*args, **kwargs))
+    return shapes
+
+
 def to_device(args):
     """Float arrays and labels as numba device arrays."""
     return tuple(rt.cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args)
@@ -904,10 +913,7 @@ def test_outputs_and_scratch_come_from_the_pool(monkeypatch, name):
     wrapped = []
     monkeypatch.setattr(rt, "pool", lambda: fake)
     monkeypatch.setattr(rt, "_wrap", lambda desc, owner: wrapped.append(desc) or owner.array)
-    numba_allocs = []
-    original = rt.cuda.device_array
-    monkeypatch.setattr(rt.cuda, "device_array",
-                        lambda *a, **k: numba_allocs.append(a) or original(*a, **k))
+    numba_allocs = count_allocations(monkeypatch)
     got = case.cuda_kernel(*args)
     compare(case, host(got), case.reference(*as_float64(host_args)), np.float32)
     assert len(numba_allocs) == len(fake.owners) > 0  # the fake's own memory only

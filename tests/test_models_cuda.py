@@ -15,6 +15,7 @@ import pytest
 
 from fusedgrad.kernels.cuda import _runtime as rt
 from fusedgrad.models import LinearRegression, MLPClassifier
+from test_cuda import count_allocations
 from test_cuda import small_blocks  # noqa: F401  (autouse: tiny blocks, poisoned outputs)
 
 pytestmark = pytest.mark.skipif(rt.cuda is None, reason="numba-cuda is not installed")
@@ -210,15 +211,6 @@ def count_copies(monkeypatch):
 
     monkeypatch.setattr(cls, "copy_to_host", counting)
     return sizes
-
-
-def count_allocations(monkeypatch):
-    """Record the shape of every device array allocated."""
-    shapes = []
-    original = rt.cuda.device_array
-    monkeypatch.setattr(rt.cuda, "device_array",
-                        lambda *args, **kwargs: shapes.append(args) or original(*args, **kwargs))
-    return shapes
 
 
 def test_mlp_fit_copies_no_parameters_per_step(monkeypatch):

@@ -91,9 +91,7 @@ def _epilogue_fn(dtype, epi):
     return _d_epilogue
 
 
-@functools.lru_cache(maxsize=None)
-def _cupy():
-    return rt._cupy()
+_cupy = rt._cupy
 
 
 def backend():

@@ -278,7 +278,10 @@ def _copy_kernels():
     return copy2d, copy1d, fill
 
 
+@functools.lru_cache(maxsize=None)
 def _cupy():
+    """CuPy, or None when it does not import (asked once: a failed import is
+    not cached by Python, and every allocation asks)."""
     try:
         import cupy
     except Exception:
