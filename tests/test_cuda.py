@@ -507,17 +507,23 @@ def test_gemm_backends(monkeypatch, backend, dtype):
 
 
 @pytest.mark.parametrize("max_rows", [8, 16])
-@pytest.mark.parametrize("shape", [(5, 6, 3), (7, 9, 4), (2, 13, 3), (9, 3, 5), (3, 4, 2)])
+@pytest.mark.parametrize(
+    "shape", [(5, 6, 3), (7, 9, 4), (2, 13, 3), (9, 3, 5), (3, 4, 2), (3, 2, 17)])
 def test_fused_flat_kernel(monkeypatch, max_rows, shape):
     """The flat-offset fused kernel against the float64 reference, on layers
     whose thread grid overhangs the tiles (its dW1 loop reads padding
-    columns: NI * MI > d or NJ * MJ > h), with W1 in shared memory (16-row tiles) and
-    read from global memory (8-row tiles), weighted and not; and bit for bit
-    what the first fused kernel gives (the same arithmetic in the same order)."""
+    columns: NI * MI > d or NJ * MJ > h) and layers it fits, with W1 in
+    shared memory (16-row tiles) and read from global memory (8-row tiles;
+    always at K = 17, 32 threads, where the tiles are too short for it), with
+    a row of dZ2 held in registers (K <= 16) and read from shared memory
+    (K = 17), weighted and not; and bit for bit what the first
+    fused kernel gives (the same arithmetic in the same order)."""
     monkeypatch.setattr(opt, "CUDA_FUSED_MAX_ROWS", max_rows)
     d, h, K = shape
+    if K > 16:
+        monkeypatch.setattr(opt, "CUDA_FUSED_TPB", 32)
     plan = plan_fused(d, h, K, 4)
-    assert plan is not None and plan["w1_shared"] == (max_rows == 16)
+    assert plan is not None and plan["w1_shared"] == (max_rows == 16 and K <= 16)
     case = CASES["mlp_loss_grad"]
     args = case.make_args(dict(N=37, d=d, h=h, K=K), np.float32, d * h)
     counts = np.random.default_rng(h).integers(0, 4, 37)  # weights as repeated rows

@@ -339,9 +339,16 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
     wrap-around test, the offsets advance by a constant per row, and the
     tiles' rows are wide enough (:func:`_strides`) for the dW1 loop to read
     past ``D`` and ``H`` without a test (those sums are never stored). The
-    loops over a tile's rows run on their offset (``while xo < x_end``): a
-    ``for r in range(rows)`` kept numba's 64-bit range counter, five uniform
-    instructions a row, and LLVM unrolls the offset loop 16 times.
+    loops over a tile's rows, over ``k < D`` in the forward product and over
+    ``j < H`` in ``A W2`` run on their offset (``while xo != x_end``): a
+    ``for r in range(rows)`` keeps numba's 64-bit range counter (five
+    instructions an iteration, in every unrolled copy), and with ``!=`` rather
+    than ``<`` LLVM knows the trip count (the offset cannot step over the end),
+    unrolls the loop 16 times and folds the offsets into the loads. Where the
+    thread grid does not overhang the layer, the forward product reads W1 at
+    constant offsets from one address, without the clamp to column ``H - 1``.
+    With ``K <= 16`` a thread reads a row of dZ2 into registers once for all
+    its units in ``dZ2 W2^T``.
     """
     dt = np.dtype(dtype).type
     nbt = numba.from_dtype(np.dtype(dtype))
@@ -356,12 +363,25 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
     XSN, ASN, ZSN, W2N = R * XS, R * AS, R * KS, H * KS
     W1N = D * AS if w1_shared else 1
     uXS, uAS, uKS, uNIKS, uD, uT = u(XS), u(AS), u(KS), u(NI * KS), u(D), u(T)
-    uH, uHm1 = u(H), u(H - 1)
+    uH, uHm1, uK = u(H), u(H - 1), u(K)
+    overhang = NJ * MJ > H  # the thread grid has columns past H
+    ZV = K <= 16  # a row of dZ2 fits in registers
     d = helpers(np.dtype(dtype), T, shuffle)
     _d_sigmoid, _d_block_sum = d._d_sigmoid, d._d_block_sum
     o_b1 = D * H
     o_w2 = o_b1 + H
     o_b2 = o_w2 + H * K
+
+    @jit(device=True)
+    def _d_column_dot(As, Zs, ao, zo, z_len, g):
+        """``g`` plus the dot product of a column of the A tile (from offset
+        ``ao``) and one of the Z tile (from ``zo``, ``z_len / KS`` rows)."""
+        z_end = zo + z_len
+        while zo != z_end:  # a loop on the offset: no range counter
+            g += As[ao] * Zs[zo]
+            ao += uAS
+            zo += uKS
+        return g
 
     @jit(launch_bounds=None if min_blocks is None else (T, min_blocks))
     def kernel(Xf, y, sw, W1f, b1, W2, b2, inv_n, part, loss_part):
@@ -383,6 +403,7 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
         zt = cuda.local.array(NZT, dtype=nbt)
         xv = cuda.local.array(MI, dtype=nbt)
         gv = cuda.local.array(MJ, dtype=nbt)
+        zv = cuda.local.array(K if ZV else 1, dtype=nbt)
         tid = cuda.threadIdx.x
         ti = tid // NJ
         tj = tid - ti * NJ
@@ -450,16 +471,19 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
             for q in range(MR * MJ):
                 zt[q] = zero
             xk = x_row
+            x_stop = x_row + uD
             wk = u(tj)  # W1s: row k at k * AS
             gk = u(0)  # W1f: row k at k * H
-            for k in range(D):
+            while xk < x_stop:  # k = 0 .. D - 1, on the offset
                 for jj in range(MJ):
                     if w1_shared:
                         gv[jj] = W1s[wk + u(NJ * jj)]
-                    else:
+                    elif overhang:
                         # a column past H (the thread grid overhanging the
                         # layer) reads column H - 1: its sums are never stored
                         gv[jj] = W1f[gk + min(u(tj) + u(NJ * jj), uHm1)]
+                    else:
+                        gv[jj] = W1f[gk + u(tj) + u(NJ * jj)]
                 for rr in range(MR):
                     xk_r = Xs[xk + u(NI * XS * rr)]
                     for jj in range(MJ):
@@ -476,19 +500,21 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
                             As[u(r) * uAS + u(j)] = _d_sigmoid(zt[rr * MJ + jj] + b1s[j])
             cuda.syncthreads()
             # Z2 = A W2 + b2
-            e = tid
-            while e < rows * K:
-                r = e // K
-                k = e - r * K
+            e = u(tid)
+            e_end = u(rows) * uK
+            while e < e_end:
+                r = e // uK
+                k = e - r * uK
                 z = b2s[k]
-                ao = u(r) * uAS
-                wo = u(k)
-                for j in range(H):
+                ao = r * uAS
+                a_end = ao + uH
+                wo = k
+                while ao != a_end:  # j = 0 .. H - 1, on the offset
                     z += As[ao] * W2s[wo]
                     ao += u(1)
                     wo += uKS
-                Zs[u(r) * uKS + u(k)] = z
-                e += T
+                Zs[r * uKS + k] = z
+                e += uT
             cuda.syncthreads()
             # softmax cross-entropy, one thread per row: dZ2 = (softmax - Y) / N
             if tid < rows:
@@ -528,15 +554,7 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
                 if e < H * K:
                     j = e // K
                     k = e - j * K
-                    g = acc2[q]
-                    ao = u(j)
-                    zo = u(k)
-                    z_end = zo + u(rows) * uKS
-                    while zo < z_end:  # a loop on the offset: no range counter
-                        g += As[ao] * Zs[zo]
-                        ao += uAS
-                        zo += uKS
-                    acc2[q] = g
+                    acc2[q] = _d_column_dot(As, Zs, u(j), u(k), u(rows) * uKS, acc2[q])
             for kk in range(MK):
                 k = tj + NJ * kk
                 if k < K:
@@ -553,14 +571,17 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
             for rr in range(MR):
                 r = ti + NI * rr
                 if r < rows:
-                    zr = u(r) * uKS
+                    zo = u(r) * uKS
+                    if ZV:  # the row of dZ2 in registers, read once for all units
+                        for k in range(K):
+                            zv[k] = Zs[zo + u(k)]
                     for jj in range(MJ):
                         j = tj + NJ * jj
                         if j < H:
                             wj = u(j) * uKS
                             g = zero
                             for k in range(K):
-                                g += Zs[zr + u(k)] * W2s[wj + u(k)]
+                                g += (zv[k] if ZV else Zs[zo + u(k)]) * W2s[wj + u(k)]
                             ao = u(r) * uAS + u(j)
                             av = As[ao]
                             g = g * av * (one - av)
@@ -572,7 +593,7 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
             xo = u(ti)
             ao = u(tj)
             x_end = xo + u(rows) * uXS
-            while xo < x_end:  # a loop on the offset: no range counter
+            while xo != x_end:  # a loop on the offset: no range counter
                 for ii in range(MI):
                     xv[ii] = Xs[xo + u(NI * ii)]
                 for jj in range(MJ):
