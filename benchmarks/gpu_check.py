@@ -53,7 +53,9 @@ What it does:
   one block per row, and the staged kernels bare (preallocated outputs, no
   checks or loss sum) as the strided one is timed; the grid of the row
   kernels (``GRID_SWEEP`` blocks per SM); bias gradients by block partial
-  sums against a global atomic per element; the fused MLP kernel against the layered path (numba
+  sums against a global atomic per element; the thin product and row-sum
+  kernels against the products they replaced (``affine_sigmoid``, its
+  backward, ``gram``, the layered MLP path); the fused MLP kernel against the layered path (numba
   and cuBLAS products) at the thin shapes, and the fused kernel's block size,
   register bound and grid (``FUSED_SWEEP``);
 * **profile**: the GPU kernels and copies of one wrapper call (torch.profiler's
@@ -145,6 +147,7 @@ SMOKE_OPTIONS = dict(
     CUDA_TPB=8, CUDA_SOFTMAX_TPB=4, CUDA_MAX_BLOCKS=3, CUDA_GEMM_BM=4, CUDA_GEMM_BN=4,
     CUDA_GEMM_BK=2, CUDA_GEMM_TM=2, CUDA_GEMM_TN=2, CUDA_MAX_SPLITS=3, CUDA_FUSED_TPB=16,
     CUDA_FUSED_MAX_ROWS=8, CUDA_OLS_MAX_ROWS=4, CUDA_CHUNK_BYTES=256, CUDA_WARP_SHUFFLE=False,
+    CUDA_THIN_TPB=16, CUDA_THIN_MAX_ROWS=16,
 )
 
 
@@ -268,6 +271,20 @@ def check_configs(smoke):
                 ]
     configs += [
         ("ols two-pass float32", "ols_loss_grad", dict(N=3000, d=20000), f32, {}, {}),
+    ]
+    # the thin kernels at a thin layer (16 -> 32), and what they replaced
+    off = {"CUDA_THIN": False}
+    for dt in (f32, f64):
+        dn = np.dtype(dt).name
+        configs += [
+            (f"affine_sigmoid thin {dn}", "affine_sigmoid", thin2, dt, {}, {}),
+            (f"affine_sigmoid_backward thin {dn}", "affine_sigmoid_backward", thin2, dt, {}, {}),
+        ]
+    configs += [
+        ("affine_sigmoid without thin kernels float32", "affine_sigmoid", thin2, f32, {}, off),
+        ("affine_sigmoid_backward without thin kernels float32", "affine_sigmoid_backward",
+         thin2, f32, {}, off),
+        ("gram thin without thin kernels float32", "gram", dict(N=200000, d=16), f32, {}, off),
     ]
     return configs
 
@@ -743,6 +760,42 @@ def run_ablations(smoke, quick, rows):
             {"CUDA_ALLOCATOR": "numba"})
         del X
 
+    # The thin kernels (added 2026-11-27, not yet timed: B in shared memory,
+    # one pass; and row sums A^T B by each block over its tiles) against what
+    # the products took before: cuBLAS (and an epilogue pass) when CuPy
+    # imports, else the numba tiled kernel.
+    before = {"CUDA_THIN": False}
+    n, d_in, d_out = (40, 3, 5) if smoke else (N, 16, 32)
+    X = cuda.to_device(rng.standard_normal((n, d_in)).astype(np.float32))
+    W = cuda.to_device(rng.standard_normal((d_in, d_out)).astype(np.float32))
+    b = cuda.to_device(rng.standard_normal(d_out).astype(np.float32))
+    A = cuda.to_device(rng.uniform(0.0, 1.0, (n, d_out)).astype(np.float32))
+    dA = cuda.to_device(rng.standard_normal((n, d_out)).astype(np.float32))
+    out = cuda.device_array((n, d_out), np.float32)
+    group = f"affine_sigmoid N={n} {d_in}->{d_out} float32"
+    nbytes = (n * d_in + n * d_out) * 4
+    add(group, "thin kernel (default)",
+        lambda: kc.affine_sigmoid(X, W, b, out, check_finite=False), nbytes)
+    add(group, "product + epilogue (before the thin kernel)",
+        lambda: kc.affine_sigmoid(X, W, b, out, check_finite=False), nbytes, before)
+    add(group, "numba tiled product, epilogue fused",
+        lambda: kc.affine_sigmoid(X, W, b, out, check_finite=False), nbytes,
+        dict(before, CUDA_GEMM="numba"))
+    group = f"affine_sigmoid_backward N={n} {d_in}->{d_out} float32, with dX"
+    nbytes = (2 * n * d_in + 2 * n * d_out) * 4
+    add(group, "dW and dX by the thin kernels (default)",
+        lambda: kc.affine_sigmoid_backward(X, A, dA, W, check_finite=False), nbytes)
+    add(group, "dW and dX by products (before the thin kernels)",
+        lambda: kc.affine_sigmoid_backward(X, A, dA, W, check_finite=False), nbytes, before)
+    yv = cuda.to_device(rng.standard_normal(n).astype(np.float32))
+    group = f"gram N={n} d={d_in} float32"
+    nbytes = (n * d_in + n) * 4
+    add(group, "thin row sums, one pass (default)",
+        lambda: kc.gram(X, yv, check_finite=False), nbytes)
+    add(group, "X^T X and X^T y by products (before the thin kernels)",
+        lambda: kc.gram(X, yv, check_finite=False), nbytes, before)
+    del X, A, dA, out
+
     shapes = [(13, 5, 6, 3)] if smoke else [s for s in MLP_SHAPES if plan_fused(*s[1:], 4)]
     sweep = SMOKE_FUSED_SWEEP if smoke else FUSED_SWEEP
     for N, d, h, K in shapes:
@@ -771,6 +824,22 @@ def run_ablations(smoke, quick, rows):
         for g in gemms:
             add(group, f"layered, {g} products", step("layered"), None, {"CUDA_GEMM": g})
         del X
+    # the layered path at the smallest fat shape: its A W2 and dZ2 W2^T go to
+    # the thin kernel now
+    N, d, h, K = (13, 5, 6, 3) if smoke else MLP_SHAPES[0]
+    X = cuda.to_device(rng.standard_normal((N, d)).astype(np.float32))
+    y = cuda.to_device(rng.integers(0, K, N))
+    W1 = cuda.to_device((rng.standard_normal((d, h)) / d ** 0.5).astype(np.float32))
+    b1 = cuda.to_device(rng.standard_normal(h).astype(np.float32))
+    W2 = cuda.to_device((rng.standard_normal((h, K)) / h ** 0.5).astype(np.float32))
+    b2 = cuda.to_device(rng.standard_normal(K).astype(np.float32))
+    group = f"mlp_loss_grad {N}, {d}, {h}, {K} float32, layered"
+    for label, overrides in (("thin products where they fit (default)", {}),
+                             ("without the thin kernel", {"CUDA_THIN": False})):
+        add(group, label,
+            lambda: kc.mlp_loss_grad(X, y, W1, b1, W2, b2, check_finite=False,
+                                     _path="layered"), None, overrides)
+    del X
     return rows
 
 

@@ -61,6 +61,8 @@ SMALL = dict(
     CUDA_MAX_SPLITS=3,
     CUDA_FUSED_TPB=16,
     CUDA_FUSED_MAX_ROWS=8,
+    CUDA_THIN_TPB=16,
+    CUDA_THIN_MAX_ROWS=16,
     CUDA_OLS_MAX_ROWS=4,
     CUDA_CHUNK_BYTES=256,
 )
@@ -316,6 +318,83 @@ def test_ols_two_pass_path_for_wide_rows(monkeypatch, dtype):
     case = CASES["ols_loss_grad"]
     args = case.make_args(dict(N=13, d=5), dtype, 6)
     compare(case, kc.ols_loss_grad(*args), case.reference(*as_float64(args)), dtype)
+
+
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("shape", [(50, 5, 7), (37, 3, 1), (21, 4, 10)])
+def test_thin_products(monkeypatch, tb, shape):
+    """``_gemm.matmul`` by the thin kernel (B in shared memory) and by the
+    tiled kernel, against a float64 NumPy product with each epilogue, the
+    derivative ones also in place (``aux`` is C): tiles of 16 rows on 3
+    blocks (two tiles for the first block at 50 rows, partial tiles), thread grids
+    with columns past Nc (7 columns on a grid of 8) and without (10, whose
+    tile rows in shared memory are padded to 11), a
+    single column, B transposed or not."""
+    from fusedgrad.kernels.cuda import _gemm
+
+    M, Kd, Nc = shape
+    rng = np.random.default_rng(M)
+    A = rng.standard_normal((M, Kd))
+    B = rng.standard_normal((Nc, Kd) if tb else (Kd, Nc))
+    bias = rng.standard_normal(Nc)
+    aux = rng.uniform(-1.0, 1.0, (M, Nc))
+    z = A @ (B.T if tb else B)
+    want = {
+        _gemm.EPI_NONE: z,
+        _gemm.EPI_BIAS: z + bias,
+        _gemm.EPI_BIAS_SIGMOID: 1.0 / (1.0 + np.exp(-(z + bias))),
+        _gemm.EPI_BIAS_TANH: np.tanh(z + bias),
+        _gemm.EPI_BIAS_RELU: np.maximum(z + bias, 0.0),
+        _gemm.EPI_DSIGMOID: z * aux * (1.0 - aux),
+        _gemm.EPI_DTANH: z * (1.0 - aux) * (1.0 + aux),
+        _gemm.EPI_DRELU: np.where(aux > 0, z, 0.0),
+    }
+    for thin in (True, False):
+        monkeypatch.setattr(opt, "CUDA_THIN", thin)
+        assert (_gemm.plan_thin(Kd, Nc, 4) is not None) == thin
+        for dtype in DTYPES:
+            tol = 1e-5 if dtype == np.float32 else 1e-12
+            dA, dB, dbias, daux = (rt.to_device(a.astype(dtype)) for a in (A, B, bias, aux))
+            for epi, w in want.items():
+                for in_place in (False, True) if epi in _gemm._NEEDS_AUX else (False,):
+                    C = rt.to_device(aux.astype(dtype)) if in_place else rt.empty((M, Nc), dtype)
+                    _gemm.matmul(dA, dB, C, tb=tb, epi=epi, bias=dbias,
+                                 aux=C if in_place else daux)
+                    np.testing.assert_allclose(C.copy_to_host(), w, rtol=tol, atol=tol,
+                                               err_msg=f"thin={thin} {dtype} epilogue {epi}")
+
+
+@pytest.mark.parametrize("shape", [(50, 5, 6), (37, 3, 1), (45, 6, 4)])
+def test_thin_row_sums(monkeypatch, shape):
+    """``_gemm.matmul(A, B, C, ta=True)`` (``A^T B`` summed over rows, as the
+    weight gradients and the Gram matrix) by the thin row-sum kernel and by
+    the tiled kernel, against float64 NumPy: tiles of 16 rows, 8 row lanes a
+    block, 3 blocks (several tiles a block, partial tiles), with ``bvec`` as
+    one more column of B (``gram``'s ``X^T [X | y]``, B being A itself), and
+    added to C."""
+    from fusedgrad.kernels.cuda import _gemm
+
+    M, Ka, Nb = shape
+    rng = np.random.default_rng(M)
+    A = rng.standard_normal((M, Ka))
+    B = rng.standard_normal((M, Nb))
+    yv = rng.standard_normal(M)
+    C0 = rng.standard_normal((Ka, Nb))
+    for thin in (True, False):
+        monkeypatch.setattr(opt, "CUDA_THIN", thin)
+        assert (_gemm.plan_thin_sum(Ka, Nb, 4) is not None) == thin
+        for dtype in DTYPES:
+            tol = 1e-5 if dtype == np.float32 else 1e-12
+            dA, dB, dy = (rt.to_device(a.astype(dtype)) for a in (A, B, yv))
+            for accumulate in (False, True):
+                C = rt.to_device(C0.astype(dtype)) if accumulate else rt.empty((Ka, Nb), dtype)
+                _gemm.matmul(dA, dB, C, ta=True, accumulate=accumulate)
+                np.testing.assert_allclose(C.copy_to_host(), A.T @ B + (C0 if accumulate else 0),
+                                           rtol=tol, atol=tol, err_msg=f"thin={thin} {dtype}")
+            C = rt.empty((Ka, Ka + 1), dtype)
+            _gemm.matmul(dA, dA, C, ta=True, bvec=dy)
+            np.testing.assert_allclose(C.copy_to_host(), A.T @ np.column_stack([A, yv]),
+                                       rtol=tol, atol=tol, err_msg=f"thin={thin} {dtype} bvec")
 
 
 def test_results_are_reproducible():

@@ -243,6 +243,31 @@ CUDA_GEMM = "auto"
 #: own partial tile; the partials are then added in a fixed order.
 CUDA_MAX_SPLITS = 64
 
+# Thin products (``_gemm.matmul`` of C = op(A) @ op(B) without ``ta``, where B
+# is small): a block keeps B in shared memory and walks over tiles of rows of
+# A, each thread a micro-tile of C in registers; the epilogue is applied as the
+# tile goes to shared memory, and the tile is stored to C as one contiguous
+# block. One pass over A and C, where cuBLAS needs a second, elementwise pass
+# for the epilogue and the numba tiled kernel leaves most of its 64-column
+# tile idle. (``_gemm.plan_thin`` chooses the layout.)
+#: Use the thin kernel where it fits (False: the tiled kernel or cuBLAS).
+CUDA_THIN = True
+#: Threads per block of the thin kernel.
+CUDA_THIN_TPB = 256
+#: Most rows per tile (fewer when shared memory is short).
+CUDA_THIN_MAX_ROWS = 128
+#: Most outputs one thread keeps in registers.
+CUDA_THIN_MAX_ACC = 32
+#: Most values of B (inner dimension x output columns) it takes.
+CUDA_THIN_MAX_B = 8192
+#: Products summed over rows, ``A^T B`` with A and B thin (weight gradients,
+#: the Gram matrix): a block keeps its share of the sums in registers while it
+#: walks over tiles of rows of A and B (``_gemm.plan_thin_sum``), where there
+#: are at most this many multiply-adds per value read (``Ka * Nb / (Ka + Nb)``:
+#: 16 is a square of 32 columns); wider products are bound by arithmetic, and
+#: go to cuBLAS or the tiled kernel.
+CUDA_THIN_SUM_MAX_RATIO = 16
+
 # The fused MLP kernel (thin layers): one block keeps its share of the weight
 # gradients in registers while it walks over tiles of rows; a row tile's
 # activations live only in shared memory.

@@ -2,7 +2,12 @@
 
 :func:`matmul` computes ``C (+)= op(A) @ op(B)`` followed by an epilogue
 (bias, bias and sigmoid, or the sigmoid derivative of an activation), with
-either
+
+* where B is small (a thin layer's weights, see :func:`plan_thin`) and the
+  product is not summed over rows: one pass of a kernel that keeps B in
+  shared memory, walks over tiles of rows of A, keeps a micro-tile of C per
+  thread in registers, applies the epilogue and stores each tile of C as one
+  contiguous run; else either
 
 * a tiled shared-memory kernel written in numba.cuda: a block computes a
   ``BM x BN`` tile of C, stepping through the inner dimension ``BK`` at a
@@ -238,6 +243,352 @@ def _dummy(dtype, ndim):
     return _DUMMY[key]
 
 
+# ---------------------------------------------------------------------------
+# Thin products: B in shared memory, one pass over row tiles of A and C
+# ---------------------------------------------------------------------------
+
+
+def _thin_strides(Kd, Nc, NJ, MJ):
+    """Row strides of the thin kernel's A tile, B and C tile in shared memory:
+    odd, so that rows start in different banks; B's rows as wide as the
+    thread grid's columns (``NJ * MJ``), so that reading past ``Nc`` needs no
+    test (those columns are zero and their sums are never stored)."""
+    return Kd | 1, max(Nc, NJ * MJ) | 1, Nc | 1
+
+
+def _thin_shared_bytes(Kd, Nc, NJ, MJ, R, itemsize):
+    XS, BS, CS = _thin_strides(Kd, Nc, NJ, MJ)
+    return itemsize * (Kd * BS + R * (XS + CS))
+
+
+def plan_thin(Kd, Nc, itemsize):
+    """The layout of the thin kernel (:func:`_thin_kernel`) for an inner
+    dimension ``Kd`` and ``Nc`` output columns, or None where it does not
+    apply (``CUDA_THIN`` off, B larger than ``CUDA_THIN_MAX_B`` values, or no
+    tile of at least ``min(32, T)`` rows fits in shared memory beside B with
+    at most half the thread grid's columns idle: a single output column, as
+    in ``X w``, would leave all but one thread of each row idle).
+
+    Threads form an ``NI x NJ`` grid; thread ``(ti, tj)`` computes rows
+    ``ti + NI * rr`` (``rr < MR``) and columns ``tj + NJ * jj`` (``jj < MJ``)
+    of a tile of ``R = NI * MR`` rows. Chosen to spend the fewest issue slots
+    (``MR + MJ`` shared loads and ``MR * MJ`` multiply-adds per inner index)
+    per useful multiply-add, then the tallest tile.
+
+    Returns
+    -------
+    dict or None
+        ``T, NI, NJ, MR, MJ, R``.
+    """
+    if not opt.CUDA_THIN or Kd * Nc > opt.CUDA_THIN_MAX_B:
+        return None
+    T = opt.CUDA_THIN_TPB
+    best = None
+    nj = 1
+    while nj <= T:
+        mj = -(-Nc // nj)
+        ni = T // nj
+        mr = 1
+        # at most half the thread grid's columns past Nc
+        while nj * mj <= 2 * Nc and mr * mj <= opt.CUDA_THIN_MAX_ACC:
+            R = ni * mr
+            if (min(32, T) <= R <= opt.CUDA_THIN_MAX_ROWS
+                    and _thin_shared_bytes(Kd, Nc, nj, mj, R, itemsize) <= opt.CUDA_SHARED_BYTES):
+                key = ((mr + mj + mr * mj) * nj / (mr * Nc), -R)
+                if best is None or key < best[0]:
+                    best = (key, dict(T=T, NI=ni, NJ=nj, MR=mr, MJ=mj, R=R))
+            mr *= 2
+        nj *= 2
+    return None if best is None else best[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _thin_kernel(dtype, Kd, Nc, tb, epi, T, NI, NJ, MR, MJ):
+    """``C = epi(A @ op(B))`` for a B small enough to stay in shared memory.
+
+    A block copies B (transposed when ``tb``) into shared memory once, then
+    walks over tiles of ``R`` rows: the tile of A is copied in as one
+    contiguous run (rows of a C-contiguous A are consecutive), each thread
+    computes its ``MR x MJ`` micro-tile in registers, applies the epilogue and
+    writes it to a C tile in shared memory, and the tile goes to C as one
+    contiguous run. Offsets are unsigned and the inner loop runs on its offset
+    (see ``mlp._flat_kernel``). With ``aux`` the epilogue reads ``aux[m, n]``
+    before the tile of C is stored: ``aux`` may be C itself.
+    """
+    dt = np.dtype(dtype).type
+    nbt = numba.from_dtype(np.dtype(dtype))
+    zero = dt(0.0)
+    u = np.uint32
+    R = NI * MR
+    XS, BS, CS = _thin_strides(Kd, Nc, NJ, MJ)
+    XSN, BSN, CSN, NACC = R * XS, Kd * BS, R * CS, MR * MJ
+    uKd, uNc, uXS, uBS, uCS, uT = u(Kd), u(Nc), u(XS), u(BS), u(CS), u(T)
+    _d_epilogue = _epilogue_fn(np.dtype(dtype), epi)
+
+    @jit()
+    def kernel(Af, B, Cf, bias, aux):
+        # Af, Cf: A (M, Kd) and C (M, Nc) viewed flat
+        Xs = cuda.shared.array(XSN, dtype=nbt)  # row r at r * XS
+        Bs = cuda.shared.array(BSN, dtype=nbt)  # op(B) row k at k * BS
+        Cs = cuda.shared.array(CSN, dtype=nbt)  # row r at r * CS
+        acc = cuda.local.array(NACC, dtype=nbt)
+        bv = cuda.local.array(MJ, dtype=nbt)
+        tid = cuda.threadIdx.x
+        ti = tid // NJ
+        tj = tid - ti * NJ
+        M = Af.shape[0] // Kd
+        # rows past a partial tile's end enter only sums that are never
+        # stored; zeroed so that nothing reads uninitialised memory
+        e = tid
+        while e < XSN:
+            Xs[e] = zero
+            e += T
+        e = tid
+        while e < BSN:
+            k = e // BS
+            n = e - k * BS
+            v = zero
+            if n < Nc:
+                v = B[n, k] if tb else B[k, n]
+            Bs[e] = v
+            e += T
+        cuda.syncthreads()
+        x_first = u(ti) * uXS
+        n_tiles = (M + R - 1) // R
+        t = cuda.blockIdx.x
+        while t < n_tiles:
+            r0 = t * R
+            rows = min(R, M - r0)
+            e = u(tid)
+            e_end = u(rows) * uKd
+            g0 = np.uint64(r0) * uKd
+            while e < e_end:
+                rr = e // uKd
+                Xs[rr * uXS + (e - rr * uKd)] = Af[g0 + e]
+                e += uT
+            cuda.syncthreads()
+            for q in range(NACC):
+                acc[q] = zero
+            xk = x_first
+            x_stop = x_first + uKd
+            bk = u(tj)
+            while xk != x_stop:  # k = 0 .. Kd - 1, on the offset
+                for jj in range(MJ):
+                    bv[jj] = Bs[bk + u(NJ * jj)]
+                for rr in range(MR):
+                    x = Xs[xk + u(NI * XS * rr)]
+                    for jj in range(MJ):
+                        acc[rr * MJ + jj] += x * bv[jj]
+                xk += u(1)
+                bk += uBS
+            for rr in range(MR):
+                r = ti + NI * rr
+                if r < rows:
+                    for jj in range(MJ):
+                        j = tj + NJ * jj
+                        if j < Nc:
+                            Cs[u(r) * uCS + u(j)] = _d_epilogue(acc[rr * MJ + jj], bias, aux,
+                                                                r0 + r, j)
+            cuda.syncthreads()
+            e = u(tid)
+            e_end = u(rows) * uNc
+            g0 = np.uint64(r0) * uNc
+            while e < e_end:
+                rr = e // uNc
+                Cf[g0 + e] = Cs[rr * uCS + (e - rr * uNc)]
+                e += uT
+            # the next tile's copy into Xs needs no barrier: every thread has
+            # passed the one above, so no one still reads Xs
+            t += cuda.gridDim.x
+
+    return kernel
+
+
+def _thin(A, B, C, tb, epi, bias, aux, plan):
+    M, Kd = A.shape
+    Nc = C.shape[1]
+    kernel = _thin_kernel(np.dtype(C.dtype), Kd, Nc, bool(tb), int(epi), plan["T"], plan["NI"],
+                          plan["NJ"], plan["MR"], plan["MJ"])
+    args = (A.reshape(M * Kd), B, C.reshape(M * Nc), bias, aux)
+    blocks = rt.resident_grid(kernel, args, plan["T"], -(-M // plan["R"]))
+    kernel[blocks, plan["T"]](*args)
+
+
+def plan_thin_sum(Ka, Nb, itemsize):
+    """The layout of the thin row-sum kernel (:func:`_thin_sum_kernel`) for
+    ``A^T B`` with ``Ka`` columns of A and ``Nb`` of B, or None where it does
+    not apply: ``CUDA_THIN`` off, or more than ``CUDA_THIN_SUM_MAX_RATIO``
+    multiply-adds per value read (``Ka * Nb / (Ka + Nb)``: wider products are
+    bound by arithmetic, where cuBLAS does better).
+
+    The block's threads form ``NL`` row lanes of an ``NI x NJ`` grid each;
+    thread ``(lane, ti, tj)`` sums the outputs ``(ti + NI * ii, tj + NJ * jj)``
+    (``ii < MI``, ``jj < MJ``, at most ``CUDA_FUSED_MAX_ACC`` of them) over
+    the rows ``lane, lane + NL, ...`` of each tile of ``R`` rows. The grid is
+    the one with the fewest issue slots a row, ``NI NJ (MI MJ + MI + MJ)``
+    (multiply-adds and shared loads): the fewer threads share a row, the fewer
+    loads, as long as their sums fit in registers.
+
+    Returns
+    -------
+    dict or None
+        ``T, NL, NI, NJ, MI, MJ, R``.
+    """
+    if not opt.CUDA_THIN or Ka * Nb > opt.CUDA_THIN_SUM_MAX_RATIO * (Ka + Nb):
+        return None
+    T = opt.CUDA_THIN_TPB
+    best = None
+    ni = 1
+    while ni <= T:
+        nj = 1
+        while ni * nj <= T:
+            mi, mj = -(-Ka // ni), -(-Nb // nj)
+            SA, SB = _thin_sum_strides(Ka, Nb, ni, nj, mi, mj)
+            R = min(opt.CUDA_THIN_MAX_ROWS,
+                    (opt.CUDA_SHARED_BYTES // itemsize - T) // (SA + SB))
+            # tiles of at least 32 rows (or T), at least two rows a lane
+            if mi * mj <= opt.CUDA_FUSED_MAX_ACC and R >= max(min(32, T), 2 * T // (ni * nj)):
+                key = (ni * nj * (mi * mj + mi + mj), ni * nj)
+                if best is None or key < best[0]:
+                    best = (key, dict(T=T, NL=T // (ni * nj), NI=ni, NJ=nj, MI=mi, MJ=mj, R=R))
+            nj *= 2
+        ni *= 2
+    return None if best is None else best[1]
+
+
+def _thin_sum_strides(Ka, Nb, NI, NJ, MI, MJ):
+    """Row strides of the row-sum kernel's A and B tiles: odd, and wide
+    enough that a thread's columns past ``Ka`` and ``Nb`` stay in the row
+    (their sums are never stored)."""
+    return max(Ka, NI * MI) | 1, max(Nb, NJ * MJ) | 1
+
+
+@functools.lru_cache(maxsize=None)
+def _thin_sum_kernel(dtype, Ka, Nb, aug, T, NL, NI, NJ, MI, MJ, R):
+    """Per-block partial sums of ``A^T [B | bvec]`` for thin A and B.
+
+    A block walks over tiles of ``R`` rows: the tiles of A and B are copied
+    into shared memory as contiguous runs (``bvec``, when ``aug``, as B's
+    last column), and each thread adds its lane's rows of the tile to its
+    ``MI x MJ`` sums in registers (the fused MLP kernel's dW1 loop). At the
+    end the lanes' sums are added in lane order and the block writes them to
+    ``part[block]``; a second pass adds the blocks' rows in a fixed order.
+    """
+    dt = np.dtype(dtype).type
+    nbt = numba.from_dtype(np.dtype(dtype))
+    zero = dt(0.0)
+    u = np.uint32
+    SA, SB = _thin_sum_strides(Ka, Nb, NI, NJ, MI, MJ)
+    Nb0 = Nb - 1 if aug else Nb  # columns of B itself
+    G = NI * NJ  # threads of a lane
+    ASN, BSN, NACC = R * SA, R * SB, MI * MJ
+    uKa, uNb0, uSA, uSB, uT = u(Ka), u(max(Nb0, 1)), u(SA), u(SB), u(T)
+    uLA, uLB = u(NL * SA), u(NL * SB)
+
+    @jit()
+    def kernel(Af, Bf, bvec, part):
+        # Af, Bf: A (M, Ka) and B (M, Nb0) viewed flat
+        As = cuda.shared.array(ASN, dtype=nbt)  # row r at r * SA
+        Bs = cuda.shared.array(BSN, dtype=nbt)  # row r at r * SB
+        buf = cuda.shared.array(T, dtype=nbt)
+        acc = cuda.local.array(NACC, dtype=nbt)
+        av = cuda.local.array(MI, dtype=nbt)
+        bv = cuda.local.array(MJ, dtype=nbt)
+        tid = cuda.threadIdx.x
+        lane = tid // G
+        ti = (tid - lane * G) // NJ
+        tj = tid - lane * G - ti * NJ
+        M = Af.shape[0] // Ka
+        for q in range(NACC):
+            acc[q] = zero
+        # the padding columns enter only sums that are never stored; zeroed
+        # so that nothing reads uninitialised memory
+        e = tid
+        while e < ASN:
+            As[e] = zero
+            e += T
+        e = tid
+        while e < BSN:
+            Bs[e] = zero
+            e += T
+        cuda.syncthreads()
+        n_tiles = (M + R - 1) // R
+        t = cuda.blockIdx.x
+        while t < n_tiles:
+            r0 = t * R
+            rows = min(R, M - r0)
+            e = u(tid)
+            e_end = u(rows) * uKa
+            g0 = np.uint64(r0) * uKa
+            while e < e_end:
+                rr = e // uKa
+                As[rr * uSA + (e - rr * uKa)] = Af[g0 + e]
+                e += uT
+            if Nb0 > 0:
+                e = u(tid)
+                e_end = u(rows) * uNb0
+                g0 = np.uint64(r0) * uNb0
+                while e < e_end:
+                    rr = e // uNb0
+                    Bs[rr * uSB + (e - rr * uNb0)] = Bf[g0 + e]
+                    e += uT
+            if aug:
+                e = tid
+                while e < rows:
+                    Bs[u(e) * uSB + u(Nb0)] = bvec[r0 + e]
+                    e += T
+            cuda.syncthreads()
+            # this lane's rows lane, lane + NL, ... < rows, on the offsets
+            n_mine = (rows - lane + NL - 1) // NL if lane < rows else 0
+            ao = u(lane) * uSA + u(ti)
+            bo = u(lane) * uSB + u(tj)
+            a_end = ao + u(n_mine) * uLA
+            while ao != a_end:
+                for ii in range(MI):
+                    av[ii] = As[ao + u(NI * ii)]
+                for jj in range(MJ):
+                    bv[jj] = Bs[bo + u(NJ * jj)]
+                for ii in range(MI):
+                    for jj in range(MJ):
+                        acc[ii * MJ + jj] += av[ii] * bv[jj]
+                ao += uLA
+                bo += uLB
+            cuda.syncthreads()
+            t += cuda.gridDim.x
+        # the lanes' sums, added in lane order
+        b = cuda.blockIdx.x
+        for ii in range(MI):
+            for jj in range(MJ):
+                buf[tid] = acc[ii * MJ + jj]
+                cuda.syncthreads()
+                i = ti + NI * ii
+                j = tj + NJ * jj
+                if lane == 0 and i < Ka and j < Nb:
+                    g = buf[tid]
+                    for q in range(1, NL):
+                        g += buf[q * G + tid]
+                    part[b, i * Nb + j] = g
+                cuda.syncthreads()
+
+    return kernel
+
+
+def _thin_sum(A, B, C, bvec, accumulate, plan, work):
+    M, Ka = A.shape
+    Nb = C.shape[1]
+    aug = bvec is not None
+    dtype = np.dtype(C.dtype)
+    kernel = _thin_sum_kernel(dtype, Ka, Nb, aug, plan["T"], plan["NL"], plan["NI"],
+                              plan["NJ"], plan["MI"], plan["MJ"], plan["R"])
+    Bf = B.reshape(B.size) if B.shape[1] > 0 else _dummy(dtype, 1)
+    bv = bvec if aug else _dummy(dtype, 1)
+    blocks = rt.resident_grid(kernel, (A.reshape(A.size), Bf, bv, numba.from_dtype(dtype)[:, ::1]),
+                              plan["T"], -(-M // plan["R"]))
+    part = rt.buffer(work, "gemm.thin_partials", (blocks, Ka * Nb), dtype)
+    kernel[blocks, plan["T"]](A.reshape(A.size), Bf, bv, part)
+    rt.sum_partials(part, C.reshape(Ka * Nb), 1.0, accumulate)
+
+
 def _tile(size, block, micro):
     """Block and micro-tile edge for an output edge of ``size``: the configured
     ones, shrunk (powers of two, at least 8 threads along the edge when the
@@ -290,6 +641,18 @@ def matmul(A, B, C, *, ta=False, tb=False, epi=EPI_NONE, bias=None, aux=None, bv
     if accumulate and epi != EPI_NONE:
         raise ValueError("accumulate works with EPI_NONE only")
     dtype = np.dtype(C.dtype)
+    if not ta and bvec is None and not accumulate and M > 0:
+        plan = plan_thin(Kd, Nc, dtype.itemsize)
+        if plan is not None:
+            bias = _dummy(dtype, 1) if bias is None else bias
+            aux = _dummy(dtype, 2) if aux is None else aux
+            _thin(A, B, C, tb, epi, bias, aux, plan)
+            return C
+    if ta and not tb and epi == EPI_NONE and Kd > 0:
+        plan = plan_thin_sum(M, Nc, dtype.itemsize)
+        if plan is not None:
+            _thin_sum(A, B, C, bvec, accumulate, plan, work)
+            return C
     if use_library and bvec is None and aux is not C and backend() == "cupy":
         _cupy_matmul(A, B, C, ta, tb, epi, bias, aux, accumulate)
         return C

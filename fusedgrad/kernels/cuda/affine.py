@@ -150,10 +150,12 @@ def backward(X, A, dA, W, activation, check_finite, delta=None):
 def affine_sigmoid(X, W, b, out=None, *, check_finite=True):
     r"""An affine layer and the sigmoid, fused, on the GPU: :math:`A = \sigma(X W + b)`.
 
-    Same semantics as :func:`fusedgrad.kernels.affine_sigmoid`. The product
-    is a tiled shared-memory matmul (or cuBLAS through CuPy, see
-    ``CUDA_GEMM``); bias and sigmoid are applied as each tile is stored (or in
-    one elementwise pass after cuBLAS).
+    Same semantics as :func:`fusedgrad.kernels.affine_sigmoid`. Where W is
+    small (``_gemm.plan_thin``), one pass: W stays in shared memory while a
+    block walks over tiles of rows of X, and bias and sigmoid are applied as
+    each tile of A is formed. Otherwise the product is a tiled shared-memory
+    matmul (or cuBLAS through CuPy, see ``CUDA_GEMM``); bias and sigmoid are
+    applied as each tile is stored (or in one elementwise pass after cuBLAS).
 
     Parameters
     ----------

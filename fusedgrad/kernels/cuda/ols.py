@@ -284,8 +284,10 @@ def gram(X, y, *, check_finite=True):
 
     With the numba kernels, one pass over ``X``: the product
     :math:`X^T [X \mid y]` with ``y`` read as one more column, summed over row
-    ranges whose partial tiles are added in a fixed order. With cuBLAS
-    (``CUDA_GEMM``), two products.
+    ranges (or, for a thin ``X``, by each block over its tiles of rows, see
+    ``_gemm.plan_thin_sum``) whose partial sums are added in a fixed order.
+    With cuBLAS (``CUDA_GEMM``) and an ``X`` too wide for the thin kernel,
+    two products.
 
     Parameters
     ----------
@@ -305,7 +307,7 @@ def gram(X, y, *, check_finite=True):
     N, d = Xd.shape
     XtX = rt.empty((d, d), inp.dtype)
     Xty = rt.empty(d, inp.dtype)
-    if _gemm.backend() == "cupy":
+    if _gemm.backend() == "cupy" and _gemm.plan_thin_sum(d, d + 1, inp.dtype.itemsize) is None:
         _gemm.matmul(Xd, Xd, XtX, ta=True)
         _gemm.matmul(Xd, yd.reshape(N, 1), Xty.reshape(d, 1), ta=True)
     else:
