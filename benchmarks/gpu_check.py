@@ -279,8 +279,14 @@ def check_configs(smoke):
         configs += [
             (f"affine_sigmoid thin {dn}", "affine_sigmoid", thin2, dt, {}, {}),
             (f"affine_sigmoid_backward thin {dn}", "affine_sigmoid_backward", thin2, dt, {}, {}),
+            (f"affine_activation_backward relu thin {dn}", "affine_activation_backward/relu",
+             thin2, dt, {}, {}),
+            (f"affine_activation_backward tanh thin no W {dn}",
+             "affine_activation_backward/tanh/no_W", thin2, dt, {}, {}),
         ]
     configs += [
+        ("affine_sigmoid_backward thin, dZ stored float32", "affine_sigmoid_backward", thin2,
+         f32, {}, {"CUDA_THIN_BACKWARD": False}),
         ("affine_sigmoid without thin kernels float32", "affine_sigmoid", thin2, f32, {}, off),
         ("affine_sigmoid_backward without thin kernels float32", "affine_sigmoid_backward",
          thin2, f32, {}, off),
@@ -783,8 +789,11 @@ def run_ablations(smoke, quick, rows):
         dict(before, CUDA_GEMM="numba"))
     group = f"affine_sigmoid_backward N={n} {d_in}->{d_out} float32, with dX"
     nbytes = (2 * n * d_in + 2 * n * d_out) * 4
-    add(group, "dW and dX by the thin kernels (default)",
+    add(group, "one kernel, dZ never stored (default)",
         lambda: kc.affine_sigmoid_backward(X, A, dA, W, check_finite=False), nbytes)
+    add(group, "dZ pass, then dW and dX by the thin kernels",
+        lambda: kc.affine_sigmoid_backward(X, A, dA, W, check_finite=False), nbytes,
+        {"CUDA_THIN_BACKWARD": False})
     add(group, "dW and dX by products (before the thin kernels)",
         lambda: kc.affine_sigmoid_backward(X, A, dA, W, check_finite=False), nbytes, before)
     yv = cuda.to_device(rng.standard_normal(n).astype(np.float32))

@@ -397,6 +397,28 @@ def test_thin_row_sums(monkeypatch, shape):
                                        rtol=tol, atol=tol, err_msg=f"thin={thin} {dtype} bvec")
 
 
+@pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
+def test_thin_backward(monkeypatch, activation):
+    """A thin layer's backward pass in one kernel (dZ formed in shared memory,
+    never stored) against the float64 reference, and the passes it replaced
+    (a dZ pass and the thin kernels; products, with the thin kernels off): 50 rows in tiles of 16 on 3 blocks (two tiles for
+    the first, a partial one), 7 -> 4 units (the tiles of X and dZ of
+    different widths, dX's thread grid one column wider than the layer), with
+    and without dX, both dtypes."""
+    from fusedgrad.kernels.cuda.affine import plan_backward
+
+    for suffix in ("", "/no_W"):
+        case = CASES[f"affine_activation_backward/{activation}{suffix}"]
+        for dtype in DTYPES:
+            args = case.make_args(dict(N=50, d=7, h=4), dtype, 21)
+            want = case.reference(*as_float64(args))
+            for thin, one_kernel in ((True, True), (True, False), (False, True)):
+                monkeypatch.setattr(opt, "CUDA_THIN", thin)
+                monkeypatch.setattr(opt, "CUDA_THIN_BACKWARD", one_kernel)
+                assert (plan_backward(7, 4, 4, suffix == "") is not None) == thin
+                compare(case, case.cuda_kernel(*args), want, dtype)
+
+
 def test_results_are_reproducible():
     case = CASES["mlp_loss_grad"]
     args = case.make_args(dict(N=13, d=5, h=6, K=3), np.float32, 7)

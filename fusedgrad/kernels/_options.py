@@ -267,6 +267,11 @@ CUDA_THIN_MAX_B = 8192
 #: 16 is a square of 32 columns); wider products are bound by arithmetic, and
 #: go to cuBLAS or the tiled kernel.
 CUDA_THIN_SUM_MAX_RATIO = 16
+#: A thin layer's backward pass (``affine_activation_backward``) in one kernel
+#: where both of the above fit: dZ formed in shared memory and never stored,
+#: dW and db summed and dX computed from the same tile (``affine._backward_kernel``);
+#: False: a pass for dZ, then the two thin kernels.
+CUDA_THIN_BACKWARD = True
 
 # The fused MLP kernel (thin layers): one block keeps its share of the weight
 # gradients in registers while it walks over tiles of rows; a row tile's

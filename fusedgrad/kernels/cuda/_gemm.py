@@ -464,6 +464,60 @@ def _thin_sum_strides(Ka, Nb, NI, NJ, MI, MJ):
 
 
 @functools.lru_cache(maxsize=None)
+def _row_sum_fns(dtype, Ka, Nb, T, NL, NI, NJ, MI, MJ, SA, SB):
+    """The device functions of the row sums ``A^T B`` over a tile in shared
+    memory, shared by :func:`_thin_sum_kernel` and the thin layers' backward
+    kernel (``affine._backward_kernel``).
+
+    ``_d_add_rows(As, Bs, acc, av, bv, lane, ti, tj, rows)`` adds the rows
+    ``lane, lane + NL, ... < rows`` of the tiles (row strides ``SA``, ``SB``)
+    to thread ``(lane, ti, tj)``'s ``MI x MJ`` sums ``acc``, walking them on
+    their offsets; ``_d_store_sums(acc, buf, part, b, tid, lane, ti, tj)``
+    adds the lanes' sums in lane order (through ``buf``, ``T`` values of
+    shared memory) and writes ``part[b, i * Nb + j]`` for ``i < Ka``,
+    ``j < Nb``.
+    """
+    u = np.uint32
+    G = NI * NJ
+    uSA, uSB = u(SA), u(SB)
+    uLA, uLB = u(NL * SA), u(NL * SB)
+
+    @jit(device=True)
+    def _d_add_rows(As, Bs, acc, av, bv, lane, ti, tj, rows):
+        n_mine = (rows - lane + NL - 1) // NL if lane < rows else 0
+        ao = u(lane) * uSA + u(ti)
+        bo = u(lane) * uSB + u(tj)
+        a_end = ao + u(n_mine) * uLA
+        while ao != a_end:  # a loop on the offset: no range counter
+            for ii in range(MI):
+                av[ii] = As[ao + u(NI * ii)]
+            for jj in range(MJ):
+                bv[jj] = Bs[bo + u(NJ * jj)]
+            for ii in range(MI):
+                for jj in range(MJ):
+                    acc[ii * MJ + jj] += av[ii] * bv[jj]
+            ao += uLA
+            bo += uLB
+
+    @jit(device=True)
+    def _d_store_sums(acc, buf, part, b, tid, lane, ti, tj):
+        for ii in range(MI):
+            for jj in range(MJ):
+                buf[tid] = acc[ii * MJ + jj]
+                cuda.syncthreads()
+                i = ti + NI * ii
+                j = tj + NJ * jj
+                if lane == 0 and i < Ka and j < Nb:
+                    g = buf[tid]
+                    for q in range(1, NL):
+                        g += buf[q * G + tid]
+                    part[b, i * Nb + j] = g
+                cuda.syncthreads()
+
+    return _d_add_rows, _d_store_sums
+
+
+@functools.lru_cache(maxsize=None)
 def _thin_sum_kernel(dtype, Ka, Nb, aug, T, NL, NI, NJ, MI, MJ, R):
     """Per-block partial sums of ``A^T [B | bvec]`` for thin A and B.
 
@@ -483,7 +537,8 @@ def _thin_sum_kernel(dtype, Ka, Nb, aug, T, NL, NI, NJ, MI, MJ, R):
     G = NI * NJ  # threads of a lane
     ASN, BSN, NACC = R * SA, R * SB, MI * MJ
     uKa, uNb0, uSA, uSB, uT = u(Ka), u(max(Nb0, 1)), u(SA), u(SB), u(T)
-    uLA, uLB = u(NL * SA), u(NL * SB)
+    _d_add_rows, _d_store_sums = _row_sum_fns(np.dtype(dtype), Ka, Nb, T, NL, NI, NJ, MI, MJ,
+                                              SA, SB)
 
     @jit()
     def kernel(Af, Bf, bvec, part):
@@ -538,37 +593,10 @@ def _thin_sum_kernel(dtype, Ka, Nb, aug, T, NL, NI, NJ, MI, MJ, R):
                     Bs[u(e) * uSB + u(Nb0)] = bvec[r0 + e]
                     e += T
             cuda.syncthreads()
-            # this lane's rows lane, lane + NL, ... < rows, on the offsets
-            n_mine = (rows - lane + NL - 1) // NL if lane < rows else 0
-            ao = u(lane) * uSA + u(ti)
-            bo = u(lane) * uSB + u(tj)
-            a_end = ao + u(n_mine) * uLA
-            while ao != a_end:
-                for ii in range(MI):
-                    av[ii] = As[ao + u(NI * ii)]
-                for jj in range(MJ):
-                    bv[jj] = Bs[bo + u(NJ * jj)]
-                for ii in range(MI):
-                    for jj in range(MJ):
-                        acc[ii * MJ + jj] += av[ii] * bv[jj]
-                ao += uLA
-                bo += uLB
+            _d_add_rows(As, Bs, acc, av, bv, lane, ti, tj, rows)
             cuda.syncthreads()
             t += cuda.gridDim.x
-        # the lanes' sums, added in lane order
-        b = cuda.blockIdx.x
-        for ii in range(MI):
-            for jj in range(MJ):
-                buf[tid] = acc[ii * MJ + jj]
-                cuda.syncthreads()
-                i = ti + NI * ii
-                j = tj + NJ * jj
-                if lane == 0 and i < Ka and j < Nb:
-                    g = buf[tid]
-                    for q in range(1, NL):
-                        g += buf[q * G + tid]
-                    part[b, i * Nb + j] = g
-                cuda.syncthreads()
+        _d_store_sums(acc, buf, part, cuda.blockIdx.x, tid, lane, ti, tj)
 
     return kernel
 

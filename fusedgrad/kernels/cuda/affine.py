@@ -87,6 +87,206 @@ def column_sums(A, out, *, dA=None, dZ=None, deriv=_gemm.EPI_DSIGMOID, accumulat
     return out
 
 
+# ---------------------------------------------------------------------------
+# Thin layers' backward pass in one kernel
+# ---------------------------------------------------------------------------
+
+
+def plan_backward(n_in, n_out, itemsize, with_dx):
+    """The layout of :func:`_backward_kernel` for a layer of ``n_in -> n_out``
+    units, or None where it does not apply (the thin kernels do not, see
+    ``_gemm.plan_thin_sum`` and ``_gemm.plan_thin``, or the tiles do not fit
+    in shared memory).
+
+    Returns
+    -------
+    dict or None
+        ``sums``: the layout of the sums ``[X | 1]^T dZ`` (as
+        ``plan_thin_sum``); ``dx``: that of ``dZ W^T`` (as ``plan_thin``), or
+        None without ``dX``; ``R``: rows per tile.
+    """
+    sums = _gemm.plan_thin_sum(n_in + 1, n_out, itemsize)
+    dx = _gemm.plan_thin(n_out, n_in, itemsize) if with_dx else None
+    if sums is None or (with_dx and dx is None):
+        return None
+    R = dx["R"] if with_dx else sums["R"]
+    if _backward_shared_bytes(n_in, n_out, sums, dx, R, itemsize) > opt.CUDA_SHARED_BYTES:
+        return None
+    return dict(sums=sums, dx=dx, R=R)
+
+
+def _backward_strides(n_in, n_out, sums, dx):
+    """Row strides of the X tile (with a column of ones after X; the dX tile
+    later), the dZ tile and ``W^T``: odd, and wide enough for every thread's
+    columns (see ``_gemm._thin_sum_strides``)."""
+    SX, SZ = _gemm._thin_sum_strides(n_in + 1, n_out, sums["NI"], sums["NJ"], sums["MI"],
+                                     sums["MJ"])
+    BS = (max(n_in, dx["NJ"] * dx["MJ"]) | 1) if dx is not None else 1
+    return SX, SZ, BS
+
+
+def _backward_shared_bytes(n_in, n_out, sums, dx, R, itemsize):
+    SX, SZ, BS = _backward_strides(n_in, n_out, sums, dx)
+    return itemsize * (R * (SX + SZ) + n_out * BS + sums["T"])
+
+
+@functools.lru_cache(maxsize=None)
+def _backward_kernel(dtype, n_in, n_out, deriv, with_dx, R, sums, dx):
+    """The backward pass of a thin affine layer, one pass over the rows.
+
+    For each tile of ``R`` rows a block copies X in (beside a column of
+    ones), forms ``dZ = dA * f'(A)`` from dA and the activation A as it copies
+    them in (the derivative epilogue ``deriv``), adds the tile's
+    ``[X | 1]^T dZ`` to its sums in registers (``_gemm._thin_sum_kernel``'s
+    loop: dW, and db as the row of ones), then computes the tile of
+    ``dX = dZ W^T`` with ``W^T`` in shared memory (``_gemm._thin_kernel``'s
+    loop), puts it where the X tile was and stores it as one contiguous run.
+    dZ is never written to global memory. At the end the row lanes' sums are
+    added in lane order and written to ``part[block]``.
+
+    ``sums`` and ``dx`` are the layouts of :func:`plan_backward`, as tuples of
+    their items (hashable, for the cache).
+    """
+    sums, dx = dict(sums), (dict(dx) if dx is not None else None)
+    dt = np.dtype(dtype).type
+    nbt = numba.from_dtype(np.dtype(dtype))
+    zero, one = dt(0.0), dt(1.0)
+    u = np.uint32
+    T, NL, NI, NJ, MI, MJ = (sums[k] for k in ("T", "NL", "NI", "NJ", "MI", "MJ"))
+    FI, FJ, FR, FM = (dx[k] for k in ("NI", "NJ", "MR", "MJ")) if with_dx else (1, 1, 1, 1)
+    Ka = n_in + 1
+    G = NI * NJ
+    SX, SZ, BS = _backward_strides(n_in, n_out, sums, dx)
+    XSN, ZSN, BSN = R * SX, R * SZ, (n_out * BS if with_dx else 1)
+    NACC, NACC2 = MI * MJ, FR * FM
+    uin, uout, uSX, uSZ, uBS, uT = u(n_in), u(n_out), u(SX), u(SZ), u(BS), u(T)
+    _d_deriv = _gemm._epilogue_fn(np.dtype(dtype), deriv)
+    _d_add_rows, _d_store_sums = _gemm._row_sum_fns(np.dtype(dtype), Ka, n_out, T, NL, NI, NJ,
+                                                    MI, MJ, SX, SZ)
+
+    @jit()
+    def kernel(Xf, A1, dAf, W, dXf, part):
+        # Xf, dAf, dXf: X (N, n_in), dA (N, n_out), dX (N, n_in) viewed flat;
+        # A1: A viewed as one row (the derivative epilogue reads A1[0, n])
+        Xs = cuda.shared.array(XSN, dtype=nbt)  # [X | 1] row r at r * SX, then dX
+        Zs = cuda.shared.array(ZSN, dtype=nbt)  # dZ row r at r * SZ
+        Ws = cuda.shared.array(BSN, dtype=nbt)  # W^T row k at k * BS
+        buf = cuda.shared.array(T, dtype=nbt)
+        acc = cuda.local.array(NACC, dtype=nbt)
+        av = cuda.local.array(MI, dtype=nbt)
+        bv = cuda.local.array(MJ, dtype=nbt)
+        acc2 = cuda.local.array(NACC2, dtype=nbt)
+        wv = cuda.local.array(FM, dtype=nbt)
+        tid = cuda.threadIdx.x
+        lane = tid // G
+        ti = (tid - lane * G) // NJ
+        tj = tid - lane * G - ti * NJ
+        fi = tid // FJ
+        fj = tid - fi * FJ
+        N = Xf.shape[0] // n_in
+        for q in range(NACC):
+            acc[q] = zero
+        # column n_in of the X tile is all ones (its sums are db); the other
+        # padding columns enter only sums that are never stored
+        e = tid
+        while e < XSN:
+            Xs[e] = one if e % SX == n_in else zero
+            e += T
+        e = tid
+        while e < ZSN:
+            Zs[e] = zero
+            e += T
+        if with_dx:
+            e = tid
+            while e < BSN:
+                k = e // BS
+                i = e - k * BS
+                Ws[e] = W[i, k] if i < n_in else zero
+                e += T
+        cuda.syncthreads()
+        n_tiles = (N + R - 1) // R
+        t = cuda.blockIdx.x
+        while t < n_tiles:
+            r0 = t * R
+            rows = min(R, N - r0)
+            e = u(tid)
+            e_end = u(rows) * uin
+            g0 = np.uint64(r0) * uin
+            while e < e_end:
+                rr = e // uin
+                Xs[rr * uSX + (e - rr * uin)] = Xf[g0 + e]
+                e += uT
+            e = u(tid)
+            e_end = u(rows) * uout
+            g0 = np.uint64(r0) * uout
+            while e < e_end:
+                rr = e // uout
+                Zs[rr * uSZ + (e - rr * uout)] = _d_deriv(dAf[g0 + e], dAf, A1, 0, g0 + e)
+                e += uT
+            cuda.syncthreads()
+            _d_add_rows(Xs, Zs, acc, av, bv, lane, ti, tj, rows)  # [X | 1]^T dZ
+            cuda.syncthreads()
+            if with_dx:
+                # dX = dZ W^T into the X tile's place, then stored contiguously
+                for q in range(NACC2):
+                    acc2[q] = zero
+                zk = u(fi) * uSZ
+                z_stop = zk + uout
+                wk = u(fj)
+                while zk != z_stop:  # k = 0 .. n_out - 1, on the offset
+                    for jj in range(FM):
+                        wv[jj] = Ws[wk + u(FJ * jj)]
+                    for rr in range(FR):
+                        z = Zs[zk + u(FI * SZ * rr)]
+                        for jj in range(FM):
+                            acc2[rr * FM + jj] += z * wv[jj]
+                    zk += u(1)
+                    wk += uBS
+                for rr in range(FR):
+                    r = fi + FI * rr
+                    if r < rows:
+                        for jj in range(FM):
+                            i = fj + FJ * jj
+                            if i < n_in:
+                                Xs[u(r) * uSX + u(i)] = acc2[rr * FM + jj]
+                cuda.syncthreads()
+                e = u(tid)
+                e_end = u(rows) * uin
+                g0 = np.uint64(r0) * uin
+                while e < e_end:
+                    rr = e // uin
+                    dXf[g0 + e] = Xs[rr * uSX + (e - rr * uin)]
+                    e += uT
+                cuda.syncthreads()
+            t += cuda.gridDim.x
+        # part[b] = [dW | db] of this block
+        _d_store_sums(acc, buf, part, cuda.blockIdx.x, tid, lane, ti, tj)
+
+    return kernel
+
+
+def _backward_fused(Xd, Ad, dAd, Wd, deriv, plan, dtype):
+    """``dW, db, dX`` (dX None without ``Wd``) by :func:`_backward_kernel`."""
+    N, n_in = Xd.shape
+    n_out = Ad.shape[1]
+    with_dx = Wd is not None
+    sums, dx = plan["sums"], plan["dx"]
+    kernel = _backward_kernel(dtype, n_in, n_out, int(deriv), with_dx, plan["R"],
+                              tuple(sorted(sums.items())),
+                              tuple(sorted(dx.items())) if with_dx else None)
+    dX = rt.empty((N, n_in), dtype) if with_dx else None
+    args = (Xd.reshape(N * n_in), Ad.reshape(1, N * n_out), dAd.reshape(N * n_out),
+            Wd if with_dx else _gemm._dummy(dtype, 2),
+            dX.reshape(N * n_in) if with_dx else _gemm._dummy(dtype, 1))
+    blocks = rt.resident_grid(kernel, args + (numba.from_dtype(dtype)[:, ::1],), sums["T"],
+                              -(-N // plan["R"]))
+    part = rt.device_array((blocks, (n_in + 1) * n_out), dtype)
+    kernel[blocks, sums["T"]](*args, part)
+    flat = rt.empty((n_in + 1) * n_out, dtype)
+    rt.sum_partials(part, flat)
+    return flat[: n_in * n_out].reshape(n_in, n_out), flat[n_in * n_out:], dX
+
+
 def forward(X, W, b, out, activation, check_finite):
     """The body of :func:`affine_sigmoid` and of
     :func:`fusedgrad.kernels.cuda.affine_activation`: checks, then
@@ -127,6 +327,12 @@ def backward(X, A, dA, W, activation, check_finite, delta=None):
     Xd, Ad, dAd = inp.arrays[:3]
     N, n_in = Xd.shape
     n_out = Ad.shape[1]
+    if delta is None and opt.CUDA_THIN_BACKWARD:
+        plan = plan_backward(n_in, n_out, inp.dtype.itemsize, W is not None)
+        if plan is not None:
+            dW, db, dX = _backward_fused(Xd, Ad, dAd, inp.arrays[3] if W is not None else None,
+                                         _gemm.BACKWARD_EPI[activation], plan, inp.dtype)
+            return inp.result(dW), inp.result(db), inp.result(dX)
     db = rt.empty(n_out, inp.dtype)
     if activation == "identity":  # dZ = dA
         dZ = dAd
@@ -184,9 +390,11 @@ def affine_sigmoid_backward(X, A, dA, W=None, *, check_finite=True):
         dZ = dA \odot A (1 - A), \quad dW = X^T dZ, \quad
         db = \textstyle\sum_{\text{rows}} dZ, \quad dX = dZ\, W^T
 
-    ``dZ`` and the per-block column sums of ``db`` come from one elementwise
-    pass; ``dW`` is a product summed over row ranges whose partial tiles are
-    added in a fixed order, ``dX`` a tiled product (or cuBLAS).
+    For a thin layer (:func:`plan_backward`) one kernel does it all in one
+    pass over the rows, ``dZ`` never leaving shared memory. Otherwise ``dZ``
+    and the per-block column sums of ``db`` come from one elementwise pass;
+    ``dW`` is a product summed over row ranges whose partial tiles are added
+    in a fixed order, ``dX`` a tiled product (or cuBLAS).
 
     Parameters
     ----------
