@@ -1,25 +1,29 @@
 """Matrix products on the GPU with the elementwise stages fused around them.
 
 :func:`matmul` computes ``C (+)= op(A) @ op(B)`` followed by an epilogue
-(bias, bias and sigmoid, or the sigmoid derivative of an activation), with
+(bias, bias and sigmoid, or the sigmoid derivative of an activation) with
+one of:
 
-* where B is small (a thin layer's weights, see :func:`plan_thin`) and the
-  product is not summed over rows: one pass of a kernel that keeps B in
-  shared memory, walks over tiles of rows of A, keeps a micro-tile of C per
-  thread in registers, applies the epilogue and stores each tile of C as one
-  contiguous run; else either
-
-* a tiled shared-memory kernel written in numba.cuda: a block computes a
-  ``BM x BN`` tile of C, stepping through the inner dimension ``BK`` at a
-  time; each thread keeps a ``TM x TN`` micro-tile in registers, its rows and
-  columns strided by the thread grid so that shared-memory reads are free of
-  bank conflicts; the epilogue is applied as the tile is stored; or
+* for a small B (a thin layer's weights, see :func:`plan_thin`), a product
+  not summed over rows: one pass of a kernel that keeps B in shared memory,
+  walks over tiles of rows of A, keeps a micro-tile of C per thread in
+  registers, applies the epilogue there and stores each tile of C as one
+  contiguous run;
+* for thin A and B, the sums over rows ``A^T B`` (see
+  :func:`plan_thin_sum`): one pass in which each block keeps its share of
+  the sums in registers over its tiles of rows;
+* otherwise a tiled shared-memory kernel written in numba.cuda: a block
+  computes a ``BM x BN`` tile of C, stepping through the inner dimension
+  ``BK`` at a time; each thread keeps a ``TM x TN`` micro-tile in registers,
+  its rows and columns strided by the thread grid so that shared-memory
+  reads are free of bank conflicts; the epilogue is applied as the tile is
+  stored; or
 * cuBLAS through CuPy (when installed, see ``CUDA_GEMM``), followed by one
   elementwise pass for the epilogue.
 
 Products summed over many rows (``A^T B`` with A and B of n_samples rows)
-are split over row ranges: each split writes its own partial tile and the
-partials are added in a fixed order by :func:`fusedgrad.kernels.cuda._runtime.sum_partials`,
+give per-block (or, in the tiled kernel, per-row-range) partial sums, added
+in a fixed order by :func:`fusedgrad.kernels.cuda._runtime.sum_partials`,
 so results do not depend on scheduling.
 """
 

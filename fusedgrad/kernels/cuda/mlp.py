@@ -339,12 +339,14 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
     wrap-around test, the offsets advance by a constant per row, and the
     tiles' rows are wide enough (:func:`_strides`) for the dW1 loop to read
     past ``D`` and ``H`` without a test (those sums are never stored). The
-    loops over a tile's rows, over ``k < D`` in the forward product and over
-    ``j < H`` in ``A W2`` run on their offset (``while xo != x_end``): a
-    ``for r in range(rows)`` keeps numba's 64-bit range counter (five
-    instructions an iteration, in every unrolled copy), and with ``!=`` rather
-    than ``<`` LLVM knows the trip count (the offset cannot step over the end),
-    unrolls the loop 16 times and folds the offsets into the loads. Where the
+    loops over a tile's rows and over ``j < H`` in ``A W2`` run on their
+    offset (``while xo != x_end``): a ``for r in range(rows)`` keeps numba's
+    64-bit range counter (five instructions an iteration, in every unrolled
+    copy), and with ``!=`` rather than ``<`` LLVM knows the trip count of a
+    loop striding by more than one (the offset cannot step over the end),
+    unrolls it 16 times and folds the offsets into the loads. The forward
+    product's ``k < D`` runs on its offset with ``<`` (it steps by one, and
+    unrolled further so at (16, 32, 4) in the SASS). Where the
     thread grid does not overhang the layer, the forward product reads W1 at
     constant offsets from one address, without the clamp to column ``H - 1``.
     With ``K <= 16`` a thread reads a row of dZ2 into registers once for all
