@@ -307,6 +307,43 @@ def plan_thin(Kd, Nc, itemsize):
 
 
 @functools.lru_cache(maxsize=None)
+def _tile_product_fn(dtype, Kd, NI, NJ, MR, MJ, SA, SB):
+    """The device function of a row tile times a small matrix in shared
+    memory, shared by :func:`_thin_kernel` and the thin layers' backward
+    kernel (``affine._backward_kernel``).
+
+    ``_d_tile_product(As, Bs, acc, bv, ti, tj)`` sets thread ``(ti, tj)``'s
+    ``MR x MJ`` micro-tile ``acc`` to the product of the rows
+    ``ti + NI * rr`` of the tile ``As`` (row stride ``SA``, ``Kd`` columns)
+    and the columns ``tj + NJ * jj`` of ``Bs`` (``Kd`` rows of stride ``SB``),
+    walking the inner index on its offset.
+    """
+    dt = np.dtype(dtype).type
+    zero = dt(0.0)
+    u = np.uint32
+    uKd, uSB = u(Kd), u(SB)
+
+    @jit(device=True)
+    def _d_tile_product(As, Bs, acc, bv, ti, tj):
+        for q in range(MR * MJ):
+            acc[q] = zero
+        ak = u(ti) * u(SA)
+        a_stop = ak + uKd
+        bk = u(tj)
+        while ak != a_stop:  # k = 0 .. Kd - 1, on the offset
+            for jj in range(MJ):
+                bv[jj] = Bs[bk + u(NJ * jj)]
+            for rr in range(MR):
+                a = As[ak + u(NI * SA * rr)]
+                for jj in range(MJ):
+                    acc[rr * MJ + jj] += a * bv[jj]
+            ak += u(1)
+            bk += uSB
+
+    return _d_tile_product
+
+
+@functools.lru_cache(maxsize=None)
 def _thin_kernel(dtype, Kd, Nc, tb, epi, T, NI, NJ, MR, MJ):
     """``C = epi(A @ op(B))`` for a B small enough to stay in shared memory.
 
@@ -326,8 +363,9 @@ def _thin_kernel(dtype, Kd, Nc, tb, epi, T, NI, NJ, MR, MJ):
     R = NI * MR
     XS, BS, CS = _thin_strides(Kd, Nc, NJ, MJ)
     XSN, BSN, CSN, NACC = R * XS, Kd * BS, R * CS, MR * MJ
-    uKd, uNc, uXS, uBS, uCS, uT = u(Kd), u(Nc), u(XS), u(BS), u(CS), u(T)
+    uKd, uNc, uXS, uCS, uT = u(Kd), u(Nc), u(XS), u(CS), u(T)
     _d_epilogue = _epilogue_fn(np.dtype(dtype), epi)
+    _d_tile_product = _tile_product_fn(np.dtype(dtype), Kd, NI, NJ, MR, MJ, XS, BS)
 
     @jit()
     def kernel(Af, B, Cf, bias, aux):
@@ -357,7 +395,6 @@ def _thin_kernel(dtype, Kd, Nc, tb, epi, T, NI, NJ, MR, MJ):
             Bs[e] = v
             e += T
         cuda.syncthreads()
-        x_first = u(ti) * uXS
         n_tiles = (M + R - 1) // R
         t = cuda.blockIdx.x
         while t < n_tiles:
@@ -371,20 +408,7 @@ def _thin_kernel(dtype, Kd, Nc, tb, epi, T, NI, NJ, MR, MJ):
                 Xs[rr * uXS + (e - rr * uKd)] = Af[g0 + e]
                 e += uT
             cuda.syncthreads()
-            for q in range(NACC):
-                acc[q] = zero
-            xk = x_first
-            x_stop = x_first + uKd
-            bk = u(tj)
-            while xk != x_stop:  # k = 0 .. Kd - 1, on the offset
-                for jj in range(MJ):
-                    bv[jj] = Bs[bk + u(NJ * jj)]
-                for rr in range(MR):
-                    x = Xs[xk + u(NI * XS * rr)]
-                    for jj in range(MJ):
-                        acc[rr * MJ + jj] += x * bv[jj]
-                xk += u(1)
-                bk += uBS
+            _d_tile_product(Xs, Bs, acc, bv, ti, tj)
             for rr in range(MR):
                 r = ti + NI * rr
                 if r < rows:

@@ -159,10 +159,11 @@ def _backward_kernel(dtype, n_in, n_out, deriv, with_dx, R, sums, dx):
     SX, SZ, BS = _backward_strides(n_in, n_out, sums, dx)
     XSN, ZSN, BSN = R * SX, R * SZ, (n_out * BS if with_dx else 1)
     NACC, NACC2 = MI * MJ, FR * FM
-    uin, uout, uSX, uSZ, uBS, uT = u(n_in), u(n_out), u(SX), u(SZ), u(BS), u(T)
+    uin, uout, uSX, uSZ, uT = u(n_in), u(n_out), u(SX), u(SZ), u(T)
     _d_deriv = _gemm._epilogue_fn(np.dtype(dtype), deriv)
     _d_add_rows, _d_store_sums = _gemm._row_sum_fns(np.dtype(dtype), Ka, n_out, T, NL, NI, NJ,
                                                     MI, MJ, SX, SZ)
+    _d_tile_product = _gemm._tile_product_fn(np.dtype(dtype), n_out, FI, FJ, FR, FM, SZ, BS)
 
     @jit()
     def kernel(Xf, A1, dAf, W, dXf, part):
@@ -228,20 +229,7 @@ def _backward_kernel(dtype, n_in, n_out, deriv, with_dx, R, sums, dx):
             cuda.syncthreads()
             if with_dx:
                 # dX = dZ W^T into the X tile's place, then stored contiguously
-                for q in range(NACC2):
-                    acc2[q] = zero
-                zk = u(fi) * uSZ
-                z_stop = zk + uout
-                wk = u(fj)
-                while zk != z_stop:  # k = 0 .. n_out - 1, on the offset
-                    for jj in range(FM):
-                        wv[jj] = Ws[wk + u(FJ * jj)]
-                    for rr in range(FR):
-                        z = Zs[zk + u(FI * SZ * rr)]
-                        for jj in range(FM):
-                            acc2[rr * FM + jj] += z * wv[jj]
-                    zk += u(1)
-                    wk += uBS
+                _d_tile_product(Zs, Ws, acc2, wv, fi, fj)
                 for rr in range(FR):
                     r = fi + FI * rr
                     if r < rows:
