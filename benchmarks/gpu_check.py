@@ -940,6 +940,14 @@ def run_profile(smoke, rows):
         W1, b1, W2, b2 = dev(d, h), dev(h), dev(h, K), dev(K)
         one(f"mlp_loss_grad {n}, {d}, {h}, {K}",
             lambda: kc.mlp_loss_grad(X, y, W1, b1, W2, b2, check_finite=False))
+        if (n, d, h, K) == MLP_SHAPES[2]:
+            # The same arrays as PyTorch tensors, as the mlp timing rows pass
+            # them: in the first run that call took 2.535 ms against 1.562 with
+            # numba arrays (the fused sweep), a gap that grew with N.
+            args = [torch.as_tensor(a, device="cuda") for a in (X, y, W1, b1, W2, b2)]
+            one(f"mlp_loss_grad {n}, {d}, {h}, {K}, PyTorch tensors",
+                lambda: kc.mlp_loss_grad(*args, check_finite=False))
+            del args
         del X
     return rows
 
