@@ -16,6 +16,7 @@ with one): the warp-shuffle reductions, which the simulator does not
 implement, and cuBLAS through CuPy.
 """
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -1046,3 +1047,28 @@ def test_pool_choice(monkeypatch, choice, have_cupy, outcome):
             rt.pool()
     else:
         assert rt.pool() is (cupy if outcome == "cupy" else None)
+
+
+def test_gpu_check_smoke(tmp_path):
+    """``benchmarks/gpu_check.py --smoke``: the script a lent GPU runs once,
+    here under the simulator with tiny shapes. Every check passes and every
+    section ran without a row raising, so a device run is not spent on a
+    broken script."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    if not script.exists():
+        pytest.skip("benchmarks/ is not here")
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run([sys.executable, str(script), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["mode"] == "smoke" and not result.get("section_errors")
+    assert not result.get("skipped")  # no section past the budget
+    checks = result["checks"]
+    assert len(checks) > 10 and all(r["status"] == "ok" for r in checks), \
+        [r for r in checks if r["status"] != "ok"]
+    timed = [r for rows in result["timings"].values() if isinstance(rows, list) for r in rows]
+    timed += result["ablations"] + result["models"]
+    assert len(timed) > 40 and not [r for r in timed if "error" in r]
