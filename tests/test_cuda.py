@@ -353,7 +353,7 @@ def test_thin_products(monkeypatch, tb, shape):
     for thin in (True, False):
         monkeypatch.setattr(opt, "CUDA_THIN", thin)
         assert (_gemm.plan_thin(Kd, Nc, 4) is not None) == thin
-        for dtype in DTYPES if thin else (np.float64,):  # the tiled kernel: one dtype
+        for dtype in DTYPES:
             tol = 1e-5 if dtype == np.float32 else 1e-12
             dA, dB, dbias, daux = (rt.to_device(a.astype(dtype)) for a in (A, B, bias, aux))
             for epi, w in want.items():
@@ -384,7 +384,7 @@ def test_thin_row_sums(monkeypatch, shape):
     for thin in (True, False):
         monkeypatch.setattr(opt, "CUDA_THIN", thin)
         assert (_gemm.plan_thin_sum(Ka, Nb, 4) is not None) == thin
-        for dtype in DTYPES if thin else (np.float64,):  # the tiled kernel: one dtype
+        for dtype in DTYPES:
             tol = 1e-5 if dtype == np.float32 else 1e-12
             dA, dB, dy = (rt.to_device(a.astype(dtype)) for a in (A, B, yv))
             for accumulate in (False, True):
@@ -402,8 +402,7 @@ def test_thin_row_sums(monkeypatch, shape):
 def test_thin_backward(monkeypatch, activation):
     """A thin layer's backward pass in one kernel (dZ formed in shared memory,
     never stored) against the float64 reference, and the passes it replaced
-    (a dZ pass and the thin kernels; products, with the thin kernels off;
-    both in float32 only): 50 rows in tiles of 16 on 3 blocks (two tiles for
+    (a dZ pass and the thin kernels; products, with the thin kernels off): 50 rows in tiles of 16 on 3 blocks (two tiles for
     the first, a partial one), 7 -> 4 units (the tiles of X and dZ of
     different widths, dX's thread grid one column wider than the layer), with
     and without dX, both dtypes."""
@@ -414,9 +413,7 @@ def test_thin_backward(monkeypatch, activation):
         for dtype in DTYPES:
             args = case.make_args(dict(N=50, d=7, h=4), dtype, 21)
             want = case.reference(*as_float64(args))
-            # the replaced passes in float32 only (they take no dtype-specific path)
-            paths = ((True, True), (True, False), (False, True))
-            for thin, one_kernel in paths if dtype == np.float32 else paths[:1]:
+            for thin, one_kernel in ((True, True), (True, False), (False, True)):
                 monkeypatch.setattr(opt, "CUDA_THIN", thin)
                 monkeypatch.setattr(opt, "CUDA_THIN_BACKWARD", one_kernel)
                 assert (plan_backward(7, 4, 4, suffix == "") is not None) == thin
