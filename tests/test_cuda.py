@@ -402,10 +402,10 @@ def test_thin_row_sums(monkeypatch, shape):
 def test_thin_backward(monkeypatch, activation):
     """A thin layer's backward pass in one kernel (dZ formed in shared memory,
     never stored) against the float64 reference, and the passes it replaced
-    (a dZ pass and the thin kernels; products, with the thin kernels off): 50 rows in tiles of 16 on 3 blocks (two tiles for
-    the first, a partial one), 7 -> 4 units (the tiles of X and dZ of
-    different widths, dX's thread grid one column wider than the layer), with
-    and without dX, both dtypes."""
+    (a dZ pass and the thin kernels; products, with the thin kernels off):
+    50 rows in tiles of 16 on 3 blocks (two tiles for the first, a partial
+    one), 7 -> 4 units (the tiles of X and dZ of different widths, dX's thread
+    grid one column wider than the layer), with and without dX, both dtypes."""
     from fusedgrad.kernels.cuda.affine import plan_backward
 
     for suffix in ("", "/no_W"):
