@@ -32,6 +32,7 @@ from fusedgrad.kernels.cuda import _runtime as rt
 from fusedgrad.kernels.cuda.mlp import plan_fused
 
 SIM = rt.simulator()
+cuda = rt.cuda  # a global of that name: the simulator gives a kernel its own per thread
 REAL_GPU = not SIM and kc.is_available()
 
 if rt.cuda is not None and not SIM and not REAL_GPU:  # a set-up error, not a skip
@@ -203,6 +204,37 @@ def test_mlp_wide_layer_takes_layered_path(monkeypatch):
     case = CASES["mlp_loss_grad"]
     args = case.make_args(dict(N=7, d=5, h=6, K=3), np.float64, 4)
     compare(case, kc.mlp_loss_grad(*args), case.reference(*as_float64(args)), np.float64)
+
+
+def test_block_reductions_back_to_back():
+    """The shared-memory block reductions called one after another on one
+    buffer, as the row kernels call them: every thread gets every result. The
+    barrier at each reduction's end keeps the next call's first store from
+    overwriting ``buf[0]`` before a slower thread has read it."""
+    from fusedgrad.kernels.cuda._device import helpers
+
+    tpb, reps = 16, 48
+    d = helpers(np.dtype(np.float64), tpb, False)
+    block_sum, block_max, block_min = d._d_block_sum, d._d_block_max, d._d_block_min_int
+
+    @cuda.jit
+    def kernel(out):
+        buf = cuda.shared.array(tpb, np.float64)
+        ibuf = cuda.shared.array(tpb, np.int64)
+        tid = cuda.threadIdx.x
+        for r in range(reps):
+            out[r, tid, 0] = block_sum(buf, tid + r)
+            out[r, tid, 1] = block_max(buf, (tid * 7 + r) % tpb)  # thread 0 stores r % tpb
+            out[r, tid, 2] = block_sum(buf, -r)
+            out[r, tid, 3] = block_min(ibuf, (tid * 5 + r) % tpb + 1)
+            out[r, tid, 4] = block_min(ibuf, tpb + r - tid)
+
+    out = cuda.to_device(np.full((reps, tpb, 5), np.nan))
+    kernel[1, tpb](out)
+    r = np.arange(reps)[:, None]
+    want = np.stack(np.broadcast_arrays(tpb * (tpb - 1) / 2 + tpb * r, tpb - 1, -tpb * r, 1,
+                                        r + 1), axis=-1)
+    np.testing.assert_array_equal(out.copy_to_host(), np.broadcast_to(want, (reps, tpb, 5)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
