@@ -206,6 +206,26 @@ def test_mlp_wide_layer_takes_layered_path(monkeypatch):
     compare(case, kc.mlp_loss_grad(*args), case.reference(*as_float64(args)), np.float64)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_check_kernels_count_exactly(seed):
+    """The input checks' kernels count exactly (the wrappers only ask
+    whether a count is zero, so a lost count could let one NaN or one bad
+    label through): NaN and inf, and labels outside ``[0, K)`` with the
+    extremes that the error message names, in blocks of 8 threads on several blocks, one
+    block visiting several elements, against NumPy."""
+    count_nonfinite, label_range = rt._check_kernels(8)
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(203)
+    a[rng.choice(203, 9 + seed, replace=False)] = rng.choice([np.nan, np.inf, -np.inf], 9 + seed)
+    y = rng.integers(0, 5, 203)
+    bad = rng.choice(203, 7, replace=False)
+    y[bad] = np.r_[-3, 8, rng.choice([-3, -1, 5, 8], 5)]  # the extremes: -3 and 8
+    flags = cuda.to_device(np.array([3, 0, np.iinfo(np.int64).max, np.iinfo(np.int64).min]))
+    count_nonfinite[4, 8](cuda.to_device(a), flags, 0)
+    label_range[4, 8](cuda.to_device(y), np.int64(5), flags, 1)
+    assert flags.copy_to_host().tolist() == [3 + np.count_nonzero(~np.isfinite(a)), 7, -3, 8]
+
+
 def test_block_reductions_back_to_back():
     """The shared-memory block reductions called one after another on one
     buffer, as the row kernels call them: every thread gets every result. The
