@@ -352,12 +352,14 @@ def test_softmax_huge_logits():
 
 @pytest.mark.parametrize("prefetch", [True, False])
 @pytest.mark.parametrize("N", [3, 4, 12, 13, 25, 40])
-@pytest.mark.parametrize("d", [5, 3])
+@pytest.mark.parametrize("d", [5, 3, 19])
 def test_ols_tiles(monkeypatch, prefetch, N, d):
     """Tiles of 4 rows over 3 blocks, full and partial, with and without the
     registers' prefetch of the next tile: 5 features (20 values over 8
     threads: the last of a thread's 3 loads runs past the tile for some; one
-    gradient lane per column) or 3 (two lanes per column)."""
+    gradient lane per column), 3 (two lanes per column) or 19 (more columns
+    than threads: each thread sums three of them, the last one past ``d`` for
+    some)."""
     monkeypatch.setattr(opt, "CUDA_OLS_PREFETCH", prefetch)
     case = CASES["ols_loss_grad"]
     args = case.make_args(dict(N=N, d=d), np.float64, N)
