@@ -211,8 +211,8 @@ def test_check_kernels_count_exactly(seed):
     """The input checks' kernels count exactly (the wrappers only ask
     whether a count is zero, so a lost count could let one NaN or one bad
     label through): NaN and inf, and labels outside ``[0, K)`` with the
-    extremes that the error message names, in blocks of 8 threads on several blocks, one
-    block visiting several elements, against NumPy."""
+    extremes that the error message names, in blocks of 8 threads, each
+    thread visiting several elements, against NumPy."""
     count_nonfinite, label_range = rt._check_kernels(8)
     rng = np.random.default_rng(seed)
     a = rng.standard_normal(203)
