@@ -483,6 +483,17 @@ def test_results_are_reproducible():
         assert np.array_equal(a, b)
 
 
+def test_host_input_with_a_stride_0_axis():
+    """``z[:, None]`` (a length-1 axis of stride 0, contiguous to NumPy, a
+    broadcast axis to numba's copy) as a host input."""
+    rng = np.random.default_rng(9)
+    z = rng.standard_normal(7)
+    W, b = rng.standard_normal((1, 3)), rng.standard_normal(3)
+    assert 0 in z[:, None].strides
+    got = kc.affine_sigmoid(z[:, None], W, b)
+    np.testing.assert_allclose(got, ref.affine_sigmoid(z[:, None].copy(), W, b), rtol=1e-12)
+
+
 def test_non_contiguous_device_input():
     rng = np.random.default_rng(8)
     Z = rng.standard_normal((6, 8))

@@ -328,6 +328,11 @@ def device_array(shape, dtype):
 def to_device(host):
     """A host array copied into a new :func:`device_array`."""
     host = np.ascontiguousarray(host)
+    if 0 in host.strides:
+        # a length-1 axis of stride 0 (``x[:, None]``) is contiguous to NumPy,
+        # but numba's copy drops it as a broadcast axis (the simulator's
+        # copy then fails on the shapes): a plain copy has no stride 0
+        host = host.copy()
     a = device_array(host.shape, host.dtype)
     if host.size:
         a.copy_to_device(host)
