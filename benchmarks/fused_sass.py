@@ -1,10 +1,12 @@
 """Instructions of the fused MLP kernels' loops, from their SASS (no GPU needed).
 
-Compiles the first fused kernel (``mlp._fused_kernel``) and the flat one
-(``mlp._flat_kernel``) for sm_90 at the thin shapes of issue 5, float32, with
-the default plan, and prints for every loop of the SASS (a backward branch)
-its instruction count and its mix: global and shared loads and stores, and
-float operations. benchmarks/NOTES.md reads the per-row and per-FMA costs of
+Compiles the first fused kernel (``mlp._fused_kernel``, with the IEEE
+sigmoid, as it ran on the first GPU run) and the flat one
+(``mlp._flat_kernel``, with the IEEE and the fast sigmoid) for sm_90 at the
+thin shapes of issue 5, float32, with the default plan, and prints for every
+loop of the SASS (a backward branch) its instruction count and its mix:
+global and shared loads and stores, float operations, special-function
+(``MUFU``) operations and calls (the IEEE division's slow path). benchmarks/NOTES.md reads the per-row and per-FMA costs of
 the tile loop's phases from this table. A count of instructions is not a
 time; it says how much work the warps must issue.
 
@@ -30,7 +32,7 @@ import numpy as np
 
 SHAPES = [(16, 32, 4), (64, 128, 10)]
 CC = (9, 0)
-KINDS = ("LDG", "STS", "LDS", "FFMA", "FADD", "FMUL")
+KINDS = ("LDG", "STS", "LDS", "FFMA", "FADD", "FMUL", "MUFU", "CALL")
 
 
 def loops(sass):
@@ -70,12 +72,15 @@ def main():
     tmp = Path(tempfile.mkdtemp())
     for D, H, K in SHAPES:
         plan = mlp.plan_fused(D, H, K, 4)
-        for name, factory, sig in (("first", mlp._fused_kernel, first),
-                                   ("flat", mlp._flat_kernel, flat)):
+        for name, factory, sig, fast in (("first", mlp._fused_kernel, first, False),
+                                         ("flat, IEEE sigmoid", mlp._flat_kernel, flat, False),
+                                         ("flat", mlp._flat_kernel, flat, True)):
             kernel = factory(np.float32, D, H, K, plan["T"], plan["NI"], plan["NJ"], plan["MI"],
-                             plan["MJ"], plan["MR"], plan["R"], plan["w1_shared"], True, None)
+                             plan["MJ"], plan["MR"], plan["R"], plan["w1_shared"], True, None,
+                             False, fast)
             ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=CC, fastmath=False)
-            src, cubin = tmp / f"{name}.ptx", tmp / f"{name}.cubin"
+            tag = name.replace(",", "").replace(" ", "_")
+            src, cubin = tmp / f"{tag}.ptx", tmp / f"{tag}.cubin"
             src.write_text(ptx)
             report = subprocess.run(["ptxas", f"-arch=sm_{CC[0]}{CC[1]}", "-v", str(src), "-o",
                                      str(cubin)], capture_output=True, text=True, check=True)

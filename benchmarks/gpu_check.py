@@ -362,8 +362,58 @@ def run_checks(smoke, rows):
         log(f"  {r['check']:<44} {r['status']:<6} {r.get('max_rel_error', float('nan')):9.2e}"
             f"  {r.get('seconds', 0):6.2f} s")
         checkpoint()
+    for fast in (True, False):
+        if not past_deadline():
+            rows.append(sigmoid_accuracy(smoke, fast))
+            r = rows[-1]
+            log(f"  {r['check']:<44} {r['status']:<6} {r.get('max_ulp', float('nan')):9.2f} ulp")
+            checkpoint()
     rt.POISON = False
     return rows
+
+
+#: Largest error of the float32 sigmoid allowed, in units of the last place of
+#: the exact value (``CUDA_FAST_SIGMOID``: at most 2 ulp from ``expf``, 2 from
+#: ``__fdividef``, half a unit from ``1 + e``).
+SIGMOID_MAX_ULP = 8
+
+
+def sigmoid_accuracy(smoke, fast):
+    """The float32 sigmoid of ``affine_sigmoid`` (``z * 1 + 0`` is exact) on
+    2**20 points of [-87, 88] (where it is a normal float32) against the
+    float64 one, in units of the last place; below -87 (the fast division
+    returns 0 once ``1 + exp(-z)`` passes 2**126) and at +-inf against 2**-126
+    absolute. NaN must stay NaN."""
+    from fusedgrad.kernels import _options as opt
+
+    import fusedgrad.kernels.cuda as kc
+
+    label = f"sigmoid float32, {'fast' if fast else 'IEEE'} division"
+    n, h = (256, 2) if smoke else (1 << 20, 32)
+    # (the simulator's exp is Python's, which raises past about 709)
+    tail = [-87.5, -88.7, -89.0, -100.0] + ([] if smoke else [-1e4, -np.inf])
+    z = np.concatenate([np.linspace(-87.0, 88.0, n), tail, [np.inf, 1e4, 100.0, np.nan]])
+    z = z.astype(np.float32)
+    try:
+        with Options(opt, {"CUDA_FAST_SIGMOID": fast}):
+            got = kc.affine_sigmoid(z[:, None], np.ones((1, h), np.float32),
+                                    np.zeros(h, np.float32), check_finite=False)
+        with np.errstate(over="ignore"):
+            want = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
+        got = got.astype(np.float64)
+        body = slice(0, n)
+        ulp = np.spacing(want[body].astype(np.float32)).astype(np.float64)
+        err = np.abs(got[body] - want[body, None]) / ulp[:, None]
+        tail = np.abs(got[n:-1] - want[n:-1, None]).max()
+        worst = float(err.max())
+        nan_ok = bool(np.all(np.isnan(got[-1])))
+        status = "ok" if worst <= SIGMOID_MAX_ULP and tail <= 2.0 ** -126 and nan_ok else "FAIL"
+        return dict(check=label, status=status, max_ulp=worst,
+                    mean_ulp=float(err.mean()), tail_abs_error=float(tail), nan_kept=nan_ok,
+                    worst_z=float(z[np.unravel_index(err.argmax(), err.shape)[0]]),
+                    tolerance_ulp=SIGMOID_MAX_ULP)
+    except Exception as exc:  # report and go on
+        return dict(check=label, status=f"ERROR {type(exc).__name__}: {exc}"[:300])
 
 
 # ---------------------------------------------------------------------------
@@ -583,16 +633,17 @@ def run_timings(smoke, quick, results):
 #: (16, 32, 4), two blocks each.
 FUSED_SWEEP = [
     {},
-    {"CUDA_FUSED_FLAT": False},  # the first run's kernel
-    {"CUDA_FUSED_FLAT": False, "CUDA_FUSED_TPB": 128},
+    {"CUDA_FAST_SIGMOID": False},  # the IEEE division in the sigmoid
+    {"CUDA_FUSED_FLAT": False, "CUDA_FAST_SIGMOID": False},  # the first run's kernel
+    {"CUDA_FUSED_FLAT": False, "CUDA_FAST_SIGMOID": False, "CUDA_FUSED_TPB": 128},
     {"CUDA_FUSED_MIN_BLOCKS": 2},
     {"CUDA_FUSED_BLOCKS_PER_SM": 1},
     {"CUDA_FUSED_TPB": 128},
     {"CUDA_FUSED_TPB": 128, "CUDA_FUSED_BLOCKS_PER_SM": 4},
     {"CUDA_FUSED_TPB": 512, "CUDA_FUSED_BLOCKS_PER_SM": 1},
 ]
-SMOKE_FUSED_SWEEP = [{}, {"CUDA_FUSED_FLAT": False}, {"CUDA_FUSED_MIN_BLOCKS": 2},
-                     {"CUDA_FUSED_TPB": 32}]
+SMOKE_FUSED_SWEEP = [{}, {"CUDA_FAST_SIGMOID": False}, {"CUDA_FUSED_FLAT": False},
+                     {"CUDA_FUSED_MIN_BLOCKS": 2}, {"CUDA_FUSED_TPB": 32}]
 
 #: Blocks per multiprocessor of the grid-stride row kernels timed beside the
 #: defaults (``CUDA_BLOCKS_PER_SM = 4``; the staged softmax and OLS kernels: as
@@ -788,6 +839,9 @@ def run_ablations(smoke, quick, rows):
     nbytes = (n * d_in + n * d_out) * 4
     add(group, "thin kernel (default)",
         lambda: kc.affine_sigmoid(X, W, b, out, check_finite=False), nbytes)
+    add(group, "thin kernel, IEEE division in the sigmoid (as before)",
+        lambda: kc.affine_sigmoid(X, W, b, out, check_finite=False), nbytes,
+        {"CUDA_FAST_SIGMOID": False})
     add(group, "product + epilogue (before the thin kernel)",
         lambda: kc.affine_sigmoid(X, W, b, out, check_finite=False), nbytes, before)
     add(group, "numba tiled product, epilogue fused",
@@ -850,7 +904,8 @@ def run_ablations(smoke, quick, rows):
     b2 = cuda.to_device(rng.standard_normal(K).astype(np.float32))
     group = f"mlp_loss_grad {N}, {d}, {h}, {K} float32, layered"
     for label, overrides in (("thin products where they fit (default)", {}),
-                             ("without the thin kernel", {"CUDA_THIN": False})):
+                             ("without the thin kernel", {"CUDA_THIN": False}),
+                             ("IEEE division in the sigmoid", {"CUDA_FAST_SIGMOID": False})):
         add(group, label,
             lambda: kc.mlp_loss_grad(X, y, W1, b1, W2, b2, check_finite=False,
                                      _path="layered"), None, overrides)
@@ -1269,6 +1324,20 @@ def run_ptx_check(cc=(9, 0), ptx_dir=None):
                 except Exception as exc:
                     failures.append(("mlp_loss_grad", shape, "float32", overrides, repr(exc)))
                     log(f"FAILED fused {shape} {overrides}: {exc!r}")
+    # The IEEE sigmoid that gpu_check times beside the fast one (float32):
+    # the thin kernel's and the layered path's epilogues.
+    with Options(opt, {"CUDA_FAST_SIGMOID": False}):
+        for name, shape, kwargs in (("affine_sigmoid", dict(N=300, d=16, h=32), {}),
+                                    ("mlp_loss_grad", dict(N=300, d=784, h=256, K=10), {})):
+            full = dict(N=1, d=1, h=1, K=2)
+            full.update(shape)
+            args = CASES[name].make_args(full, np.float32, 0)
+            try:
+                CASES[name].cuda_kernel(*(np.asarray(a).view(Dev) if isinstance(a, np.ndarray)
+                                          else a for a in args), **kwargs)
+            except Exception as exc:
+                failures.append((name, shape, "float32", "IEEE sigmoid", repr(exc)))
+                log(f"FAILED {name} {shape} IEEE sigmoid: {exc!r}")
     # Kernels the runs above do not launch: NaN fill, contiguous copies, the
     # elementwise epilogues that follow cuBLAS products.
     from fusedgrad.kernels.cuda import _gemm

@@ -474,6 +474,72 @@ def test_thin_backward(monkeypatch, activation):
                 compare(case, case.cuda_kernel(*args), want, dtype)
 
 
+@pytest.fixture
+def marked_fast_division(monkeypatch):
+    """``_device.fast_division`` replaced by ``2 * a / b``, with the kernel
+    factories' caches emptied before and after, so that every kernel built
+    with the fast sigmoid in the test doubles its sigmoids (the simulator's
+    own fast division is the IEEE one, which could not be told apart)."""
+    from fusedgrad.kernels.cuda import _device, _gemm, mlp
+
+    factories = (_device.helpers, _gemm._epilogue_fn, _gemm._gemm_kernel,
+                 _gemm._epilogue_kernel, _gemm._thin_kernel, mlp._fused_kernel, mlp._flat_kernel)
+
+    @rt.jit(device=True)
+    def doubled(a, b):
+        return 2 * a / b
+
+    for f in factories:
+        f.cache_clear()
+    monkeypatch.setattr(_device, "fast_division", lambda: doubled)
+    yield
+    for f in factories:
+        f.cache_clear()
+
+
+@pytest.mark.parametrize("path", ["thin", "tiled", "fused", "fused first", "layered", "network"])
+def test_fast_sigmoid_reaches_every_sigmoid(monkeypatch, marked_fast_division, path):
+    """``CUDA_FAST_SIGMOID`` takes every float32 sigmoid, and no float64 one,
+    to the fast division: with a marked division (``2 * a / b``) the float32
+    ``affine_sigmoid`` of the thin and the tiled kernel is exactly twice the
+    IEEE one, and the fused (flat and first kernel), layered and network
+    gradients change; with the option off, and in float64, the results are
+    those of the IEEE sigmoid bit for bit."""
+    rng = np.random.default_rng(5)
+    X, W, b = rng.standard_normal((13, 5)), rng.standard_normal((5, 6)), rng.standard_normal(6)
+    y = rng.integers(0, 3, 13)
+    W2, b2 = rng.standard_normal((6, 3)), rng.standard_normal(3)
+    if path in ("thin", "tiled"):
+        monkeypatch.setattr(opt, "CUDA_THIN", path == "thin")
+        run = lambda dt: (kc.affine_sigmoid(X.astype(dt), W.astype(dt), b.astype(dt)),)  # noqa: E731
+    elif path == "network":
+        run = lambda dt: kc.network_loss_grad(  # noqa: E731
+            X.astype(dt), y, [W.astype(dt), W2.astype(dt)], [b.astype(dt), b2.astype(dt)],
+            activation="logistic")
+    else:
+        monkeypatch.setattr(opt, "CUDA_FUSED_FLAT", path != "fused first")
+        run = lambda dt: kc.mlp_loss_grad(  # noqa: E731
+            X.astype(dt), y, W.astype(dt), b.astype(dt), W2.astype(dt), b2.astype(dt),
+            _path="layered" if path == "layered" else "fused")
+
+    def flat(result):
+        if isinstance(result, (tuple, list)):
+            return np.concatenate([flat(o) for o in result if o is not None])
+        return np.ravel(np.asarray(result, dtype=np.float64))
+
+    results = {}
+    for fast in (False, True):
+        monkeypatch.setattr(opt, "CUDA_FAST_SIGMOID", fast)
+        for dt in DTYPES:
+            results[fast, np.dtype(dt).name] = flat(run(dt))
+    np.testing.assert_array_equal(results[True, "float64"], results[False, "float64"])
+    ieee, marked = results[False, "float32"], results[True, "float32"]
+    if path in ("thin", "tiled"):
+        np.testing.assert_array_equal(marked, 2 * ieee)
+    else:
+        assert np.abs(marked - ieee).max() > 1e-2
+
+
 def test_results_are_reproducible():
     case = CASES["mlp_loss_grad"]
     args = case.make_args(dict(N=13, d=5, h=6, K=3), np.float32, 7)

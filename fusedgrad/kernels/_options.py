@@ -167,6 +167,12 @@ SERIAL_CALL_BYTES = {
 #: loses accuracy for large arguments.
 CUDA_JIT = dict(fastmath=False)
 
+#: The float32 sigmoid divides by ``__fdividef`` (at most 2 ulp; see
+#: ``cuda._device.fast_sigmoid``) instead of the IEEE division; ``exp`` stays
+#: the accurate one. Not measured on a GPU yet: ``benchmarks/gpu_check.py``
+#: times both and checks both against the float64 reference.
+CUDA_FAST_SIGMOID = True
+
 #: Threads per block of the one-dimensional kernels (checks, elementwise and
 #: column-sum passes, the second pass over per-block partial sums).
 CUDA_TPB = 256

@@ -35,7 +35,7 @@ import numpy as np
 
 from fusedgrad.kernels import _options as opt
 from fusedgrad.kernels.cuda import _runtime as rt
-from fusedgrad.kernels.cuda._device import helpers
+from fusedgrad.kernels.cuda._device import fast_sigmoid, helpers
 from fusedgrad.kernels.cuda._runtime import cuda, jit
 
 __all__ = ["EPI_NONE", "EPI_BIAS", "EPI_BIAS_SIGMOID", "EPI_DSIGMOID", "EPI_BIAS_TANH",
@@ -67,14 +67,22 @@ _NEEDS_BIAS = (EPI_BIAS, EPI_BIAS_SIGMOID, EPI_BIAS_TANH, EPI_BIAS_RELU)
 _NEEDS_AUX = (EPI_DSIGMOID, EPI_DTANH, EPI_DRELU)
 
 
+def _fast(dtype, epi):
+    """The ``fast`` key of the factories below: whether epilogue ``epi`` takes
+    the fast sigmoid (False for every other epilogue, so that they are not
+    built twice)."""
+    return epi == EPI_BIAS_SIGMOID and fast_sigmoid(dtype)
+
+
 @functools.lru_cache(maxsize=None)
-def _epilogue_fn(dtype, epi):
+def _epilogue_fn(dtype, epi, fast=False):
     """The device function ``f(v, bias, aux, m, n)`` of epilogue ``epi`` for
-    element ``(m, n)`` of a product (``epi`` is a compile-time constant)."""
+    element ``(m, n)`` of a product (``epi`` is a compile-time constant;
+    ``fast``: the sigmoid of :func:`_device.fast_sigmoid`)."""
     dt = np.dtype(dtype).type
     one = dt(1.0)
     zero = dt(0.0)
-    _d_sigmoid = helpers(np.dtype(dtype), 32, False)._d_sigmoid
+    _d_sigmoid = helpers(np.dtype(dtype), 32, False, fast)._d_sigmoid
 
     @jit(device=True)
     def _d_epilogue(v, bias, aux, m, n):
@@ -118,7 +126,7 @@ def backend():
 
 
 @functools.lru_cache(maxsize=None)
-def _gemm_kernel(dtype, ta, tb, epi, aug, partial, BM, BN, BK, TM, TN):
+def _gemm_kernel(dtype, ta, tb, epi, aug, partial, BM, BN, BK, TM, TN, fast=False):
     dt = np.dtype(dtype).type
     nbt = numba.from_dtype(np.dtype(dtype))
     zero = dt(0.0)
@@ -126,7 +134,7 @@ def _gemm_kernel(dtype, ta, tb, epi, aug, partial, BM, BN, BK, TM, TN):
     NTN = BN // TN
     T = NTM * NTN
     BM1, BN1, TMN = BM + 1, BN + 1, TM * TN  # shapes must be compile-time constants
-    _d_epilogue = _epilogue_fn(np.dtype(dtype), epi)
+    _d_epilogue = _epilogue_fn(np.dtype(dtype), epi, fast)
 
     @jit()
     def kernel(A, B, bvec, C, bias, aux, M, Nc, Kd, k_chunk, accumulate):
@@ -220,8 +228,8 @@ def _gemm_kernel(dtype, ta, tb, epi, aug, partial, BM, BN, BK, TM, TN):
 
 
 @functools.lru_cache(maxsize=None)
-def _epilogue_kernel(dtype, epi):
-    _d_epilogue = _epilogue_fn(np.dtype(dtype), epi)
+def _epilogue_kernel(dtype, epi, fast=False):
+    _d_epilogue = _epilogue_fn(np.dtype(dtype), epi, fast)
 
     @jit()
     def kernel(C, bias, aux):
@@ -344,7 +352,7 @@ def _tile_product_fn(dtype, Kd, NI, NJ, MR, MJ, SA, SB):
 
 
 @functools.lru_cache(maxsize=None)
-def _thin_kernel(dtype, Kd, Nc, tb, epi, T, NI, NJ, MR, MJ):
+def _thin_kernel(dtype, Kd, Nc, tb, epi, T, NI, NJ, MR, MJ, fast=False):
     """``C = epi(A @ op(B))`` for a B small enough to stay in shared memory.
 
     A block copies B (transposed when ``tb``) into shared memory once, then
@@ -364,7 +372,7 @@ def _thin_kernel(dtype, Kd, Nc, tb, epi, T, NI, NJ, MR, MJ):
     XS, BS, CS = _thin_strides(Kd, Nc, NJ, MJ)
     XSN, BSN, CSN, NACC = R * XS, Kd * BS, R * CS, MR * MJ
     uKd, uNc, uXS, uCS, uT = u(Kd), u(Nc), u(XS), u(CS), u(T)
-    _d_epilogue = _epilogue_fn(np.dtype(dtype), epi)
+    _d_epilogue = _epilogue_fn(np.dtype(dtype), epi, fast)
     _d_tile_product = _tile_product_fn(np.dtype(dtype), Kd, NI, NJ, MR, MJ, XS, BS)
 
     @jit()
@@ -435,8 +443,9 @@ def _thin_kernel(dtype, Kd, Nc, tb, epi, T, NI, NJ, MR, MJ):
 def _thin(A, B, C, tb, epi, bias, aux, plan):
     M, Kd = A.shape
     Nc = C.shape[1]
-    kernel = _thin_kernel(np.dtype(C.dtype), Kd, Nc, bool(tb), int(epi), plan["T"], plan["NI"],
-                          plan["NJ"], plan["MR"], plan["MJ"])
+    dtype = np.dtype(C.dtype)
+    kernel = _thin_kernel(dtype, Kd, Nc, bool(tb), int(epi), plan["T"], plan["NI"], plan["NJ"],
+                          plan["MR"], plan["MJ"], _fast(dtype, epi))
     args = (A.reshape(M * Kd), B, C.reshape(M * Nc), bias, aux)
     blocks = rt.resident_grid(kernel, args, plan["T"], -(-M // plan["R"]))
     kernel[blocks, plan["T"]](*args)
@@ -725,7 +734,7 @@ def matmul(A, B, C, *, ta=False, tb=False, epi=EPI_NONE, bias=None, aux=None, bv
     splits = -(-Kd // k_chunk)
     partial = splits > 1
     kernel, T = _gemm_kernel(dtype, bool(ta), bool(tb), int(epi), bvec is not None, partial,
-                             BM, BN, BK, TM, TN)
+                             BM, BN, BK, TM, TN, _fast(dtype, epi))
     grid = (rt.grid_size(n_tiles), splits)
     if partial:
         P = rt.buffer(work, "gemm.partials", (splits, M, Nc), dtype)
@@ -744,7 +753,8 @@ def epilogue(C, epi, bias=None, aux=None):
     bias = _dummy(dtype, 1) if bias is None else bias
     aux = _dummy(dtype, 2) if aux is None else aux
     tpb = opt.CUDA_TPB
-    _epilogue_kernel(dtype, int(epi))[rt.grid_size(-(-C.size // tpb)), tpb](C, bias, aux)
+    _epilogue_kernel(dtype, int(epi), _fast(dtype, epi))[rt.grid_size(-(-C.size // tpb)), tpb](
+        C, bias, aux)
 
 
 def _cupy_matmul(A, B, C, ta, tb, epi, bias, aux, accumulate):

@@ -10,7 +10,7 @@ from numba import types
 from fusedgrad.kernels import _options as opt
 from fusedgrad.kernels.cuda import _gemm
 from fusedgrad.kernels.cuda import _runtime as rt
-from fusedgrad.kernels.cuda._device import helpers
+from fusedgrad.kernels.cuda._device import fast_sigmoid, helpers
 from fusedgrad.kernels.cuda._runtime import cuda, jit
 from fusedgrad.kernels.cuda.affine import column_sums
 from fusedgrad.kernels.cuda.softmax import softmax_ce_device
@@ -89,7 +89,7 @@ def plan_fused(D, H, K, itemsize, tpb=None):
 
 @functools.lru_cache(maxsize=None)
 def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, min_blocks,
-                  weighted=False):
+                  weighted=False, fast=False):
     dt = np.dtype(dtype).type
     nbt = numba.from_dtype(np.dtype(dtype))
     zero = dt(0.0)
@@ -99,7 +99,7 @@ def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, 
     MK = -(-K // NJ)  # db2 columns per thread
     W1R = D if w1_shared else 1
     NACC1, NZT = MI * MJ, MR * MJ  # shapes must be compile-time constants
-    d = helpers(np.dtype(dtype), T, shuffle)
+    d = helpers(np.dtype(dtype), T, shuffle, fast)
     _d_sigmoid, _d_block_sum = d._d_sigmoid, d._d_block_sum
     o_b1 = D * H
     o_w2 = o_b1 + H
@@ -327,7 +327,7 @@ def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, 
 
 @functools.lru_cache(maxsize=None)
 def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, min_blocks,
-                 weighted=False):
+                 weighted=False, fast=False):
     """:func:`_fused_kernel` with its shared tiles flat and its inner loops
     walking them by unsigned running offsets.
 
@@ -368,7 +368,7 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
     uH, uHm1, uK = u(H), u(H - 1), u(K)
     overhang = NJ * MJ > H  # the thread grid has columns past H
     ZV = K <= 16  # a row of dZ2 fits in registers
-    d = helpers(np.dtype(dtype), T, shuffle)
+    d = helpers(np.dtype(dtype), T, shuffle, fast)
     _d_sigmoid, _d_block_sum = d._d_sigmoid, d._d_block_sum
     o_b1 = D * H
     o_w2 = o_b1 + H
@@ -656,7 +656,7 @@ def _fused(Xd, yd, W1, b1, W2, b2, flat, loss, plan, sw=None, total=None, work=N
     factory = _flat_kernel if opt.CUDA_FUSED_FLAT else _fused_kernel
     kernel = factory(dtype, D, H, K, plan["T"], plan["NI"], plan["NJ"], plan["MI"],
                      plan["MJ"], plan["MR"], plan["R"], plan["w1_shared"], rt.use_shuffle(),
-                     opt.CUDA_FUSED_MIN_BLOCKS, weighted)
+                     opt.CUDA_FUSED_MIN_BLOCKS, weighted, fast_sigmoid(dtype))
     blocks = rt.grid_size(-(-N // plan["R"]), opt.CUDA_FUSED_BLOCKS_PER_SM)
     part = rt.buffer(work, "mlp.part", (blocks, flat.shape[0]), dtype)
     loss_part = rt.buffer(work, "mlp.loss_part", (blocks,), np.float64)
