@@ -1200,3 +1200,25 @@ def test_gpu_check_smoke(tmp_path):
     timed = [r for rows in result["timings"].values() if isinstance(rows, list) for r in rows]
     timed += result["ablations"] + result["models"]
     assert len(timed) > 40 and not [r for r in timed if "error" in r]
+
+
+def test_cuda_host_cost_runs():
+    """``benchmarks/cuda_host_cost.py`` (the wrappers' host cost with launches
+    faked, on the real numba.cuda without a GPU) runs, and each wrapper makes
+    the launches and copies it should: a training step launches its kernel
+    and second passes and copies nothing; ``affine_sigmoid`` one launch."""
+    import os
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "cuda_host_cost.py"
+    if not script.exists():
+        pytest.skip("benchmarks/ is not here")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    proc = subprocess.run([sys.executable, str(script), "--reps", "5"], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {line[:58].strip(): line[58:].split() for line in proc.stdout.splitlines()[1:]}
+    assert len(rows) == 11
+    assert rows["mlp.loss_grad_device 16, 32, 4 (a training step)"][1:3] == ["3,", "0"]
+    assert rows["affine_sigmoid 16 -> 32, out="][1:3] == ["1,", "0"]
+    assert all(float(r[0]) > 0 for r in rows.values())
