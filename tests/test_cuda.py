@@ -318,9 +318,50 @@ def test_resident_grid_asks_the_occupancy_once(monkeypatch):
     assert rt.resident_grid(kernel, args, 128, 10_000) == 5
     assert rt.resident_grid(kernel, args, 128, 10_000, per_sm=2) == min(5, rt.grid_size(10_000, 2))
     assert len(calls) == 1
+    # other sizes and values: the same signature, not asked again (the cache
+    # key is built without typing); another dtype, layout or scalar type is
+    # another signature, asked once each
+    rt.resident_grid(kernel, (np.zeros(9, np.float32), np.float32(2), f64), 128, 10)
+    assert len(calls) == 1
+    others = [(np.zeros(3, np.float64), np.float32(1), f64),
+              (np.zeros(6, np.float32)[::2], np.float32(1), f64),
+              (np.zeros((3, 1), np.float32), np.float32(1), f64),
+              (np.zeros(3, np.float32), 1.0, f64),
+              (np.zeros(3, np.float32), np.float32(1), numba.types.float64[:, ::1])]
+    for other in others * 2:
+        rt.resident_grid(kernel, other, 128, 10)
+    assert calls[1:] == [tuple(numba.typeof(a) if not isinstance(a, numba.types.Type) else a
+                               for a in other) for other in others]
     monkeypatch.setattr(rt, "simulator", lambda: True)
     monkeypatch.setattr(opt, "CUDA_MAX_BLOCKS", None)
     assert rt.resident_grid(kernel, args, 128, 10_000) == rt.grid_size(10_000)
+
+
+def test_cached_plans_name_every_option_they_read():
+    """A cached plan's key holds the options it reads: every ``opt.CUDA_*``
+    in its source (and in the helpers it calls, which read none) is named in
+    ``rt.cached_plan``, so that a changed option plans anew; and a plan is
+    read-only (every call shares it)."""
+    import inspect
+    import re
+
+    from fusedgrad.kernels.cuda import _gemm, mlp
+
+    plans = {_gemm.plan_thin: (_gemm._thin_shared_bytes, _gemm._thin_strides),
+             _gemm.plan_thin_sum: (_gemm._thin_sum_strides,),
+             mlp.plan_fused: (mlp._fused_shared_bytes, mlp._strides)}
+    for plan, helpers_called in plans.items():
+        read = set(re.findall(r"opt\.(CUDA_\w+)", inspect.getsource(plan.__wrapped__)))
+        assert read == set(plan.options), plan.__name__
+        calling = inspect.getsource(plan.__wrapped__)
+        for helper in helpers_called:  # in call order: each called by the plan or the one before
+            assert helper.__name__ + "(" in calling
+            calling = inspect.getsource(helper)
+            assert "opt." not in calling
+    p = _gemm.plan_thin(16, 32, 4)
+    assert p is _gemm.plan_thin(16, 32, 4)
+    with pytest.raises(TypeError):
+        p["T"] = 1
 
 
 @pytest.mark.parametrize("staged_max_k", [32, 2])

@@ -273,6 +273,8 @@ def _thin_shared_bytes(Kd, Nc, NJ, MJ, R, itemsize):
     return itemsize * (Kd * BS + R * (XS + CS))
 
 
+@rt.cached_plan("CUDA_THIN", "CUDA_THIN_MAX_B", "CUDA_THIN_TPB", "CUDA_THIN_MAX_ACC",
+                "CUDA_THIN_MAX_ROWS", "CUDA_SHARED_BYTES")
 def plan_thin(Kd, Nc, itemsize):
     """The layout of the thin kernel (:func:`_thin_kernel`) for an inner
     dimension ``Kd`` and ``Nc`` output columns, or None where it does not
@@ -451,6 +453,8 @@ def _thin(A, B, C, tb, epi, bias, aux, plan):
     kernel[blocks, plan["T"]](*args)
 
 
+@rt.cached_plan("CUDA_THIN", "CUDA_THIN_SUM_MAX_RATIO", "CUDA_THIN_TPB", "CUDA_THIN_MAX_ROWS",
+                "CUDA_SHARED_BYTES", "CUDA_FUSED_MAX_ACC")
 def plan_thin_sum(Ka, Nb, itemsize):
     """The layout of the thin row-sum kernel (:func:`_thin_sum_kernel`) for
     ``A^T B`` with ``Ka`` columns of A and ``Nb`` of B, or None where it does

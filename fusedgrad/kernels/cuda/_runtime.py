@@ -25,6 +25,7 @@ import functools
 import importlib.util
 import math
 import numbers
+import types as types_module
 
 import numpy as np
 from numba import types
@@ -68,13 +69,13 @@ else:
         _IMPORT_ERROR = f"numba.cuda failed to import: {type(exc).__name__}: {exc}"
 
 
+if cuda is not None:
+    from numba.core import config as _numba_config
+
+
 def simulator():
     """Whether numba's CUDA simulator is in use (``NUMBA_ENABLE_CUDASIM=1``)."""
-    if cuda is None:
-        return False
-    from numba.core import config
-
-    return bool(config.ENABLE_CUDASIM)
+    return cuda is not None and bool(_numba_config.ENABLE_CUDASIM)
 
 
 @functools.lru_cache(maxsize=None)
@@ -141,7 +142,53 @@ def grid_size(work, per_sm=None):
     return blocks
 
 
+def cached_plan(*options):
+    """Cache a kernel plan (a pure function of its arguments and of the
+    ``options`` named, read from :mod:`fusedgrad.kernels._options` at each
+    call and made part of the key, so that changing one plans anew).
+
+    The plans search over thread grids in Python; cached, a wrapper's call
+    no longer repeats that search (``plan_thin`` took about 20 us a call on a
+    2-core VM). A dict plan comes back read-only, as it is shared by every
+    call. ``test_cuda.py::test_cached_plans_name_every_option_they_read``
+    checks ``options`` against the function's source.
+    """
+
+    def decorate(fn):
+        cache = {}
+
+        @functools.wraps(fn)
+        def plan(*args):
+            key = (args, tuple([getattr(opt, name) for name in options]))
+            try:
+                return cache[key]
+            except KeyError:
+                pass
+            result = fn(*args)
+            if isinstance(result, dict):
+                result = types_module.MappingProxyType(result)
+            cache[key] = result
+            return result
+
+        plan.options = options
+        plan.cache_clear = cache.clear
+        return plan
+
+    return decorate
+
+
 _RESIDENT = {}
+
+
+def _arg_key(a):
+    """What numba's typing of a launch argument depends on, without building
+    a numba type: a numba type as it is; an array's dtype, dimensions and
+    C-contiguity; a scalar's Python type."""
+    if isinstance(a, types.Type):
+        return a
+    if isinstance(a, np.generic) or not hasattr(a, "shape"):
+        return type(a)
+    return (a.dtype, len(a.shape), _is_c_contiguous(a))
 
 
 def resident_grid(kernel, args, tpb, work, per_sm=None):
@@ -156,11 +203,13 @@ def resident_grid(kernel, args, tpb, work, per_sm=None):
         return grid_size(work, per_sm)
     import numba
 
-    typeof = getattr(kernel, "typeof_pyval", numba.typeof)  # the launch's own typing
-    sig = tuple(a if isinstance(a, types.Type) else typeof(a) for a in args)
-    key = (kernel, sig, int(tpb))
+    # keyed by what the arguments' types depend on: typing every argument
+    # (the launch does so again) cost about 5 us an array on a 2-core VM
+    key = (kernel, tuple([_arg_key(a) for a in args]), int(tpb))
     n = _RESIDENT.get(key)
     if n is None:
+        typeof = getattr(kernel, "typeof_pyval", numba.typeof)  # the launch's own typing
+        sig = tuple(a if isinstance(a, types.Type) else typeof(a) for a in args)
         n = _RESIDENT[key] = int(kernel.compile(sig).max_cooperative_grid_blocks(int(tpb)))
     blocks = max(1, min(int(work), n))
     if opt.CUDA_MAX_BLOCKS is not None:
@@ -369,7 +418,7 @@ def buffer(work, name, shape, dtype):
     """A device array of ``shape``: a view of one kept in ``work`` under ``name``
     (a dict that a training loop passes to every call, so that its steps
     allocate nothing; grown when too small), or a new one when ``work`` is None."""
-    size = int(np.prod(shape, dtype=np.int64))
+    size = int(math.prod(shape))
     dtype = np.dtype(dtype)
     if work is None:
         return device_array(shape, dtype)
@@ -562,6 +611,9 @@ class Inputs:
         return to_host(a) if self.host else a
 
 
+_I64_MAX, _I64_MIN = int(np.iinfo(np.int64).max), int(np.iinfo(np.int64).min)
+
+
 def prepare(specs, check_finite=True, labels=None, indices=None):
     """Check float inputs (and labels) and bring them to the device.
 
@@ -660,7 +712,7 @@ def prepare(specs, check_finite=True, labels=None, indices=None):
         if y_device:
             y = _as_device(y_value)
             y_dtype = np.dtype(y.dtype)
-            if y_dtype == np.bool_ or not np.issubdtype(y_dtype, np.integer):
+            if y_dtype.kind not in "iu":  # (bool is kind "b")
                 raise TypeError(
                     f"{y_name} must hold integer class labels in [0, {k}), got dtype {y_dtype}"
                 )
@@ -677,9 +729,9 @@ def prepare(specs, check_finite=True, labels=None, indices=None):
     flags = None
     init = [0] * (sum(on_device) if check_finite else 0)
     if y_device:
-        init += [0, np.iinfo(np.int64).max, np.iinfo(np.int64).min]
+        init += [0, _I64_MAX, _I64_MIN]
     if idx_device:
-        init += [0, np.iinfo(np.int64).max, np.iinfo(np.int64).min]
+        init += [0, _I64_MAX, _I64_MIN]
     if init:
         flags = to_device(np.array(init, dtype=np.int64))
     count_nonfinite, label_range = _check_kernels(opt.CUDA_TPB)

@@ -40,6 +40,8 @@ def _fused_shared_bytes(D, H, K, R, T, itemsize, w1_shared, NI=1, NJ=1, MI=1, MJ
     return itemsize * words + 8 * T
 
 
+@rt.cached_plan("CUDA_FUSED_TPB", "CUDA_FUSED_MAX_ACC", "CUDA_FUSED_MAX_ROWS",
+                "CUDA_SHARED_BYTES")
 def plan_fused(D, H, K, itemsize, tpb=None):
     """The layout of the fused kernel for these sizes, or None when the layer
     is too wide for it (then the layered path runs).
