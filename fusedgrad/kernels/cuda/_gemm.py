@@ -651,10 +651,11 @@ def _thin_sum(A, B, C, bvec, accumulate, plan, work):
                               plan["NJ"], plan["MI"], plan["MJ"], plan["R"])
     Bf = B.reshape(B.size) if B.shape[1] > 0 else _dummy(dtype, 1)
     bv = bvec if aug else _dummy(dtype, 1)
-    blocks = rt.resident_grid(kernel, (A.reshape(A.size), Bf, bv, numba.from_dtype(dtype)[:, ::1]),
-                              plan["T"], -(-M // plan["R"]))
+    Af = A.reshape(A.size)
+    blocks = rt.resident_grid(kernel, (Af, Bf, bv, rt.array_type(dtype, 2)), plan["T"],
+                              -(-M // plan["R"]))
     part = rt.buffer(work, "gemm.thin_partials", (blocks, Ka * Nb), dtype)
-    kernel[blocks, plan["T"]](A.reshape(A.size), Bf, bv, part)
+    kernel[blocks, plan["T"]](Af, Bf, bv, part)
     rt.sum_partials(part, C.reshape(Ka * Nb), 1.0, accumulate)
 
 

@@ -180,6 +180,16 @@ def cached_plan(*options):
 _RESIDENT = {}
 
 
+@functools.lru_cache(maxsize=None)
+def array_type(dtype, ndim):
+    """The numba type of a C-contiguous ``ndim``-D array of ``dtype``, for
+    :func:`resident_grid`'s buffers not yet allocated (built once: a numba
+    type from ``nbt[:, ::1]`` took about 15 us a call)."""
+    import numba
+
+    return types.Array(numba.from_dtype(np.dtype(dtype)), ndim, "C")
+
+
 def _arg_key(a):
     """What numba's typing of a launch argument depends on, without building
     a numba type: a numba type as it is; an array's dtype, dimensions and

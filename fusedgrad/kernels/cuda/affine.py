@@ -266,7 +266,7 @@ def _backward_fused(Xd, Ad, dAd, Wd, deriv, plan, dtype):
     args = (Xd.reshape(N * n_in), Ad.reshape(1, N * n_out), dAd.reshape(N * n_out),
             Wd if with_dx else _gemm._dummy(dtype, 2),
             dX.reshape(N * n_in) if with_dx else _gemm._dummy(dtype, 1))
-    blocks = rt.resident_grid(kernel, args + (numba.from_dtype(dtype)[:, ::1],), sums["T"],
+    blocks = rt.resident_grid(kernel, args + (rt.array_type(dtype, 2),), sums["T"],
                               -(-N // plan["R"]))
     part = rt.device_array((blocks, (n_in + 1) * n_out), dtype)
     kernel[blocks, sums["T"]](*args, part)

@@ -256,10 +256,10 @@ def loss_grad_device(Xd, yd, wd, grad, loss, work=None):
     R = _plan(d, dtype.itemsize, tpb)
     if R:
         kernel = _ols_kernel(dtype, d, R, tpb, shuffle, bool(opt.CUDA_OLS_PREFETCH))
-        nbt = numba.from_dtype(dtype)
         Xf = Xd.reshape(N * d)
         blocks = rt.resident_grid(
-            kernel, (Xf, yd, wd, types.float64[::1], nbt[:, ::1]), tpb, -(-N // R),
+            kernel, (Xf, yd, wd, rt.array_type(np.float64, 1), rt.array_type(dtype, 2)), tpb,
+            -(-N // R),
             opt.CUDA_OLS_BLOCKS_PER_SM)
         loss_part = rt.buffer(work, "ols.loss_part", (blocks,), np.float64)
         grad_part = rt.buffer(work, "ols.grad_part", (blocks, d), dtype)
