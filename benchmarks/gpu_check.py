@@ -738,6 +738,9 @@ def run_ablations(smoke, quick, rows):
         group = f"softmax_cross_entropy N={N} K={K} float32"
         add(group, "staged tile (default)",
             lambda: kc.softmax_cross_entropy(Z, y, check_finite=False), nbytes)
+        add(group, "staged tile, labels checked before the kernel (a check kernel and a copy; "
+            "as before)", lambda: kc.softmax_cross_entropy(Z, y, check_finite=False), nbytes,
+            {"CUDA_LABELS_IN_KERNEL": False})
         # The same kernels without the wrapper's per-call costs (input checks,
         # the output's allocation, the loss's second pass and copy): the bare
         # launches on preallocated buffers, as the strided kernel below.
@@ -889,6 +892,8 @@ def run_ablations(smoke, quick, rows):
                 rows_per_tile=plan and plan["R"])
         add(group, "fused: defaults, numba allocator", step("fused"), None,
             {"CUDA_ALLOCATOR": "numba"})
+        add(group, "fused: defaults, labels checked before the kernel (as before)",
+            step("fused"), None, {"CUDA_LABELS_IN_KERNEL": False})
         gemms = ["numba"] + (["cupy"] if _gemm._cupy() is not None else [])
         for g in gemms:
             add(group, f"layered, {g} products", step("layered"), None, {"CUDA_GEMM": g})
@@ -926,6 +931,7 @@ def run_profile(smoke, rows):
     from torch.profiler import ProfilerActivity, profile
 
     import fusedgrad.kernels.cuda as kc
+    from fusedgrad.kernels import _options as opt
 
     rng = np.random.default_rng(3)
 
@@ -1009,6 +1015,13 @@ def run_profile(smoke, rows):
             one(f"mlp_loss_grad {n}, {d}, {h}, {K}, PyTorch tensors",
                 lambda: kc.mlp_loss_grad(*args, check_finite=False))
             del args
+
+            def checked_first(X=X, y=y, W1=W1, b1=b1, W2=W2, b2=b2):
+                with Options(opt, {"CUDA_LABELS_IN_KERNEL": False}):
+                    return kc.mlp_loss_grad(X, y, W1, b1, W2, b2, check_finite=False)
+
+            one(f"mlp_loss_grad {n}, {d}, {h}, {K}, labels checked before the kernel",
+                checked_first)
         del X
     return rows
 

@@ -691,11 +691,104 @@ def test_nonfinite_input(on_device):
     assert np.isnan(loss)
 
 
-def test_label_check_runs_even_without_finite_check():
-    Z = np.zeros((3, 2))
-    with pytest.raises(ValueError, match="y holds label 2"):
-        kc.softmax_cross_entropy(rt.cuda.to_device(Z), rt.cuda.to_device(np.array([0, 2, 1])),
-                                 check_finite=False)
+LABEL_PATHS = ["softmax staged", "softmax per-row", "mlp fused", "mlp fused first",
+               "mlp layered", "mlp weighted", "network", "network rows"]
+
+
+def _label_call(path, monkeypatch, y, **kw):
+    """One wrapper call on ``path`` with the device labels ``y`` (13 rows, 3 classes)."""
+    rng = np.random.default_rng(4)
+    X = rt.cuda.to_device(rng.standard_normal((13, 5)))
+    W1, b1 = rng.standard_normal((5, 6)), rng.standard_normal(6)
+    W2, b2 = rng.standard_normal((6, 3)), rng.standard_normal(3)
+    yd = rt.cuda.to_device(y)
+    if path.startswith("softmax"):
+        if path == "softmax per-row":
+            monkeypatch.setattr(opt, "CUDA_SOFTMAX_STAGED_MAX_K", 2)
+        return kc.softmax_cross_entropy(rt.cuda.to_device(rng.standard_normal((13, 3))), yd,
+                                        **kw)
+    if path.startswith("network"):
+        rows = rt.cuda.to_device(np.arange(13)[::-1].copy()) if path == "network rows" else None
+        W1b, b1b = rng.standard_normal((6, 4)), rng.standard_normal(4)
+        return kc.network_loss_grad(X, yd, [W1, W1b, W2[:4]], [b1, b1b, b2],
+                                    activation="relu", rows=rows, **kw)
+    monkeypatch.setattr(opt, "CUDA_FUSED_FLAT", path != "mlp fused first")
+    sw = rt.cuda.to_device(rng.uniform(0.0, 2.0, 13)) if path == "mlp weighted" else None
+    return kc.mlp_loss_grad(X, yd, W1, b1, W2, b2, sample_weight=sw,
+                            _path="layered" if path == "mlp layered" else "fused", **kw)
+
+
+@pytest.mark.parametrize("in_kernel", [True, False])
+@pytest.mark.parametrize("path", LABEL_PATHS)
+def test_device_labels_out_of_range(monkeypatch, in_kernel, path):
+    """A device label outside [0, K) raises the ValueError naming it on every
+    path, whether the range is checked before the kernels or by them
+    (``CUDA_LABELS_IN_KERNEL``: the loss comes back NaN, then the check), with
+    and without ``check_finite``; labels in range give the CPU reference's
+    loss either way."""
+    monkeypatch.setattr(opt, "CUDA_LABELS_IN_KERNEL", in_kernel)
+    good = np.arange(13) % 3
+    for bad_value, pos in ((3, 0), (-1, 12), (7, 5)):
+        y = good.copy()
+        y[pos] = bad_value
+        for check_finite in (True, False):
+            with pytest.raises(ValueError, match=rf"y holds label {bad_value}, outside \[0, 3\)"):
+                _label_call(path, monkeypatch, y, check_finite=check_finite)
+    loss = _label_call(path, monkeypatch, good)[0]
+    monkeypatch.setattr(opt, "CUDA_LABELS_IN_KERNEL", not in_kernel)
+    assert np.isfinite(loss) and loss == _label_call(path, monkeypatch, good)[0]
+
+
+def test_nan_loss_with_labels_in_range_is_returned():
+    """NaN logits with ``check_finite=False`` and device labels in range: the
+    NaN loss comes back (the label check it triggers finds nothing)."""
+    Z = rt.cuda.to_device(np.array([[0.0, np.nan], [1.0, 2.0]]))
+    loss, _ = kc.softmax_cross_entropy(Z, rt.cuda.to_device(np.array([0, 1])),
+                                       check_finite=False)
+    assert np.isnan(loss)
+
+
+@pytest.mark.parametrize("staged_max_k", [32, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_kernels_guard_their_labels(monkeypatch, staged_max_k, dtype):
+    """The softmax-CE kernels themselves (no wrapper, no check) given labels
+    outside [0, K): no access outside the row (the simulator raises on an
+    index past an array), the loss NaN, and the other rows' gradient that of
+    the reference."""
+    from fusedgrad.kernels.cuda.softmax import softmax_ce_device
+
+    monkeypatch.setattr(opt, "CUDA_SOFTMAX_STAGED_MAX_K", staged_max_k)
+    rng = np.random.default_rng(6)
+    Z = rng.standard_normal((13, 3)).astype(dtype)
+    y = np.arange(13) % 3
+    y[[0, 6, 12]] = [3, -1, 1000]
+    dZ = rt.empty((13, 3), dtype)
+    loss_part, _ = softmax_ce_device(rt.to_device(Z), rt.to_device(y), dZ)
+    assert np.isnan(loss_part.copy_to_host().sum())
+    ok = np.ones(13, bool)
+    ok[[0, 6, 12]] = False
+    _, want = ref.softmax_cross_entropy(Z[ok].astype(np.float64), y[ok])
+    np.testing.assert_allclose(dZ.copy_to_host()[ok] * 13 / 10, want,
+                               rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-7)
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_fused_kernels_guard_their_labels(monkeypatch, flat):
+    """The fused MLP kernels (no wrapper, no check) given labels outside
+    [0, K): no access outside the row, and the loss NaN."""
+    from fusedgrad.kernels.cuda import mlp
+
+    monkeypatch.setattr(opt, "CUDA_FUSED_FLAT", flat)
+    X, y, W1, b1, W2, b2 = CASES["mlp_loss_grad"].make_args(dict(N=13, d=5, h=6, K=3),
+                                                           np.float32, 3)
+    y = np.array(y)
+    y[[2, 9]] = [3, -2]
+    D, H, K = 5, 6, 3
+    flat_out = rt.empty(D * H + H + H * K + K, np.float32)
+    loss = rt.device_array(1, np.float64)
+    mlp.loss_grad_device(*(rt.to_device(np.asarray(a)) for a in (X, y, W1, b1, W2, b2)),
+                         flat_out, loss, _path="fused")
+    assert np.isnan(loss.copy_to_host()[0])
 
 
 # ---------------------------------------------------------------------------

@@ -173,6 +173,14 @@ CUDA_JIT = dict(fastmath=False)
 #: times both and checks both against the float64 reference.
 CUDA_FAST_SIGMOID = True
 
+#: Leave the range check of device labels to the kernels that index by them
+#: (softmax-CE, the fused MLP; see ``cuda/softmax.py``, "Labels outside
+#: [0, K)"): a label outside the classes makes the loss NaN, and only then
+#: are the labels checked and the ValueError raised. False: a check kernel
+#: and a synchronising copy before the kernels, as before. Not measured on a
+#: GPU yet (``benchmarks/gpu_check.py`` times both).
+CUDA_LABELS_IN_KERNEL = True
+
 #: Threads per block of the one-dimensional kernels (checks, elementwise and
 #: column-sum passes, the second pass over per-block partial sums).
 CUDA_TPB = 256

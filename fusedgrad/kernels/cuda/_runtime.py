@@ -604,12 +604,18 @@ class Inputs:
         The named sizes of the specs (``n_samples`` ...).
     indices : device array or None
         The row indices, on the device (any integer dtype).
+    unchecked_labels : (name, n_classes) or None
+        Set when the device labels' range was left to the kernels (see
+        :func:`prepare`'s ``labels_in_kernel``): :func:`loss_value` then
+        checks them when the loss is not finite.
     """
 
-    def __init__(self, arrays, labels, host, dtype, sizes, indices=None):
+    def __init__(self, arrays, labels, host, dtype, sizes, indices=None,
+                 unchecked_labels=None):
         self.arrays = arrays
         self.labels = labels
         self.host = host
+        self.unchecked_labels = unchecked_labels
         self.dtype = dtype
         self.sizes = sizes
         self.indices = indices
@@ -624,7 +630,7 @@ class Inputs:
 _I64_MAX, _I64_MIN = int(np.iinfo(np.int64).max), int(np.iinfo(np.int64).min)
 
 
-def prepare(specs, check_finite=True, labels=None, indices=None):
+def prepare(specs, check_finite=True, labels=None, indices=None, labels_in_kernel=False):
     """Check float inputs (and labels) and bring them to the device.
 
     Parameters
@@ -640,6 +646,14 @@ def prepare(specs, check_finite=True, labels=None, indices=None):
     indices : (name, value, rows_name), optional
         Nonempty 1-D integer row indices in ``[0, sizes[rows_name])``; their
         count becomes the size ``"n_rows"`` (which ``labels`` may name).
+    labels_in_kernel : bool
+        The caller's kernels test every label they index by and make the loss
+        NaN for one outside ``[0, n_classes)`` (see softmax.py, "Labels
+        outside [0, K)"), and the caller reads its loss with
+        :func:`loss_value`: with ``CUDA_LABELS_IN_KERNEL`` the range of
+        device labels is then not checked here (no check kernel, no
+        synchronising copy), only when the loss comes back NaN. Their dtype
+        and shape are checked here as always, and host labels on the host.
 
     Returns
     -------
@@ -738,7 +752,8 @@ def prepare(specs, check_finite=True, labels=None, indices=None):
     device_checks = []  # (kind, name, slot)
     flags = None
     init = [0] * (sum(on_device) if check_finite else 0)
-    if y_device:
+    defer = y_device and labels_in_kernel and bool(opt.CUDA_LABELS_IN_KERNEL)
+    if y_device and not defer:
         init += [0, _I64_MAX, _I64_MIN]
     if idx_device:
         init += [0, _I64_MAX, _I64_MIN]
@@ -756,7 +771,7 @@ def prepare(specs, check_finite=True, labels=None, indices=None):
             count_nonfinite[grid_size(-(-flat.size // tpb)), tpb](flat, flags, slot)
             device_checks.append(("finite", name, slot))
             slot += 1
-    if y_device:
+    if y_device and not defer:
         label_range[grid_size(-(-y.shape[0] // tpb)), tpb](
             y, np.int64(sizes[labels[3]]), flags, slot
         )
@@ -784,8 +799,7 @@ def prepare(specs, check_finite=True, labels=None, indices=None):
         lo, hi = int(counts[slot + 1]), int(counts[slot + 2])
         bad = lo if lo < 0 else hi
         if kind == "labels":
-            k = sizes[labels[3]]
-            raise ValueError(f"{name} holds label {bad}, outside [0, {k}) for {k} classes")
+            raise _label_error(name, bad, sizes[labels[3]])
         n = sizes[indices[2]]
         raise ValueError(f"{name} holds index {bad}, outside [0, {n}) for {n} rows")
 
@@ -800,12 +814,37 @@ def prepare(specs, check_finite=True, labels=None, indices=None):
     if idx is not None and not idx_device:
         idx = to_device(idx)
     host = not any(on_device) and not y_device and not idx_device
-    return Inputs(arrays, y, host, dtype, sizes, idx)
+    return Inputs(arrays, y, host, dtype, sizes, idx,
+                  (labels[0], sizes[labels[3]]) if defer else None)
 
 
-def loss_value(loss_sum, dtype):
-    """The loss kept as a one-element float64 device array, as a NumPy scalar."""
-    return np.dtype(dtype).type(loss_sum.copy_to_host()[0])
+def check_labels(name, y, n_classes):
+    """Raise the ValueError of :func:`prepare` if device labels ``y`` hold a
+    value outside ``[0, n_classes)`` (a check kernel and a copy back)."""
+    flags = to_device(np.array([0, _I64_MAX, _I64_MIN], dtype=np.int64))
+    label_range = _check_kernels(opt.CUDA_TPB)[1]
+    tpb = opt.CUDA_TPB
+    label_range[grid_size(-(-y.shape[0] // tpb)), tpb](y, np.int64(n_classes), flags, 0)
+    count, lo, hi = (int(v) for v in flags.copy_to_host())
+    if count:
+        raise _label_error(name, lo if lo < 0 else hi, n_classes)
+
+
+def _label_error(name, bad, k):
+    return ValueError(f"{name} holds label {bad}, outside [0, {k}) for {k} classes")
+
+
+def loss_value(loss_sum, dtype, inputs=None):
+    """The loss kept as a one-element float64 device array, as a NumPy scalar.
+
+    With the :class:`Inputs` of the call, whose labels the kernels checked
+    (``unchecked_labels``), a loss that is not finite has the labels checked:
+    a label outside the classes raises ValueError; otherwise the loss is
+    returned as it is (NaN from NaN inputs with ``check_finite=False``)."""
+    value = np.dtype(dtype).type(loss_sum.copy_to_host()[0])
+    if inputs is not None and inputs.unchecked_labels is not None and not np.isfinite(value):
+        check_labels(inputs.unchecked_labels[0], inputs.labels, inputs.unchecked_labels[1])
+    return value
 
 
 def is_device(value):

@@ -209,6 +209,9 @@ def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, 
             # softmax cross-entropy, one thread per row: dZ2 = (softmax - Y) / N
             if tid < rows:
                 label = y[r0 + tid]
+                bad = label < 0 or label >= K  # see softmax.py, 'Labels outside [0, K)'
+                if bad:
+                    label = 0
                 zy = Zs[tid, label]
                 m = Zs[tid, 0]
                 for k in range(1, K):
@@ -224,6 +227,8 @@ def _fused_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, 
                     if k != a:
                         s += ek
                 row_loss = np.float64(math.log1p(s)) + np.float64(m - zy)
+                if bad:
+                    row_loss = np.nan
                 inv = inv_n
                 if weighted:  # a compile-time constant: no branch in the unweighted kernel
                     row_loss *= np.float64(sw[r0 + tid])
@@ -523,6 +528,9 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
             # softmax cross-entropy, one thread per row: dZ2 = (softmax - Y) / N
             if tid < rows:
                 label = y[r0 + tid]
+                bad = label < 0 or label >= K  # see softmax.py, 'Labels outside [0, K)'
+                if bad:
+                    label = 0
                 zy = Zs[z_own + u(label)]
                 m = Zs[z_own]
                 for k in range(1, K):
@@ -538,6 +546,8 @@ def _flat_kernel(dtype, D, H, K, T, NI, NJ, MI, MJ, MR, R, w1_shared, shuffle, m
                     if k != a:
                         s += ek
                 row_loss = np.float64(math.log1p(s)) + np.float64(m - zy)
+                if bad:
+                    row_loss = np.nan
                 inv = inv_n
                 if weighted:  # a compile-time constant: no branch in the unweighted kernel
                     row_loss *= np.float64(sw[r0 + tid])
@@ -754,6 +764,17 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, sample_weight=None, check_finite=True
     dW1, db1, dW2, db2 : arrays
         Shaped like ``W1, b1, W2, b2``: device arrays, or NumPy arrays when all
         inputs were host arrays.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument, before any kernel runs; except device labels
+        outside ``[0, n_classes)``: their range is tested by the kernels
+        that index by them (a label outside reads nothing outside its row and
+        makes the loss NaN), and a NaN loss has the labels checked and their
+        ValueError raised before anything is returned
+        (``CUDA_LABELS_IN_KERNEL``; False checks them first, with a kernel
+        and a synchronising copy).
     """
     inp = rt.prepare(
         [
@@ -765,6 +786,7 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, sample_weight=None, check_finite=True
         ],
         check_finite,
         labels=("y", y, "n_samples", "n_classes"),
+        labels_in_kernel=True,
     )
     Xd, W1d, b1d, W2d, b2d = inp.arrays
     N, D = Xd.shape
@@ -780,7 +802,7 @@ def mlp_loss_grad(X, y, W1, b1, W2, b2, *, sample_weight=None, check_finite=True
     loss_grad_device(Xd, inp.labels, W1d, b1d, W2d, b2d, flat, loss, _path=_path,
                      sample_weight=swd, total=total)
     dW1, db1, dW2, db2 = split_flat(flat, D, H, K)
-    return (rt.loss_value(loss, dtype), inp.result(dW1), inp.result(db1), inp.result(dW2),
+    return (rt.loss_value(loss, dtype, inp), inp.result(dW1), inp.result(db1), inp.result(dW2),
             inp.result(db2))
 
 

@@ -241,7 +241,8 @@ def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, sample_
     ------
     TypeError, ValueError
         Naming the argument (``coefs[1]``, ``rows``, ...), before any
-        kernel runs.
+        kernel runs; except device labels outside the classes, which the
+        kernels find (see :func:`fusedgrad.kernels.cuda.mlp_loss_grad`).
     """
     L, specs = network_specs(X, coefs, intercepts, activation)
     gather = rows is not None
@@ -250,6 +251,7 @@ def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, sample_
         check_finite,
         labels=("y", y, "n_rows" if gather else "n_samples", "n_classes"),
         indices=("rows", rows, "n_samples") if gather else None,
+        labels_in_kernel=True,
     )
     Xd, arrays = inp.arrays[0], inp.arrays[1:]
     Ws, bs = arrays[:L], arrays[L:]
@@ -261,5 +263,5 @@ def network_loss_grad(X, y, coefs, intercepts, *, activation, rows=None, sample_
     loss_grad_device(Xd, inp.labels, Ws, bs, activation, flat, loss, rows=inp.indices,
                      sample_weight=swd, total=total)
     dWs, dbs = split_flat(flat, units)
-    return (rt.loss_value(loss, inp.dtype), [inp.result(g) for g in dWs],
+    return (rt.loss_value(loss, inp.dtype, inp), [inp.result(g) for g in dWs],
             [inp.result(g) for g in dbs])

@@ -71,8 +71,12 @@ def _staged_kernel(dtype, K, tpb, shuffle, colsum, weighted=False, prefetch=True
             rows = min(R, N - r0)
             base = r0 * K
             label = 0
+            bad = False
             if tid < rows:
                 label = y[r0 + tid]
+                if label < 0 or label >= K:  # see 'Labels outside [0, K)'
+                    label = 0
+                    bad = True
             if have:
                 for j in range(K):
                     tile[u(tid) + u(j * tpb)] = held[j]
@@ -113,6 +117,8 @@ def _staged_kernel(dtype, K, tpb, shuffle, colsum, weighted=False, prefetch=True
                     if k != a:
                         s += ek
                 row_loss = np.float64(math.log1p(s)) + np.float64(m - zy)
+                if bad:
+                    row_loss = np.nan
                 inv = inv_n
                 if weighted:
                     row_loss *= np.float64(sw[r0 + tid])
@@ -199,9 +205,14 @@ def _row_kernel(dtype, tpb, shuffle, weighted=False):
                 k += tpb
             s = _d_block_sum(redf, s)
             label = y[r]
+            bad = label < 0 or label >= K  # see 'Labels outside [0, K)'
+            if bad:
+                label = 0
             inv = inv_n * sw[r] if weighted else inv_n
             if tid == 0:
                 row_loss = np.float64(math.log1p(s)) + np.float64(m - Z[r, label])
+                if bad:
+                    row_loss = np.nan
                 if weighted:
                     row_loss *= np.float64(sw[r])
                 loss += row_loss
@@ -222,6 +233,15 @@ def _row_kernel(dtype, tpb, shuffle, weighted=False):
 
     return kernel
 
+
+# Labels outside [0, K): every kernel that indexes by a class label (the two
+# here, the fused MLP kernels) tests it first. Such a label is read as 0, so
+# nothing outside the row is touched, and makes its row's loss NaN, so the
+# loss of the call is NaN. The wrappers then run the label check
+# (``rt.check_labels``) and raise its ValueError: device labels need not be
+# checked before the kernels (``CUDA_LABELS_IN_KERNEL``), which saves a check
+# kernel and a synchronising copy per call. The test costs a compare and a
+# select per row.
 
 # the argument types of the partial-sum buffers, for the occupancy query
 _F64_1 = types.Array(types.float64, 1, "C")
@@ -303,7 +323,8 @@ def softmax_cross_entropy(Z, y, *, sample_weight=None, check_finite=True):
         :func:`fusedgrad.kernels.softmax_cross_entropy`; device weights are
         checked by a kernel, without a copy.
     check_finite : bool, default True
-        Reject NaN/inf in ``Z``.
+        Reject NaN/inf in ``Z``. Device labels outside the classes are found
+        by the kernels, as in :func:`fusedgrad.kernels.cuda.mlp_loss_grad`.
 
     Returns
     -------
@@ -315,6 +336,7 @@ def softmax_cross_entropy(Z, y, *, sample_weight=None, check_finite=True):
         [("Z", Z, ("n_samples", "n_classes"))],
         check_finite,
         labels=("y", y, "n_samples", "n_classes"),
+        labels_in_kernel=True,
     )
     (Zd,) = inp.arrays
     N, K = Zd.shape
@@ -324,4 +346,4 @@ def softmax_cross_entropy(Z, y, *, sample_weight=None, check_finite=True):
     loss_part, _ = softmax_ce_device(Zd, inp.labels, dZ, n_total=n, sw=swd)
     loss = rt.device_array(1, np.float64)
     rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 1.0 / n)
-    return rt.loss_value(loss, inp.dtype), inp.result(dZ)
+    return rt.loss_value(loss, inp.dtype, inp), inp.result(dZ)
