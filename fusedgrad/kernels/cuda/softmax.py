@@ -36,6 +36,7 @@ def _staged_kernel(dtype, K, tpb, shuffle, colsum, weighted=False, prefetch=True
     nbt = numba.from_dtype(np.dtype(dtype))
     one = dt(1.0)
     zero = dt(0.0)
+    nan = dt(np.nan)
     d = helpers(np.dtype(dtype), tpb, shuffle)
     _d_block_sum = d._d_block_sum
     R = tpb
@@ -71,12 +72,8 @@ def _staged_kernel(dtype, K, tpb, shuffle, colsum, weighted=False, prefetch=True
             rows = min(R, N - r0)
             base = r0 * K
             label = 0
-            bad = False
             if tid < rows:
                 label = y[r0 + tid]
-                if label < 0 or label >= K:  # see 'Labels outside [0, K)'
-                    label = 0
-                    bad = True
             if have:
                 for j in range(K):
                     tile[u(tid) + u(j * tpb)] = held[j]
@@ -97,7 +94,9 @@ def _staged_kernel(dtype, K, tpb, shuffle, colsum, weighted=False, prefetch=True
                 # the row in registers (v: constant indices only), the tile
                 # by unsigned offsets (no wrap-around test per access)
                 o = u(tid) * uK
-                zy = tile[o + u(label)]
+                # see 'Labels outside [0, K)': a label outside is only ever
+                # compared below, never an index
+                zy = tile[o + u(label)] if label >= 0 and label < K else nan
                 for k in range(K):
                     v[k] = tile[o + u(k)]
                 m = v[0]
@@ -117,8 +116,6 @@ def _staged_kernel(dtype, K, tpb, shuffle, colsum, weighted=False, prefetch=True
                     if k != a:
                         s += ek
                 row_loss = np.float64(math.log1p(s)) + np.float64(m - zy)
-                if bad:
-                    row_loss = np.nan
                 inv = inv_n
                 if weighted:
                     row_loss *= np.float64(sw[r0 + tid])
@@ -171,6 +168,7 @@ def _row_kernel(dtype, tpb, shuffle, weighted=False):
     nbt = numba.from_dtype(np.dtype(dtype))
     one = dt(1.0)
     zero = dt(0.0)
+    nan = dt(np.nan)
     d = helpers(np.dtype(dtype), tpb, shuffle)
     _d_block_sum, _d_block_max, _d_block_min_int = d._d_block_sum, d._d_block_max, d._d_block_min_int
 
@@ -205,14 +203,11 @@ def _row_kernel(dtype, tpb, shuffle, weighted=False):
                 k += tpb
             s = _d_block_sum(redf, s)
             label = y[r]
-            bad = label < 0 or label >= K  # see 'Labels outside [0, K)'
-            if bad:
-                label = 0
             inv = inv_n * sw[r] if weighted else inv_n
             if tid == 0:
-                row_loss = np.float64(math.log1p(s)) + np.float64(m - Z[r, label])
-                if bad:
-                    row_loss = np.nan
+                # see 'Labels outside [0, K)': only ever compared below
+                zy = Z[r, label] if label >= 0 and label < K else nan
+                row_loss = np.float64(math.log1p(s)) + np.float64(m - zy)
                 if weighted:
                     row_loss *= np.float64(sw[r])
                 loss += row_loss
@@ -235,9 +230,11 @@ def _row_kernel(dtype, tpb, shuffle, weighted=False):
 
 
 # Labels outside [0, K): every kernel that indexes by a class label (the two
-# here, the fused MLP kernels) tests it first. Such a label is read as 0, so
-# nothing outside the row is touched, and makes its row's loss NaN, so the
-# loss of the call is NaN. The wrappers then run the label check
+# here, the fused MLP kernels) tests it first. Such a label indexes nothing
+# (here: the logit it would read is taken as NaN, and the label is otherwise
+# only compared with column numbers; the fused kernels read and write at
+# column 0 instead), and its row's loss is NaN, so the loss of the call is
+# NaN. The wrappers then run the label check
 # (``rt.check_labels``) and raise its ValueError: device labels need not be
 # checked before the kernels (``CUDA_LABELS_IN_KERNEL``), which saves a check
 # kernel and a synchronising copy per call. The test costs a compare and a
