@@ -824,6 +824,11 @@ def run_ablations(smoke, quick, rows):
         add(group, "one pass (default), numba allocator",
             lambda: kc.ols_loss_grad(X, yv, w, check_finite=False), nbytes,
             {"CUDA_ALLOCATOR": "numba"})
+        # the NaN/inf checks of check_finite=True (a pass over X, y and w)
+        add(group, "one pass, inputs checked (8 loads a round)",
+            lambda: kc.ols_loss_grad(X, yv, w), nbytes)
+        add(group, "one pass, inputs checked, one load a round, 4 blocks/SM (as before)",
+            lambda: kc.ols_loss_grad(X, yv, w), nbytes, {"CUDA_CHECK_UNROLL": 1})
         del X
 
     # The thin kernels (added 2026-11-27, not yet timed: B in shared memory,
@@ -1337,20 +1342,23 @@ def run_ptx_check(cc=(9, 0), ptx_dir=None):
                 except Exception as exc:
                     failures.append(("mlp_loss_grad", shape, "float32", overrides, repr(exc)))
                     log(f"FAILED fused {shape} {overrides}: {exc!r}")
-    # The IEEE sigmoid that gpu_check times beside the fast one (float32):
-    # the thin kernel's and the layered path's epilogues.
-    with Options(opt, {"CUDA_FAST_SIGMOID": False}):
-        for name, shape, kwargs in (("affine_sigmoid", dict(N=300, d=16, h=32), {}),
-                                    ("mlp_loss_grad", dict(N=300, d=784, h=256, K=10), {})):
-            full = dict(N=1, d=1, h=1, K=2)
-            full.update(shape)
-            args = CASES[name].make_args(full, np.float32, 0)
-            try:
+    # What gpu_check times beside the defaults, float32: the IEEE sigmoid
+    # (the thin kernel's and the layered path's epilogues), and the input
+    # checks' NaN count with one load a round.
+    variants = [({"CUDA_FAST_SIGMOID": False}, "affine_sigmoid", dict(N=300, d=16, h=32)),
+                ({"CUDA_FAST_SIGMOID": False}, "mlp_loss_grad", dict(N=300, d=784, h=256, K=10)),
+                ({"CUDA_CHECK_UNROLL": 1}, "ols_loss_grad", dict(N=300, d=16))]
+    for overrides, name, shape in variants:
+        full = dict(N=1, d=1, h=1, K=2)
+        full.update(shape)
+        args = CASES[name].make_args(full, np.float32, 0)
+        try:
+            with Options(opt, overrides):
                 CASES[name].cuda_kernel(*(np.asarray(a).view(Dev) if isinstance(a, np.ndarray)
-                                          else a for a in args), **kwargs)
-            except Exception as exc:
-                failures.append((name, shape, "float32", "IEEE sigmoid", repr(exc)))
-                log(f"FAILED {name} {shape} IEEE sigmoid: {exc!r}")
+                                          else a for a in args))
+        except Exception as exc:
+            failures.append((name, shape, "float32", overrides, repr(exc)))
+            log(f"FAILED {name} {shape} {overrides}: {exc!r}")
     # Kernels the runs above do not launch: NaN fill, contiguous copies, the
     # elementwise epilogues that follow cuBLAS products.
     from fusedgrad.kernels.cuda import _gemm

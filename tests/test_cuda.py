@@ -206,14 +206,16 @@ def test_mlp_wide_layer_takes_layered_path(monkeypatch):
     compare(case, kc.mlp_loss_grad(*args), case.reference(*as_float64(args)), np.float64)
 
 
+@pytest.mark.parametrize("unroll", [1, 4, 8])
 @pytest.mark.parametrize("seed", range(3))
-def test_check_kernels_count_exactly(seed):
+def test_check_kernels_count_exactly(seed, unroll):
     """The input checks' kernels count exactly (the wrappers only ask
     whether a count is zero, so a lost count could let one NaN or one bad
     label through): NaN and inf, and labels outside ``[0, K)`` with the
     extremes that the error message names, in blocks of 8 threads, each
-    thread visiting several elements, against NumPy."""
-    count_nonfinite, label_range = rt._check_kernels(8)
+    thread visiting several elements (with ``unroll`` 4 or 8: in rounds of that many,
+    then the rest one by one), against NumPy."""
+    count_nonfinite, label_range = rt._check_kernels(8, unroll)
     rng = np.random.default_rng(seed)
     a = rng.standard_normal(203)
     a[rng.choice(203, 9 + seed, replace=False)] = rng.choice([np.nan, np.inf, -np.inf], 9 + seed)
@@ -224,6 +226,11 @@ def test_check_kernels_count_exactly(seed):
     count_nonfinite[4, 8](cuda.to_device(a), flags, 0)
     label_range[4, 8](cuda.to_device(y), np.int64(5), flags, 1)
     assert flags.copy_to_host().tolist() == [3 + np.count_nonzero(~np.isfinite(a)), 7, -3, 8]
+    # every element visited exactly once: all non-finite, the count is the size
+    for n in (203, 1, 32, 100, 128, 129, 600):
+        flags = cuda.to_device(np.zeros(1, np.int64))
+        count_nonfinite[4, 8](cuda.to_device(np.full(n, np.inf)), flags, 0)
+        assert flags.copy_to_host()[0] == n
 
 
 def test_block_reductions_back_to_back():

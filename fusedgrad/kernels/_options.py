@@ -181,6 +181,12 @@ CUDA_FAST_SIGMOID = True
 #: GPU yet (``benchmarks/gpu_check.py`` times both).
 CUDA_LABELS_IN_KERNEL = True
 
+#: Elements a thread tests per round of the NaN/inf count of the input checks
+#: (``check_finite``), their loads issued together; 1: one load a round, as
+#: before. With it the check's grid is as many blocks as fit at once. Not
+#: measured on a GPU yet (``benchmarks/gpu_check.py`` times both).
+CUDA_CHECK_UNROLL = 8
+
 #: Threads per block of the one-dimensional kernels (checks, elementwise and
 #: column-sum passes, the second pass over per-block partial sums).
 CUDA_TPB = 256

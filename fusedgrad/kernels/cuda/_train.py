@@ -298,7 +298,7 @@ def count_nonfinite(a, acc, slot):
     checks' kernel (:func:`fusedgrad.kernels.cuda._runtime._check_kernels`),
     whose integer atomic add is converted to ``acc``'s float64."""
     tpb = opt.CUDA_TPB
-    nonfinite, _ = rt._check_kernels(tpb)
+    nonfinite, _ = rt._check_kernels(tpb, opt.CUDA_CHECK_UNROLL)
     nonfinite[_blocks(a.shape[0], tpb), tpb](a, acc, slot)
 
 
