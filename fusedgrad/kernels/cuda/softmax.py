@@ -231,14 +231,13 @@ def _row_kernel(dtype, tpb, shuffle, weighted=False):
 
 # Labels outside [0, K): every kernel that indexes by a class label (the two
 # here, the fused MLP kernels) tests it first. Such a label indexes nothing
-# (here: the logit it would read is taken as NaN, and the label is otherwise
+# (here the logit it would read is taken as NaN, and the label is otherwise
 # only compared with column numbers; the fused kernels read and write at
 # column 0 instead), and its row's loss is NaN, so the loss of the call is
-# NaN. The wrappers then run the label check
-# (``rt.check_labels``) and raise its ValueError: device labels need not be
-# checked before the kernels (``CUDA_LABELS_IN_KERNEL``), which saves a check
-# kernel and a synchronising copy per call. The test costs a compare and a
-# select per row.
+# NaN. The wrappers then run the label check (``rt.check_labels``) and raise
+# its ValueError: device labels need not be checked before the kernels
+# (``CUDA_LABELS_IN_KERNEL``), which saves a check kernel and a synchronising
+# copy per call. The test costs a compare and a select per row.
 
 # the argument types of the partial-sum buffers, for the occupancy query
 _F64_1 = types.Array(types.float64, 1, "C")
