@@ -16,7 +16,10 @@ the driver's), nor the copies' synchronisations, which only a GPU can time
     python benchmarks/cuda_host_cost.py [--reps 2000]
 
 Prints, for each wrapper call, the best of 5 means (us), and the launches
-and copies one call makes.
+and copies one call makes; then the same per training step of
+``MLPClassifier(device='cuda').fit`` (sgd and adam, minibatches of 200),
+whose device buffers are zero-filled so that the fit's checks of the loss
+pass (its kernels run nothing).
 """
 
 import argparse
@@ -141,6 +144,48 @@ def calls(n=512):
     return out
 
 
+def fit_steps(reps):
+    """(label, us per step, launches per step, copies per fit) of
+    ``MLPClassifier(device='cuda').fit``: 20,000 x 64 -> 128 -> 10, float32,
+    minibatches of 200, 2 epochs (200 steps), best of ``reps`` fits after one."""
+    import warnings
+
+    from numba import cuda
+
+    from fusedgrad.models import MLPClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20000, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 20000)
+    empty = cuda.device_array
+    cuda.device_array = lambda shape, dtype=np.float64, **kw: np.zeros(shape, dtype).view(Dev)
+    rows = []
+    try:
+        for solver in ("sgd", "adam"):
+            def fit():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the 2 epochs do not converge
+                    MLPClassifier(hidden_layer_sizes=(128,), solver=solver, batch_size=200,
+                                  max_iter=2, tol=0.0, n_iter_no_change=100, random_state=0,
+                                  dtype=np.float32, device="cuda").fit(X, y)
+
+            fit()
+            LAUNCHES.clear()
+            COPIES.clear()
+            fit()
+            launches, copies = len(LAUNCHES), len(COPIES)
+            best = math.inf
+            for _ in range(max(1, reps)):
+                t = time.perf_counter()
+                fit()
+                best = min(best, time.perf_counter() - t)
+            rows.append((f"MLPClassifier.fit {solver}, batch 200, a step", best / 200,
+                         launches / 200, copies))
+    finally:
+        cuda.device_array = empty
+    return rows
+
+
 def measure(fn, reps):
     """Best of 5 means of ``reps / 5`` calls, seconds; and one call's launches and copies."""
     fn()
@@ -168,6 +213,9 @@ def main(argv=None):
         seconds, launches, copies = measure(fn, args.reps)
         print(f"{label:<58} {seconds * 1e6:7.1f}  {len(launches)}, {len(copies)}"
               f"  ({', '.join(launches)}; {', '.join(copies) or 'no copies'})")
+    for label, seconds, launches, copies in fit_steps(max(1, args.reps // 400)):
+        print(f"{label:<58} {seconds * 1e6:7.1f}  {launches:.2f}, {copies}"
+              "  (launches a step, copies a fit)")
     return 0
 
 

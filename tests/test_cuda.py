@@ -1359,7 +1359,9 @@ def test_cuda_host_cost_runs():
                           text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {line[:58].strip(): line[58:].split() for line in proc.stdout.splitlines()[1:]}
-    assert len(rows) == 11
+    assert len(rows) == 13
     assert rows["mlp.loss_grad_device 16, 32, 4 (a training step)"][1:3] == ["3,", "0"]
+    # a minibatch step: gather, fused kernel, two second passes, loss sum, update
+    assert rows["MLPClassifier.fit sgd, batch 200, a step"][1].startswith("6.0")
     assert rows["affine_sigmoid 16 -> 32, out="][1:3] == ["1,", "0"]
     assert all(float(r[0]) > 0 for r in rows.values())
