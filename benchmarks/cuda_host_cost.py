@@ -169,36 +169,28 @@ def fit_steps(reps):
                                   max_iter=2, tol=0.0, n_iter_no_change=100, random_state=0,
                                   dtype=np.float32, device="cuda").fit(X, y)
 
-            fit()
-            LAUNCHES.clear()
-            COPIES.clear()
-            fit()
-            launches, copies = len(LAUNCHES), len(COPIES)
-            best = math.inf
-            for _ in range(max(1, reps)):
-                t = time.perf_counter()
-                fit()
-                best = min(best, time.perf_counter() - t)
+            best, launches, copies = measure(fit, 1, max(1, reps))
             rows.append((f"MLPClassifier.fit {solver}, batch 200, a step", best / 200,
-                         launches / 200, copies))
+                         len(launches) / 200, len(copies)))
     finally:
         cuda.device_array = empty
     return rows
 
 
-def measure(fn, reps):
-    """Best of 5 means of ``reps / 5`` calls, seconds; and one call's launches and copies."""
+def measure(fn, calls, rounds=5):
+    """Best of ``rounds`` means of ``calls`` calls, seconds (after a call to
+    warm up); and one call's launches and copies."""
     fn()
     LAUNCHES.clear()
     COPIES.clear()
     fn()
     launches, copies = list(LAUNCHES), list(COPIES)
     best = math.inf
-    for _ in range(5):
+    for _ in range(rounds):
         t = time.perf_counter()
-        for _ in range(max(1, reps // 5)):
+        for _ in range(calls):
             fn()
-        best = min(best, (time.perf_counter() - t) / max(1, reps // 5))
+        best = min(best, (time.perf_counter() - t) / calls)
     return best, launches, copies
 
 
@@ -210,7 +202,7 @@ def main(argv=None):
     print(f"{'call (float32, 512 rows, device inputs, check_finite=False)':<58} {'us':>7}  "
           "launches, copies")
     for label, fn in calls():
-        seconds, launches, copies = measure(fn, args.reps)
+        seconds, launches, copies = measure(fn, max(1, args.reps // 5))
         print(f"{label:<58} {seconds * 1e6:7.1f}  {len(launches)}, {len(copies)}"
               f"  ({', '.join(launches)}; {', '.join(copies) or 'no copies'})")
     for label, seconds, launches, copies in fit_steps(max(1, args.reps // 400)):
