@@ -187,6 +187,15 @@ CUDA_LABELS_IN_KERNEL = True
 #: measured on a GPU yet (``benchmarks/gpu_check.py`` times both).
 CUDA_CHECK_UNROLL = 8
 
+#: Launch kernels through ``cuda._runtime.launch``, which packs a launch's
+#: arguments itself (about 0.5 us an array on a 2-core VM) instead of numba's
+#: per-launch typing and argument marshalling (about 6 us an array there,
+#: 12 for an array not launched before); the packing is checked against
+#: numba's own once per kernel and argument types, and anything it does not
+#: reproduce exactly goes through numba's launch. False: numba's launch
+#: always. ``benchmarks/cuda_host_cost.py`` measures both.
+CUDA_FAST_LAUNCH = True
+
 #: Threads per block of the one-dimensional kernels (checks, elementwise and
 #: column-sum passes, the second pass over per-block partial sums).
 CUDA_TPB = 256

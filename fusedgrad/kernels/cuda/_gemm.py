@@ -450,7 +450,7 @@ def _thin(A, B, C, tb, epi, bias, aux, plan):
                           plan["MR"], plan["MJ"], _fast(dtype, epi))
     args = (A.reshape(M * Kd), B, C.reshape(M * Nc), bias, aux)
     blocks = rt.resident_grid(kernel, args, plan["T"], -(-M // plan["R"]))
-    kernel[blocks, plan["T"]](*args)
+    rt.launch(kernel, blocks, plan["T"], *args)
 
 
 @rt.cached_plan("CUDA_THIN", "CUDA_THIN_SUM_MAX_RATIO", "CUDA_THIN_TPB", "CUDA_THIN_MAX_ROWS",
@@ -655,7 +655,7 @@ def _thin_sum(A, B, C, bvec, accumulate, plan, work):
     blocks = rt.resident_grid(kernel, (Af, Bf, bv, rt.array_type(dtype, 2)), plan["T"],
                               -(-M // plan["R"]))
     part = rt.buffer(work, "gemm.thin_partials", (blocks, Ka * Nb), dtype)
-    kernel[blocks, plan["T"]](Af, Bf, bv, part)
+    rt.launch(kernel, blocks, plan["T"], Af, Bf, bv, part)
     rt.sum_partials(part, C.reshape(Ka * Nb), 1.0, accumulate)
 
 
@@ -743,10 +743,11 @@ def matmul(A, B, C, *, ta=False, tb=False, epi=EPI_NONE, bias=None, aux=None, bv
     grid = (rt.grid_size(n_tiles), splits)
     if partial:
         P = rt.buffer(work, "gemm.partials", (splits, M, Nc), dtype)
-        kernel[grid, T](A, B, bvec_arg, P, bias, aux, M, Nc, Kd, k_chunk, False)
+        rt.launch(kernel, grid, T, A, B, bvec_arg, P, bias, aux, M, Nc, Kd, k_chunk, False)
         rt.sum_partials(P.reshape(splits, M * Nc), C.reshape(M * Nc), 1.0, accumulate)
     else:
-        kernel[grid, T](A, B, bvec_arg, C, bias, aux, M, Nc, Kd, k_chunk, bool(accumulate))
+        rt.launch(kernel, grid, T, A, B, bvec_arg, C, bias, aux, M, Nc, Kd, k_chunk,
+                  bool(accumulate))
     return C
 
 
@@ -758,8 +759,8 @@ def epilogue(C, epi, bias=None, aux=None):
     bias = _dummy(dtype, 1) if bias is None else bias
     aux = _dummy(dtype, 2) if aux is None else aux
     tpb = opt.CUDA_TPB
-    _epilogue_kernel(dtype, int(epi), _fast(dtype, epi))[rt.grid_size(-(-C.size // tpb)), tpb](
-        C, bias, aux)
+    rt.launch(_epilogue_kernel(dtype, int(epi), _fast(dtype, epi)),
+              rt.grid_size(-(-C.size // tpb)), tpb, C, bias, aux)
 
 
 def _cupy_matmul(A, B, C, ta, tb, epi, bias, aux, accumulate):

@@ -238,6 +238,185 @@ def jit(**extra):
 
 
 # ---------------------------------------------------------------------------
+# Kernel launches
+# ---------------------------------------------------------------------------
+
+# numba's launch of a compiled kernel (``kernel[grid, block](*args)``) types
+# every argument (a fresh array's numba type took about 5 us on a 2-core VM),
+# finds the overload, then marshals every argument in Python: an array
+# becomes 5 + 2 * ndim parameters through an argument wrapper and a memory
+# view, about 6 us an array there, 30-50 us for the wrappers' kernels of
+# 5-12 arrays. launch() keys the compiled kernel by what its typing depends
+# on and packs the same parameters directly; once per kernel and key it
+# compares its packing with numba's own (``_Kernel._prepare_args``), and a
+# key whose packing differs, or whose arguments it does not know, is left to
+# numba's launch for good. The driver call is numba's: the same cuda.core
+# ``launch`` with the same stream and launch configuration.
+
+_LAUNCHERS = {}  # (dispatcher, argument keys) -> (compiled kernel, packers) or None
+_MISSING = object()
+_ARRAY = object()  # the packer of an array argument
+_FAST_TYPES = None  # (numba's dispatcher class, its device array class, its module)
+
+
+def _fast_types():
+    global _FAST_TYPES
+    if _FAST_TYPES is None:
+        _FAST_TYPES = (None, None, None)  # numba's launch only
+        if simulator():
+            return _FAST_TYPES
+        try:
+            from numba.cuda import dispatcher
+            from numba.cuda.cudadrv.devicearray import DeviceNDArray
+        except Exception:  # another numba-cuda
+            return _FAST_TYPES
+        if (getattr(dispatcher, "CUDA_CORE_GE_1_0", False)
+                and hasattr(dispatcher, "launch") and hasattr(dispatcher, "LaunchConfig")):
+            _FAST_TYPES = (dispatcher.CUDADispatcher, DeviceNDArray, dispatcher)
+    return _FAST_TYPES
+
+
+def _launch_arg_key(a, device_array):
+    """What numba's typing of a launch argument depends on, exactly (None for
+    an argument :func:`launch` leaves to numba): a numba device array's
+    dtype, dimensions and layout (C, F, or A, which numba gives a broadcast
+    one), a Python scalar's type, a NumPy scalar's dtype."""
+    t = type(a)
+    if t is device_array:
+        ndim = a.ndim
+        if not ndim:
+            return None
+        strides = a.strides
+        if a.size and 0 in strides:
+            layout = "A"
+        else:
+            flags = a.flags
+            layout = "C" if flags["C_CONTIGUOUS"] else "F" if flags["F_CONTIGUOUS"] else "A"
+        return (a.dtype, ndim, layout)
+    if t is float or t is bool:
+        return t
+    if t is int:
+        return t if -(1 << 63) <= a < (1 << 63) else None
+    if isinstance(a, (np.floating, np.integer, np.bool_)):
+        return a.dtype
+    return None
+
+
+def _packers(argtypes):
+    """How :func:`launch` packs each argument of a kernel compiled for
+    ``argtypes``, as numba's ``_Kernel._prepare_args`` does; None if one is
+    of a type it does not pack."""
+    import ctypes
+
+    out = []
+    for ty in argtypes:
+        if isinstance(ty, types.Array) and ty.ndim > 0:
+            out.append(_ARRAY)
+        elif isinstance(ty, types.Integer):
+            out.append(getattr(ctypes, f"c_{ty}"))
+        elif ty == types.float64:
+            out.append(ctypes.c_double)
+        elif ty == types.float32:
+            out.append(ctypes.c_float)
+        elif ty == types.boolean:
+            out.append(None)
+        else:
+            return None
+    return tuple(out)
+
+
+def _pack(packers, args):
+    params = []
+    for packer, a in zip(packers, args):
+        if packer is _ARRAY:
+            # numba's order: meminfo, parent, size, itemsize, data, shape, strides
+            params += (0, 0, a.size, a.dtype.itemsize, a.device_ctypes_pointer.value)
+            params += a.shape
+            params += a.strides
+        elif packer is None:
+            params.append(a)
+        else:
+            params.append(packer(a))
+    return params
+
+
+def _same_params(ours, numbas):
+    import ctypes
+
+    if len(ours) != len(numbas):
+        return False
+    for x, y in zip(ours, numbas):
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, ctypes._SimpleCData):
+            x, y = x.value, y.value
+        if not (x == y or (x != x and y != y)):
+            return False
+    return True
+
+
+def _launcher(kernel, config, args):
+    """The compiled kernel and packers for ``args``' key, or None where the
+    launch is left to numba (the kernel has just been launched by numba, so
+    it is compiled for these argument types)."""
+    try:
+        if getattr(kernel, "_launch_config_sensitive", False) or config.sharedmem:
+            return None
+        sig = tuple(kernel.typeof_pyval(a) for a in args)
+        compiled = kernel.overloads.get(sig)
+        if compiled is None or compiled.debug or compiled.extensions:
+            return None
+        packers = _packers(compiled.argument_types)
+        if packers is None:
+            return None
+        numbas, retr = [], []
+        for ty, a in zip(compiled.argument_types, args):
+            compiled._prepare_args(ty, a, config.stream, retr, numbas)
+        compiled._codelibrary.get_cufunc  # noqa: B018 (launch() calls it)
+    except (AttributeError, NotImplementedError):  # numba-cuda's internals moved
+        return None
+    if not _same_params(_pack(packers, args), numbas):
+        return None
+    return compiled, packers
+
+
+def launch(kernel, grid, block, *args):
+    """``kernel[grid, block](*args)``, with the arguments packed by this
+    module once numba has compiled the kernel for their types (see the
+    comment above; ``CUDA_FAST_LAUNCH``). Anything but numba's own dispatcher
+    and device arrays (the simulator's kernels, CuPy or PyTorch arrays, the
+    benchmarks' stand-ins) goes through ``kernel[grid, block]``."""
+    config = kernel[grid, block]
+    dispatcher_type, device_array, nb_dispatcher = _FAST_TYPES or _fast_types()
+    if type(kernel) is not dispatcher_type or not opt.CUDA_FAST_LAUNCH:
+        config(*args)
+        return
+    key = [kernel]
+    for a in args:
+        k = _launch_arg_key(a, device_array)
+        if k is None:
+            config(*args)
+            return
+        key.append(k)
+    key = tuple(key)
+    entry = _LAUNCHERS.get(key, _MISSING)
+    if entry is _MISSING:
+        config(*args)  # compiles the kernel for these types if need be
+        _LAUNCHERS[key] = _launcher(kernel, config, args)
+        return
+    if entry is None or config.pre_launch_callbacks:
+        config(*args)
+        return
+    compiled, packers = entry
+    params = _pack(packers, args)
+    cufunc = compiled._codelibrary.get_cufunc()
+    launch_config = nb_dispatcher.LaunchConfig(grid=config.griddim, block=config.blockdim,
+                                               shmem_size=0,
+                                               is_cooperative=compiled.cooperative)
+    nb_dispatcher.launch(config.stream, launch_config, cufunc.kernel, *params)
+
+
+# ---------------------------------------------------------------------------
 # Small kernels of the wrappers: checks, copies, fills, second passes
 # ---------------------------------------------------------------------------
 
@@ -434,7 +613,8 @@ def empty(shape, dtype):
         flat = a.reshape(a.size)
         value = np.nan if np.dtype(dtype).kind == "f" else np.iinfo(dtype).max
         _, _, fill = _copy_kernels()
-        fill[grid_size(-(-a.size // opt.CUDA_TPB)), opt.CUDA_TPB](flat, np.dtype(dtype).type(value))
+        launch(fill, grid_size(-(-a.size // opt.CUDA_TPB)), opt.CUDA_TPB, flat,
+               np.dtype(dtype).type(value))
     return a
 
 
@@ -443,7 +623,8 @@ def zeros(shape, dtype):
     a = device_array(shape, dtype)
     if a.size:
         _, _, fill = _copy_kernels()
-        fill[grid_size(-(-a.size // opt.CUDA_TPB)), opt.CUDA_TPB](a.reshape(a.size), np.dtype(dtype).type(0))
+        launch(fill, grid_size(-(-a.size // opt.CUDA_TPB)), opt.CUDA_TPB, a.reshape(a.size),
+               np.dtype(dtype).type(0))
     return a
 
 
@@ -545,10 +726,11 @@ def sum_partials(partials, out, scale=1.0, accumulate=False):
     tpb = opt.CUDA_TPB
     if m <= opt.CUDA_SUM_BLOCK_MAX_COLS and partials.shape[0] > 1:
         cw = min(32, m, tpb)
-        _sum_block_kernel(tpb, cw)[grid_size(-(-m // cw)), tpb](
-            partials, out, float(scale), bool(accumulate))
+        launch(_sum_block_kernel(tpb, cw), grid_size(-(-m // cw)), tpb,
+               partials, out, float(scale), bool(accumulate))
         return
-    _sum_kernel()[grid_size(-(-m // tpb)), tpb](partials, out, float(scale), bool(accumulate))
+    launch(_sum_kernel(), grid_size(-(-m // tpb)), tpb, partials, out, float(scale),
+           bool(accumulate))
 
 
 # ---------------------------------------------------------------------------
@@ -600,9 +782,9 @@ def _contiguous(a):
     tpb = opt.CUDA_TPB
     blocks = grid_size(-(-max(a.size, 1) // tpb))
     if a.ndim == 1:
-        copy1d[blocks, tpb](a, out)
+        launch(copy1d, blocks, tpb, a, out)
     else:
-        copy2d[blocks, tpb](a, out)
+        launch(copy2d, blocks, tpb, a, out)
     return out
 
 
@@ -796,19 +978,17 @@ def prepare(specs, check_finite=True, labels=None, indices=None, labels_in_kerne
                                        -(-flat.size // (tpb * opt.CUDA_CHECK_UNROLL)))
             else:
                 blocks = grid_size(-(-flat.size // tpb))
-            count_nonfinite[blocks, tpb](flat, flags, slot)
+            launch(count_nonfinite, blocks, tpb, flat, flags, slot)
             device_checks.append(("finite", name, slot))
             slot += 1
     if y_device and not defer:
-        label_range[grid_size(-(-y.shape[0] // tpb)), tpb](
-            y, np.int64(sizes[labels[3]]), flags, slot
-        )
+        launch(label_range, grid_size(-(-y.shape[0] // tpb)), tpb,
+               y, np.int64(sizes[labels[3]]), flags, slot)
         device_checks.append(("labels", labels[0], slot))
         slot += 3
     if idx_device:
-        label_range[grid_size(-(-idx.shape[0] // tpb)), tpb](
-            idx, np.int64(sizes[indices[2]]), flags, slot
-        )
+        launch(label_range, grid_size(-(-idx.shape[0] // tpb)), tpb,
+               idx, np.int64(sizes[indices[2]]), flags, slot)
         device_checks.append(("indices", indices[0], slot))
 
     counts = flags.copy_to_host() if flags is not None else None
@@ -852,7 +1032,7 @@ def check_labels(name, y, n_classes):
     flags = to_device(np.array([0, _I64_MAX, _I64_MIN], dtype=np.int64))
     label_range = _check_kernels(opt.CUDA_TPB, opt.CUDA_CHECK_UNROLL)[1]
     tpb = opt.CUDA_TPB
-    label_range[grid_size(-(-y.shape[0] // tpb)), tpb](y, np.int64(n_classes), flags, 0)
+    launch(label_range, grid_size(-(-y.shape[0] // tpb)), tpb, y, np.int64(n_classes), flags, 0)
     count, lo, hi = (int(v) for v in flags.copy_to_host())
     if count:
         raise _label_error(name, lo if lo < 0 else hi, n_classes)
@@ -942,7 +1122,7 @@ def _split_kernel():
 def split_columns(C, left, last):
     """Copy ``C[:, :-1]`` into ``left`` and ``C[:, -1]`` into ``last`` (device arrays)."""
     tpb = opt.CUDA_TPB
-    _split_kernel()[grid_size(-(-C.size // tpb)), tpb](C, left, last)
+    launch(_split_kernel(), grid_size(-(-C.size // tpb)), tpb, C, left, last)
 
 
 @functools.lru_cache(maxsize=None)
@@ -1015,7 +1195,7 @@ def weights(value, dtype, n_rows, check_finite=True):
     tpb = opt.CUDA_TPB
     blocks = grid_size(-(-max(n_rows, 1) // tpb))
     out = device_array((blocks, 4), np.float64)
-    _weight_kernel(tpb)[blocks, tpb](w, out)
+    launch(_weight_kernel(tpb), blocks, tpb, w, out)
     stats = out.copy_to_host()
     total = 0.0
     for b in range(blocks):  # in block order: the same sum on every call

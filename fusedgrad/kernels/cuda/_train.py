@@ -84,14 +84,15 @@ def gather_rows(X, y, rows, Xb, yb):
     with_y = y is not None
     if not with_y:
         y = yb = rows
-    _gather_kernel(with_y)[_blocks(Xb.shape[0] * X.shape[1], tpb), tpb](X, y, rows, Xb, yb)
+    rt.launch(_gather_kernel(with_y), _blocks(Xb.shape[0] * X.shape[1], tpb), tpb,
+              X, y, rows, Xb, yb)
 
 
 def copy(src, dst):
     """``dst[:] = src`` for 1-D device arrays of one length."""
     _, copy1d, _ = rt._copy_kernels()
     tpb = opt.CUDA_TPB
-    copy1d[_blocks(dst.shape[0], tpb), tpb](src, dst)
+    rt.launch(copy1d, _blocks(dst.shape[0], tpb), tpb, src, dst)
 
 
 # ---------------------------------------------------------------------------
@@ -212,8 +213,8 @@ def sgd_update(p, g, v, lr, momentum, nesterov, l2, biases, sq_part):
     dt = np.dtype(p.dtype).type
     tpb = opt.CUDA_TPB
     sgd, _ = _update_kernels(np.dtype(p.dtype), tpb, rt.use_shuffle())
-    sgd[sq_part.shape[0], tpb](p, g, v, dt(lr), dt(momentum), bool(nesterov), dt(l2),
-                               biases, sq_part)
+    rt.launch(sgd, sq_part.shape[0], tpb, p, g, v, dt(lr), dt(momentum), bool(nesterov),
+              dt(l2), biases, sq_part)
 
 
 def adam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, l2, biases, sq_part):
@@ -224,8 +225,8 @@ def adam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, l2, biases, sq_part):
     dt = np.dtype(p.dtype).type
     tpb = opt.CUDA_TPB
     _, adam = _update_kernels(np.dtype(p.dtype), tpb, rt.use_shuffle())
-    adam[sq_part.shape[0], tpb](p, g, m, v, dt(-lr), dt(beta_1), dt(beta_2), dt(1 - beta_1),
-                                dt(1 - beta_2), dt(epsilon), dt(l2), biases, sq_part)
+    rt.launch(adam, sq_part.shape[0], tpb, p, g, m, v, dt(-lr), dt(beta_1), dt(beta_2),
+              dt(1 - beta_1), dt(1 - beta_2), dt(epsilon), dt(l2), biases, sq_part)
 
 
 # ---------------------------------------------------------------------------
@@ -290,7 +291,7 @@ def accumulate_loss(acc, loss, sq_part, n_rows, alpha):
     """``acc[0] += n_rows * loss[0] + alpha / 2 * sum(sq_part)``: a batch's
     loss with the L2 term, times its rows (``loss``: the mean cross-entropy)."""
     accumulate, _, _ = _stat_kernels(opt.CUDA_TPB, rt.use_shuffle())
-    accumulate[1, 1](acc, loss, sq_part, float(n_rows), 0.5 * float(alpha))
+    rt.launch(accumulate, 1, 1, acc, loss, sq_part, float(n_rows), 0.5 * float(alpha))
 
 
 def count_nonfinite(a, acc, slot):
@@ -299,14 +300,14 @@ def count_nonfinite(a, acc, slot):
     whose integer atomic add is converted to ``acc``'s float64."""
     tpb = opt.CUDA_TPB
     nonfinite, _ = rt._check_kernels(tpb, opt.CUDA_CHECK_UNROLL)
-    nonfinite[_blocks(a.shape[0], tpb), tpb](a, acc, slot)
+    rt.launch(nonfinite, _blocks(a.shape[0], tpb), tpb, a, acc, slot)
 
 
 def count_correct(Z, y, acc, slot):
     """``acc[slot] += number of rows of Z whose (first) largest entry is at y``."""
     tpb = opt.CUDA_TPB
     _, correct, _ = _stat_kernels(tpb, rt.use_shuffle())
-    correct[_blocks(Z.shape[0], tpb), tpb](Z, y, acc, slot)
+    rt.launch(correct, _blocks(Z.shape[0], tpb), tpb, Z, y, acc, slot)
 
 
 def sum_correct_weights(Z, y, w, hits, acc, slot):
@@ -314,7 +315,7 @@ def sum_correct_weights(Z, y, w, hits, acc, slot):
     at y[r]``, in a fixed order (``hits``: a float64 device array of Z's rows)."""
     tpb = opt.CUDA_TPB
     _, _, correct_weights = _stat_kernels(tpb, rt.use_shuffle())
-    correct_weights[_blocks(Z.shape[0], tpb), tpb](Z, y, w, hits)
+    rt.launch(correct_weights, _blocks(Z.shape[0], tpb), tpb, Z, y, w, hits)
     rt.sum_partials(hits.reshape(hits.shape[0], 1), acc[slot:slot + 1], 1.0, True)
 
 
@@ -378,14 +379,14 @@ def softmax_rows(Z):
     """The softmax of each row of ``Z``, in place (the row max subtracted first)."""
     softmax, _ = _row_kernels(np.dtype(Z.dtype))
     tpb = opt.CUDA_TPB
-    softmax[_blocks(Z.shape[0], tpb), tpb](Z)
+    rt.launch(softmax, _blocks(Z.shape[0], tpb), tpb, Z)
 
 
 def argmax_rows(Z, out):
     """``out[r]`` = the first column of the largest entry of row ``r``."""
     _, argmax = _row_kernels(np.dtype(Z.dtype))
     tpb = opt.CUDA_TPB
-    argmax[_blocks(Z.shape[0], tpb), tpb](Z, out)
+    rt.launch(argmax, _blocks(Z.shape[0], tpb), tpb, Z, out)
 
 
 # ---------------------------------------------------------------------------
@@ -488,7 +489,7 @@ def column_means(X, y, mean, sample_weight=None, total=None):
     part = cuda.device_array((blocks * lanes, d + 1), np.float64)
     weighted = sample_weight is not None
     sw = sample_weight if weighted else cuda.device_array(0, X.dtype)
-    colsum[blocks, tpb](X, y, sw, weighted, part, rows_per_block)
+    rt.launch(colsum, blocks, tpb, X, y, sw, weighted, part, rows_per_block)
     rt.sum_partials(part, mean, 1.0 / (total if weighted else N))
     return mean
 
@@ -501,11 +502,11 @@ def center(X, y, mean, scale=None):
     scaled = scale is not None
     if not scaled:
         scale = cuda.device_array(0, X.dtype)
-    shift[_blocks(X.size, tpb), tpb](X, y, mean, scale, scaled)
+    rt.launch(shift, _blocks(X.size, tpb), tpb, X, y, mean, scale, scaled)
 
 
 def gd_step(w, grad, lr, w_next, loss, stats):
     """``w_next = w - lr * grad``; ``stats = [loss[0], ||grad||^2]`` (float64), one block."""
     tpb = opt.CUDA_TPB
     _, _, step = _linear_kernels(np.dtype(w.dtype), tpb, rt.use_shuffle())
-    step[1, tpb](w, grad, np.dtype(w.dtype).type(lr), w_next, loss, stats)
+    rt.launch(step, 1, tpb, w, grad, np.dtype(w.dtype).type(lr), w_next, loss, stats)

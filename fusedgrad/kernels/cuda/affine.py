@@ -82,7 +82,7 @@ def column_sums(A, out, *, dA=None, dZ=None, deriv=_gemm.EPI_DSIGMOID, accumulat
     part = rt.buffer(work, "column_sums.partials", (ranges, n_cols), dtype)
     if not with_dz:
         dA = dZ = A
-    kernel[(col_tiles, ranges), tpb](dA, A, dZ, part, rows_per_range)
+    rt.launch(kernel, (col_tiles, ranges), tpb, dA, A, dZ, part, rows_per_range)
     rt.sum_partials(part, out, 1.0, accumulate)
     return out
 
@@ -269,7 +269,7 @@ def _backward_fused(Xd, Ad, dAd, Wd, deriv, plan, dtype):
     blocks = rt.resident_grid(kernel, args + (rt.array_type(dtype, 2),), sums["T"],
                               -(-N // plan["R"]))
     part = rt.device_array((blocks, (n_in + 1) * n_out), dtype)
-    kernel[blocks, sums["T"]](*args, part)
+    rt.launch(kernel, blocks, sums["T"], *args, part)
     flat = rt.empty((n_in + 1) * n_out, dtype)
     rt.sum_partials(part, flat)
     return flat[: n_in * n_out].reshape(n_in, n_out), flat[n_in * n_out:], dX

@@ -47,7 +47,7 @@ def _softmax_delta_kernel(dtype):
 def _softmax_delta(A, dA, dZ):
     tpb = opt.CUDA_TPB
     kernel = _softmax_delta_kernel(np.dtype(A.dtype))
-    kernel[rt.grid_size(-(-A.shape[0] // tpb)), tpb](A, dA, dZ)
+    rt.launch(kernel, rt.grid_size(-(-A.shape[0] // tpb)), tpb, A, dA, dZ)
 
 
 def affine_activation(X, W, b, out=None, *, activation, check_finite=True):

@@ -675,8 +675,8 @@ def _fused(Xd, yd, W1, b1, W2, b2, flat, loss, plan, sw=None, total=None, work=N
     n = total if weighted else N
     inv_n = dtype.type(1.0) / dtype.type(n)
     X_arg, W1_arg = (Xd.reshape(N * D), W1.reshape(D * H)) if opt.CUDA_FUSED_FLAT else (Xd, W1)
-    kernel[blocks, plan["T"]](X_arg, yd, sw if weighted else yd, W1_arg, b1, W2, b2, inv_n, part,
-                              loss_part)
+    rt.launch(kernel, blocks, plan["T"], X_arg, yd, sw if weighted else yd, W1_arg, b1, W2, b2,
+              inv_n, part, loss_part)
     rt.sum_partials(part, flat)
     rt.sum_partials(loss_part.reshape(blocks, 1), loss, 1.0 / n)
 

@@ -263,7 +263,7 @@ def loss_grad_device(Xd, yd, wd, grad, loss, work=None):
             opt.CUDA_OLS_BLOCKS_PER_SM)
         loss_part = rt.buffer(work, "ols.loss_part", (blocks,), np.float64)
         grad_part = rt.buffer(work, "ols.grad_part", (blocks, d), dtype)
-        kernel[blocks, tpb](Xf, yd, wd, loss_part, grad_part)
+        rt.launch(kernel, blocks, tpb, Xf, yd, wd, loss_part, grad_part)
         rt.sum_partials(grad_part, grad, -1.0 / N)
     else:
         Xw = rt.buffer(work, "ols.Xw", (N, 1), dtype)
@@ -272,7 +272,7 @@ def loss_grad_device(Xd, yd, wd, grad, loss, work=None):
         blocks = rt.grid_size(-(-N // tpb))
         loss_part = rt.buffer(work, "ols.loss_part", (blocks,), np.float64)
         inv_n = dtype.type(1.0) / dtype.type(N)
-        _residual_kernel(dtype, tpb, shuffle)[blocks, tpb](Xw, yd, rn, inv_n, loss_part)
+        rt.launch(_residual_kernel(dtype, tpb, shuffle), blocks, tpb, Xw, yd, rn, inv_n, loss_part)
         _gemm.matmul(Xd, rn, grad.reshape(d, 1), ta=True, work=work)
     rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 0.5 / N)
 

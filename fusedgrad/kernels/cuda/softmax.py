@@ -283,13 +283,13 @@ def softmax_ce_device(Z, y, dZ, colsum=False, n_total=None, sw=None, work=None):
         loss_part = rt.buffer(work, "softmax.loss_partials", (blocks,), np.float64)
         col_part = rt.buffer(work, "softmax.column_partials", (blocks, K) if colsum else (1, 1),
                              np.float64)
-        kernel[blocks, tpb](Zf, y, sw, dZf, inv_n, loss_part, col_part)
+        rt.launch(kernel, blocks, tpb, Zf, y, sw, dZf, inv_n, loss_part, col_part)
         return loss_part, (col_part if colsum else None)
     tpb = opt.CUDA_SOFTMAX_TPB
     kernel = _row_kernel(dtype, tpb, shuffle, weighted)
     blocks = rt.grid_size(N)
     loss_part = rt.buffer(work, "softmax.loss_partials", (blocks,), np.float64)
-    kernel[blocks, tpb](Z, y, sw, dZ, inv_n, loss_part)
+    rt.launch(kernel, blocks, tpb, Z, y, sw, dZ, inv_n, loss_part)
     return loss_part, None
 
 
