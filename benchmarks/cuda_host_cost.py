@@ -20,6 +20,14 @@ and copies one call makes; then the same per training step of
 ``MLPClassifier(device='cuda').fit`` (sgd and adam, minibatches of 200),
 whose device buffers are zero-filled so that the fit's checks of the loss
 pass (its kernels run nothing).
+
+Then a second table: the launch code itself. Each call's launches are
+recorded and replayed on numba's real dispatchers and launch code, with
+shells of compiled kernels (nothing compiled) and the driver call left out
+(:func:`launch_costs`): numba's own launch (``kernel[grid, block](*args)``)
+against the package's (``cuda._runtime.launch``), per call, and how many of
+a call's launches ``rt.launch`` packs itself (all of them, unless numba's
+packing of some argument type is one it does not reproduce).
 """
 
 import argparse
@@ -33,9 +41,13 @@ from types import SimpleNamespace
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# the replayed launches' small grids (the wrappers' second passes, 512 rows)
+os.environ.setdefault("NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS", "0")
 
 LAUNCHES = []
 COPIES = []
+RECORDED = None  # a list while launches are recorded: (kernel, options, grid, block, args)
+REAL_JIT = None
 
 
 class Dev(np.ndarray):
@@ -74,8 +86,8 @@ def install_fakes():
         return numba.typeof(a)
 
     class Launch:
-        def __init__(self, fn):
-            self.fn = fn
+        def __init__(self, fn, options):
+            self.fn, self.options = fn, options
 
         def typeof_pyval(self, a):
             return argtype(a)
@@ -84,10 +96,21 @@ def install_fakes():
             return SimpleNamespace(max_cooperative_grid_blocks=lambda tpb: 8 * 132)
 
         def __getitem__(self, config):
-            return lambda *args: LAUNCHES.append(self.fn.__qualname__.split(".<locals>")[0])
+            def launch(*args):
+                LAUNCHES.append(self.fn.__qualname__.split(".<locals>")[0])
+                if RECORDED is not None:
+                    RECORDED.append((self.fn, self.options, config[0], config[1], args))
+            return launch
 
-    real_jit = cuda.jit
-    cuda.jit = lambda *a, **kw: real_jit(*a, **kw) if kw.get("device") else Launch
+    global REAL_JIT
+    real_jit = REAL_JIT = cuda.jit
+
+    def jit(*a, **kw):
+        if kw.get("device"):
+            return real_jit(*a, **kw)
+        return lambda fn: Launch(fn, kw)
+
+    cuda.jit = jit
     # device functions compile for the current device's compute capability
     cuda_dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=(9, 0))
     cuda.device_array = lambda shape, dtype=np.float64, **kw: np.empty(shape, dtype).view(Dev)
@@ -148,6 +171,17 @@ def fit_steps(reps):
     """(label, us per step, launches per step, copies per fit) of
     ``MLPClassifier(device='cuda').fit``: 20,000 x 64 -> 128 -> 10, float32,
     minibatches of 200, 2 epochs (200 steps), best of ``reps`` fits after one."""
+    rows = []
+    for solver in ("sgd", "adam"):
+        best, launches, copies = measure(fit(solver), 1, max(1, reps))
+        rows.append((f"MLPClassifier.fit {solver}, batch 200, a step", best / 200,
+                     len(launches) / 200, len(copies)))
+    return rows
+
+
+def fit(solver):
+    """A call of ``MLPClassifier(device='cuda').fit`` as :func:`fit_steps`
+    times it (200 steps), its device buffers zero-filled."""
     import warnings
 
     from numba import cuda
@@ -157,24 +191,128 @@ def fit_steps(reps):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((20000, 64)).astype(np.float32)
     y = rng.integers(0, 10, 20000)
-    empty = cuda.device_array
-    cuda.device_array = lambda shape, dtype=np.float64, **kw: np.zeros(shape, dtype).view(Dev)
-    rows = []
-    try:
-        for solver in ("sgd", "adam"):
-            def fit():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # the 2 epochs do not converge
-                    MLPClassifier(hidden_layer_sizes=(128,), solver=solver, batch_size=200,
-                                  max_iter=2, tol=0.0, n_iter_no_change=100, random_state=0,
-                                  dtype=np.float32, device="cuda").fit(X, y)
 
-            best, launches, copies = measure(fit, 1, max(1, reps))
-            rows.append((f"MLPClassifier.fit {solver}, batch 200, a step", best / 200,
-                         len(launches) / 200, len(copies)))
-    finally:
-        cuda.device_array = empty
+    def run():
+        empty = cuda.device_array
+        cuda.device_array = lambda shape, dtype=np.float64, **kw: np.zeros(shape, dtype).view(Dev)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the 2 epochs do not converge
+                MLPClassifier(hidden_layer_sizes=(128,), solver=solver, batch_size=200,
+                              max_iter=2, tol=0.0, n_iter_no_change=100, random_state=0,
+                              dtype=np.float32, device="cuda").fit(X, y)
+        finally:
+            cuda.device_array = empty
+
+    return run
+
+
+def launch_costs(labelled, rounds=5):
+    """(label, launches, us of numba's launches, us of ``rt.launch``'s,
+    launches ``rt.launch`` packs itself) for one call of each ``(label, fn,
+    per)`` (the costs divided by ``per``): the call's launches, recorded from
+    the stand-ins, replayed on numba's own dispatchers and launch code.
+
+    The kernels are shells of numba's compiled kernels (nothing is compiled),
+    the device arrays numba's over made-up addresses (a recorded buffer is
+    one device array throughout, as the wrappers' buffers are), and cuda.core's
+    ``launch``, the driver call that ends both launches, does nothing. What is
+    timed is the rest: numba's typing, overload lookup and argument
+    marshalling, against :func:`rt.launch`'s key and packing. The arrays are
+    reused, so numba's typing finds each one's type cached: for a fresh array
+    (each call's outputs) numba pays some 5 us more."""
+    import ctypes
+
+    import numba.cuda.dispatcher as nb_dispatcher
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    from numba.cuda.cudadrv.driver import MemoryPointer
+    from numba.cuda.typing import signature
+
+    from fusedgrad.kernels.cuda import _runtime as rt
+
+    global RECORDED
+    nb_dispatcher.launch = lambda *args: None
+    cufunc = SimpleNamespace(kernel=None)
+    lib = SimpleNamespace(get_cufunc=lambda: cufunc)
+    dispatchers, address = {}, [1 << 40]
+    rows = []
+    for label, fn, per in labelled:
+        RECORDED = []
+        try:
+            fn()
+        finally:
+            recorded, RECORDED = RECORDED, None
+        device = {}  # id of a stand-in array -> its numba device array
+
+        def as_device(a):
+            if not isinstance(a, np.ndarray):
+                return a
+            if id(a) not in device:
+                memory = MemoryPointer(None, ctypes.c_void_p(address[0]), a.nbytes)
+                address[0] += a.nbytes + 512
+                device[id(a)] = (a, DeviceNDArray(a.shape, a.strides, a.dtype,
+                                                  gpu_data=memory))
+            return device[id(a)][1]
+
+        plan = []
+        for fn_, options, grid, block, args in recorded:
+            key = (fn_, tuple(sorted((k, repr(v)) for k, v in options.items())))
+            if key not in dispatchers:
+                dispatchers[key] = REAL_JIT(**options)(fn_)
+            kernel = dispatchers[key]
+            args = tuple(as_device(a) for a in args)
+            sig = tuple(kernel.typeof_pyval(a) for a in args)
+            if sig not in kernel.overloads:
+                kernel.add_overload(nb_dispatcher._Kernel._rebuild(
+                    cooperative=False, name=fn_.__name__, signature=signature(types_none(), *sig),
+                    codelibrary=lib, debug=False, lineinfo=False, call_helper=None,
+                    extensions=[]), sig)
+            plan.append((kernel, grid, block, args))
+        configured = [(kernel[grid, block], args) for kernel, grid, block, args in plan]
+
+        def numba_launches():
+            for config, args in configured:
+                config(*args)
+
+        def fast_launches():
+            for kernel, grid, block, args in plan:
+                rt.launch(kernel, grid, block, *args)
+
+        rt._LAUNCHERS.clear()
+        fast_launches()  # numba's launch, and the self-check of each key
+        keys = set(rt._LAUNCHERS)
+        calls = max(1, 4000 // len(plan))
+        numba_us = best_of(numba_launches, rounds, calls) / per * 1e6
+        fast_us = best_of(fast_launches, rounds, calls) / per * 1e6
+        assert set(rt._LAUNCHERS) == keys
+        packed = sum(1 for kernel, grid, block, args in plan
+                     if rt._LAUNCHERS.get(launch_key(rt, kernel, args)) is not None)
+        rows.append((label, len(plan) / per, numba_us, fast_us, packed / per))
     return rows
+
+
+def types_none():
+    from numba import types
+
+    return types.none
+
+
+def launch_key(rt, kernel, args):
+    _, device_array, _ = rt._fast_types()
+    return (kernel,) + tuple(rt._launch_arg_key(a, device_array) for a in args)
+
+
+def best_of(fn, rounds, calls):
+    """Seconds a call of ``fn``: the best of ``rounds`` means of ``calls``
+    calls (after one)."""
+    fn()
+    best = math.inf
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t) / calls)
+    return best
 
 
 def measure(fn, calls, rounds=5):
@@ -208,6 +346,15 @@ def main(argv=None):
     for label, seconds, launches, copies in fit_steps(max(1, args.reps // 400)):
         print(f"{label:<58} {seconds * 1e6:7.1f}  {launches:.2f}, {copies}"
               "  (launches a step, copies a fit)")
+    print()
+    print(f"{'numba launch code per call (the driver call not included)':<58} "
+          f"{'launches':>8} {'numba us':>9} {'rt.launch us':>12} {'ratio':>6}  packed")
+    labelled = [(label, fn, 1) for label, fn in calls()]
+    labelled += [(f"MLPClassifier.fit {solver}, batch 200, a step", fit(solver), 200)
+                 for solver in ("sgd", "adam")]
+    for label, launches, numba_us, fast_us, packed in launch_costs(labelled):
+        print(f"{label:<58} {launches:8.2f} {numba_us:9.1f} {fast_us:12.1f} "
+              f"{numba_us / fast_us:6.1f}  {packed:.2f}")
     return 0
 
 

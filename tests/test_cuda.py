@@ -1347,7 +1347,9 @@ def test_cuda_host_cost_runs():
     """``benchmarks/cuda_host_cost.py`` (the wrappers' host cost with launches
     faked, on the real numba.cuda without a GPU) runs, and each wrapper makes
     the launches and copies it should: a training step launches its kernel
-    and second passes and copies nothing; ``affine_sigmoid`` one launch."""
+    and second passes and copies nothing; ``affine_sigmoid`` one launch. Its
+    replay of those launches on numba's launch code finds every one packed by
+    ``rt.launch`` (no argument type left to numba's launch)."""
     import os
     from pathlib import Path
 
@@ -1358,8 +1360,17 @@ def test_cuda_host_cost_runs():
     proc = subprocess.run([sys.executable, str(script), "--reps", "5"], capture_output=True,
                           text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = {line[:58].strip(): line[58:].split() for line in proc.stdout.splitlines()[1:]}
+    wrappers, launch_code = proc.stdout.strip().split("\n\n")
+    rows = {line[:58].strip(): line[58:].split() for line in wrappers.splitlines()[1:]}
     assert len(rows) == 13
+    # the second table: the same calls' launches replayed on numba's launch
+    # code and on rt.launch, which must pack every one of them itself
+    replayed = {line[:58].strip(): [float(v) for v in line[58:].split()]
+                for line in launch_code.splitlines()[1:]}
+    assert set(replayed) == set(rows)
+    for label, (launches, numba_us, fast_us, ratio, packed) in replayed.items():
+        assert launches == float(rows[label][1].rstrip(",")) and packed == launches, label
+        assert numba_us > 0 and fast_us > 0
     assert rows["mlp.loss_grad_device 16, 32, 4 (a training step)"][1:3] == ["3,", "0"]
     # a minibatch step: gather, fused kernel, two second passes, loss sum, update
     assert rows["MLPClassifier.fit sgd, batch 200, a step"][1].startswith("6.0")

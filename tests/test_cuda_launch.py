@@ -45,25 +45,21 @@ else:
     from numba import cuda, types
     from numba.cuda import dispatcher as nb_dispatcher
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    from numba.cuda.cudadrv.driver import MemoryPointer
     from numba.cuda.typing import signature
 
     from fusedgrad.kernels import _options as opt
     from fusedgrad.kernels.cuda import _runtime as rt
 
-    class FakeMemory:
-        """The device memory behind a device array: an address only."""
-
-        _next = 0x7F0000000000
-
-        def __init__(self, nbytes):
-            self.device_ctypes_pointer = ctypes.c_void_p(FakeMemory._next)
-            FakeMemory._next += max(nbytes, 1) + 256
+    ADDRESS = [0x7F0000000000]
 
     def device(shape, dtype=np.float32, order="C", strides=None):
-        """A numba device array over a made-up address (no driver needed)."""
+        """A numba device array over numba's memory pointer to a made-up
+        address (no driver needed; nothing is allocated)."""
         host = np.empty(shape, dtype, order=order)
-        return DeviceNDArray(host.shape, strides or host.strides, host.dtype,
-                             gpu_data=FakeMemory(host.nbytes))
+        memory = MemoryPointer(None, ctypes.c_void_p(ADDRESS[0]), host.nbytes)
+        ADDRESS[0] += host.nbytes + 256
+        return DeviceNDArray(host.shape, strides or host.strides, host.dtype, gpu_data=memory)
 
     @pytest.fixture
     def driver(monkeypatch):
