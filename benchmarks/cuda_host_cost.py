@@ -291,6 +291,25 @@ def launch_costs(labelled, rounds=5):
     return rows
 
 
+def slice_costs(calls=5000):
+    """us of a row slice of a numba device array (200 of 20,000 rows, 64
+    columns, as a minibatch step takes): numba's ``a[i:j]`` (its indexing,
+    without the check for a current context that ``__getitem__`` adds) and
+    ``rt.rows``."""
+    import ctypes
+
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    from numba.cuda.cudadrv.driver import MemoryPointer
+
+    from fusedgrad.kernels.cuda import _runtime as rt
+
+    memory = MemoryPointer(None, ctypes.c_void_p(1 << 40), 20000 * 64 * 4)
+    a = DeviceNDArray((20000, 64), (256, 4), np.float32, gpu_data=memory)
+    numba_us = best_of(lambda: a._do_getitem(slice(400, 600)), 5, calls) * 1e6
+    rows_us = best_of(lambda: rt.rows(a, 400, 600), 5, calls) * 1e6
+    return numba_us, rows_us
+
+
 def types_none():
     from numba import types
 
@@ -355,6 +374,11 @@ def main(argv=None):
     for label, launches, numba_us, fast_us, packed in launch_costs(labelled):
         print(f"{label:<58} {launches:8.2f} {numba_us:9.1f} {fast_us:12.1f} "
               f"{numba_us / fast_us:6.1f}  {packed:.2f}")
+    print()
+    numba_us, rows_us = slice_costs()
+    print(f"a row slice of a numba device array (200 of 20000 x 64): numba {numba_us:.1f} us, "
+          f"rt.rows {rows_us:.1f} us (a shuffled minibatch step: 3 numba slices before, "
+          "1 rt.rows now)")
     return 0
 
 

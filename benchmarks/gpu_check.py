@@ -937,6 +937,7 @@ def run_profile(smoke, rows):
 
     import fusedgrad.kernels.cuda as kc
     from fusedgrad.kernels import _options as opt
+    from fusedgrad.kernels.cuda import _runtime as rt
 
     rng = np.random.default_rng(3)
 
@@ -991,6 +992,24 @@ def run_profile(smoke, rows):
 
     d1 = cuda.device_array(1, np.float32)
     probe("launch of an empty numba kernel (1 argument)", lambda: empty[1, 32](d1), 1000)
+    probe("the same by rt.launch", lambda: rt.launch(empty, 1, 32, d1), 1000)
+    # A training step's gradient on a minibatch of 200 rows: the GPU's work is
+    # a few us, so calls back to back measure the host's launch code (the
+    # fused kernel's 10 arguments, the two second passes'), numba's against
+    # rt.launch's.
+    from fusedgrad.kernels.cuda import mlp as cuda_mlp
+
+    Xs, ys = dev(200, 64), cuda.to_device(rng.integers(0, 10, 200).astype(np.uint8))
+    params = [dev(64, 128), dev(128), dev(128, 10), dev(10)]
+    flat, loss, work = cuda.device_array(64 * 128 + 128 + 128 * 10 + 10, np.float32), \
+        cuda.device_array(1, np.float64), {}
+    for fast in (True, False):
+        def step(fast=fast):
+            with Options(opt, {"CUDA_FAST_LAUNCH": fast}):
+                cuda_mlp.loss_grad_device(Xs, ys, *params, flat, loss, work=work)
+
+        probe("mlp.loss_grad_device, 200 rows, (64, 128, 10), back to back, "
+              + ("rt.launch" if fast else "numba's launch (CUDA_FAST_LAUNCH=False)"), step, 300)
     for mb in (1, 64, 256):
         probe(f"cuda.device_array of {mb} MB, then dropped",
               lambda mb=mb: cuda.device_array(mb << 18, np.float32))

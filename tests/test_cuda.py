@@ -1360,7 +1360,8 @@ def test_cuda_host_cost_runs():
     proc = subprocess.run([sys.executable, str(script), "--reps", "5"], capture_output=True,
                           text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    wrappers, launch_code = proc.stdout.strip().split("\n\n")
+    wrappers, launch_code, slicing = proc.stdout.strip().split("\n\n")
+    assert slicing.startswith("a row slice")
     rows = {line[:58].strip(): line[58:].split() for line in wrappers.splitlines()[1:]}
     assert len(rows) == 13
     # the second table: the same calls' launches replayed on numba's launch

@@ -1,5 +1,6 @@
-"""``cuda._runtime.launch``: the CUDA kernels' own argument packing against
-numba's launch, without a GPU.
+"""``cuda._runtime.launch`` and ``rows``: the CUDA wrappers' own argument
+packing against numba's launch, and their row slices against numba's
+slicing, without a GPU.
 
 The simulator replaces numba's launch machinery, so these tests need the real
 numba.cuda: under the simulator (the test session's default) the module runs
@@ -53,13 +54,14 @@ else:
 
     ADDRESS = [0x7F0000000000]
 
-    def device(shape, dtype=np.float32, order="C", strides=None):
+    def device(shape, dtype=np.float32, order="C", strides=None, stream=0):
         """A numba device array over numba's memory pointer to a made-up
         address (no driver needed; nothing is allocated)."""
         host = np.empty(shape, dtype, order=order)
         memory = MemoryPointer(None, ctypes.c_void_p(ADDRESS[0]), host.nbytes)
         ADDRESS[0] += host.nbytes + 256
-        return DeviceNDArray(host.shape, strides or host.strides, host.dtype, gpu_data=memory)
+        return DeviceNDArray(host.shape, strides or host.strides, host.dtype, stream=stream,
+                             gpu_data=memory)
 
     @pytest.fixture
     def driver(monkeypatch):
@@ -266,3 +268,40 @@ else:
         for _ in range(2):
             rt.launch(kernel, 1, 32, a)
         assert len(driver) == 2 and not rt._LAUNCHERS
+
+    def test_rows_is_numbas_slice():
+        """``rt.rows(a, i, j)`` builds what numba's ``a[i:j]`` builds: the same
+        shape, strides, dtype, stream, numba type and device memory (a view of
+        ``a``'s, of the rows' bytes)."""
+        for a in (device((50, 7)), device(30, np.int32), device((9, 4, 3), np.float64),
+                  device((12, 1), np.uint8, stream="a stream")):
+            n = a.shape[0]
+            for start, stop in ((0, n), (0, 1), (3, n - 2), (n - 1, n), (2, 5)):
+                # numba's a[start:stop] without its check for a current context
+                ours, numbas = rt.rows(a, start, stop), a._do_getitem(slice(start, stop))
+                assert type(ours) is type(numbas)
+                for attr in ("shape", "strides", "dtype", "stream", "_numba_type_"):
+                    assert getattr(ours, attr) == getattr(numbas, attr), (attr, start, stop)
+                assert ours.device_ctypes_pointer.value == numbas.device_ctypes_pointer.value
+                assert (ours.device_ctypes_pointer.value - a.device_ctypes_pointer.value
+                        == start * a.strides[0])
+                assert type(ours.gpu_data) is type(numbas.gpu_data)
+                assert ours.gpu_data.size == numbas.gpu_data.size == (stop - start) * a.strides[0]
+
+    def test_rows_leaves_the_rest_to_numba(monkeypatch):
+        """Rows of an array that is not C-contiguous, an empty or out-of-range
+        range, anything but a numba device array: numba's (or NumPy's) slice."""
+        sliced = []
+        real = DeviceNDArray._do_getitem  # numba's slicing without a context check
+        monkeypatch.setattr(DeviceNDArray, "__getitem__",
+                            lambda self, item: sliced.append(item) or real(self, item))
+        F = device((6, 5), order="F")
+        for a, start, stop in ((F, 1, 3), (device((6, 5)), 0, 7), (device(6), -3, 6)):
+            ours = rt.rows(a, start, stop)
+            assert sliced[-1] == slice(start, stop)
+            assert ours.shape == real(a, slice(start, stop)).shape
+        host = np.arange(10)
+        assert np.array_equal(rt.rows(host, 2, 4), host[2:4])
+        n = len(sliced)
+        rt.rows(device((6, 5)), 1, 4)
+        assert len(sliced) == n  # the fast path indexes nothing

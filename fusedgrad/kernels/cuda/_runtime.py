@@ -416,6 +416,22 @@ def launch(kernel, grid, block, *args):
     nb_dispatcher.launch(config.stream, launch_config, cufunc.kernel, *params)
 
 
+def rows(a, start, stop):
+    """``a[start:stop]``, rows of a device array, with ``0 <= start < stop <=
+    len(a)``. For a C-contiguous numba device array the view is built as
+    numba's slicing builds it (a view of its memory, the same shape, strides
+    and stream) without numba's general indexing: about 6 us against 20 on a
+    2-core VM, for each of a training loop's per-step slices. Anything else
+    is sliced by numba."""
+    _, device_array, _ = _FAST_TYPES or _fast_types()
+    if (type(a) is not device_array or not 0 <= start < stop <= a.shape[0]
+            or not a.flags["C_CONTIGUOUS"]):
+        return a[start:stop]
+    step = a.strides[0]
+    return device_array((stop - start,) + a.shape[1:], a.strides, a.dtype, stream=a.stream,
+                        gpu_data=a.gpu_data.view(start * step, stop * step))
+
+
 # ---------------------------------------------------------------------------
 # Small kernels of the wrappers: checks, copies, fills, second passes
 # ---------------------------------------------------------------------------
