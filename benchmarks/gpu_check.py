@@ -1730,6 +1730,8 @@ def main(argv=None):
         if errors or result.get("section_errors"):
             log(f"{len(errors)} timed rows and {len(result.get('section_errors', {}))} "
                 f"sections raised (see the log and the JSON)")
+        result["launches"] = launch_summary()
+        log(f"rt.launch: {result['launches']}")
     save()
     if out:
         log(f"wrote {out}")
@@ -1737,6 +1739,20 @@ def main(argv=None):
     log(f"{'checks passed' if ok else 'SOME CHECKS FAILED OR ROWS RAISED'}"
         f"{f' ({skipped} checks skipped)' if skipped else ''} ({result['seconds']} s)")
     return 0 if ok else 1
+
+
+def launch_summary():
+    """The kernel launches of this run by ``rt.launch``: how many (kernel,
+    argument types) keys it packed itself, and the kernels of those it left
+    to numba's launch (its packing did not match numba's, or an argument was
+    of a type it does not pack; none expected)."""
+    from fusedgrad.kernels.cuda import _runtime as rt
+
+    entries = list(rt._LAUNCHERS.items())
+    left = sorted({getattr(key[0], "py_func", key[0]).__qualname__
+                   for key, entry in entries if entry is None})
+    return dict(keys=len(entries), packed=sum(e is not None for _, e in entries),
+                left_to_numba=left)
 
 
 def print_tables(t):

@@ -305,3 +305,28 @@ else:
         n = len(sliced)
         rt.rows(device((6, 5)), 1, 4)
         assert len(sliced) == n  # the fast path indexes nothing
+
+    def test_launch_configures_as_numba_before_cuda_core_1(driver, monkeypatch):
+        """Before cuda.core 1.0 the cooperative flag had another name; the
+        launch configuration is built as numba builds it either way."""
+
+        class OldLaunchConfig:
+            def __init__(self, grid, block, shmem_size, cooperative_launch):
+                self.grid, self.block, self.shmem_size = grid, block, shmem_size
+                self.is_cooperative = ("old name", cooperative_launch)
+
+        monkeypatch.setattr(nb_dispatcher, "CUDA_CORE_GE_1_0", False)
+        monkeypatch.setattr(nb_dispatcher, "LaunchConfig", OldLaunchConfig)
+
+        @cuda.jit
+        def kernel(a, x):
+            pass
+
+        a = device((8, 3))
+        compiled(kernel, *typed((a, 1.5)))
+        for _ in range(2):
+            numba_launch(kernel, 4, 64, a, 1.5)
+            rt.launch(kernel, 4, 64, a, 1.5)
+        assert all(rt._LAUNCHERS.values())
+        assert driver[-1]["cooperative"] == ("old name", False)
+        assert same(driver[-2], driver[-1])

@@ -270,8 +270,8 @@ def _fast_types():
             from numba.cuda.cudadrv.devicearray import DeviceNDArray
         except Exception:  # another numba-cuda
             return _FAST_TYPES
-        if (getattr(dispatcher, "CUDA_CORE_GE_1_0", False)
-                and hasattr(dispatcher, "launch") and hasattr(dispatcher, "LaunchConfig")):
+        if (hasattr(dispatcher, "CUDA_CORE_GE_1_0") and hasattr(dispatcher, "launch")
+                and hasattr(dispatcher, "LaunchConfig")):
             _FAST_TYPES = (dispatcher.CUDADispatcher, DeviceNDArray, dispatcher)
     return _FAST_TYPES
 
@@ -410,9 +410,15 @@ def launch(kernel, grid, block, *args):
     compiled, packers = entry
     params = _pack(packers, args)
     cufunc = compiled._codelibrary.get_cufunc()
-    launch_config = nb_dispatcher.LaunchConfig(grid=config.griddim, block=config.blockdim,
-                                               shmem_size=0,
-                                               is_cooperative=compiled.cooperative)
+    # the launch configuration as numba builds it (cuda.core renamed the flag in 1.0)
+    if nb_dispatcher.CUDA_CORE_GE_1_0:
+        launch_config = nb_dispatcher.LaunchConfig(grid=config.griddim, block=config.blockdim,
+                                                   shmem_size=0,
+                                                   is_cooperative=compiled.cooperative)
+    else:
+        launch_config = nb_dispatcher.LaunchConfig(grid=config.griddim, block=config.blockdim,
+                                                   shmem_size=0,
+                                                   cooperative_launch=compiled.cooperative)
     nb_dispatcher.launch(config.stream, launch_config, cufunc.kernel, *params)
 
 
