@@ -1652,7 +1652,21 @@ def main(argv=None):
                              "Numba's cache for a later run's model section")
     parser.add_argument("--commit", default=os.environ.get("FUSEDGRAD_COMMIT", "unknown"))
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json)")
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                        help="set an option of fusedgrad.kernels._options for the whole run "
+                             "(a Python literal), e.g. CUDA_FAST_LAUNCH=False to launch "
+                             "through numba only; repeatable")
     args = parser.parse_args(argv)
+    if args.option:
+        import ast
+
+        from fusedgrad.kernels import _options as opt
+
+        for item in args.option:
+            name, _, value = item.partition("=")
+            if not hasattr(opt, name.strip()):
+                parser.error(f"--option: fusedgrad.kernels._options has no {name.strip()!r}")
+            setattr(opt, name.strip(), ast.literal_eval(value.strip()))
     t0 = time.perf_counter()
     result = dict(mode="ptx" if args.ptx else ("smoke" if args.smoke else "gpu"),
                   commit=args.commit)
@@ -1705,6 +1719,7 @@ def main(argv=None):
             for k, v in SMOKE_OPTIONS.items():
                 setattr(opt, k, v)
         result["environment"] = environment()
+        result["environment"]["options"] = args.option
         log(f"environment: {result['environment']}")
         save()
         section(args.no_checks, "checks",
