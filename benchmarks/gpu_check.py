@@ -1003,13 +1003,17 @@ def run_profile(smoke, rows):
     params = [dev(64, 128), dev(128), dev(128, 10), dev(10)]
     flat, loss, work = cuda.device_array(64 * 128 + 128 + 128 * 10 + 10, np.float32), \
         cuda.device_array(1, np.float64), {}
-    for fast in (True, False):
-        def step(fast=fast):
-            with Options(opt, {"CUDA_FAST_LAUNCH": fast}):
+    for label, overrides in (("rt.launch", {}),
+                             ("numba's launch (CUDA_FAST_LAUNCH=False)",
+                              {"CUDA_FAST_LAUNCH": False}),
+                             ("rt.launch, the second passes in two launches "
+                              "(CUDA_SUM_PAIRS=False)", {"CUDA_SUM_PAIRS": False})):
+        def step(overrides=overrides):
+            with Options(opt, overrides):
                 cuda_mlp.loss_grad_device(Xs, ys, *params, flat, loss, work=work)
 
-        probe("mlp.loss_grad_device, 200 rows, (64, 128, 10), back to back, "
-              + ("rt.launch" if fast else "numba's launch (CUDA_FAST_LAUNCH=False)"), step, 300)
+        probe(f"mlp.loss_grad_device, 200 rows, (64, 128, 10), back to back, {label}", step,
+              300)
     for mb in (1, 64, 256):
         probe(f"cuda.device_array of {mb} MB, then dropped",
               lambda mb=mb: cuda.device_array(mb << 18, np.float32))

@@ -1261,6 +1261,43 @@ def test_sum_partials_against_numpy(monkeypatch, m, dtype):
                 np.testing.assert_allclose(out.copy_to_host(), want, rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("pairs", [True, False])
+def test_sum_partials_pairs_against_numpy(monkeypatch, pairs):
+    """Two second passes in one launch (``also=``): each output is its own
+    ``out (+)= scale * P.sum(axis=0)``, whatever the two kernels' modes (a
+    block per column group or a thread per column), dtypes, block counts and
+    accumulate flags; one launch with ``CUDA_SUM_PAIRS``, two without."""
+    rng = np.random.default_rng(5)
+    monkeypatch.setattr(opt, "CUDA_SUM_PAIRS", pairs)
+    launches = []
+    real = rt.launch
+    monkeypatch.setattr(rt, "launch", lambda *a: launches.append(a[0]) or real(*a))
+    cases = [  # (m, G, dtype) of the two sets
+        ((37, 13, np.float32), (1, 13, np.float64)),  # a gradient and its loss
+        ((3, 1, np.float64), (40, 6, np.float32)),  # a thread per column first
+        ((9, 5, np.float64), (2, 1, np.float64)),  # ... second
+        ((70, 4, np.float32), (33, 9, np.float32)),  # several column groups each
+    ]
+    for max_cols in (1024, 40):
+        monkeypatch.setattr(opt, "CUDA_SUM_BLOCK_MAX_COLS", max_cols)
+        for (ma, Ga, da), (mb, Gb, db) in cases:
+            for acc_a, acc_b in ((False, False), (True, False), (False, True)):
+                Pa, Pb = rng.standard_normal((Ga, ma)).astype(da), \
+                    rng.standard_normal((Gb, mb)).astype(db)
+                base_a, base_b = rng.standard_normal(ma).astype(da), \
+                    rng.standard_normal(mb).astype(db)
+                oa, ob = rt.cuda.to_device(base_a.copy()), rt.cuda.to_device(base_b.copy())
+                del launches[:]
+                rt.sum_partials(rt.cuda.to_device(Pa), oa, 0.25, acc_a,
+                                also=(rt.cuda.to_device(Pb), ob, -3.0, acc_b))
+                assert len(launches) == (1 if pairs else 2)
+                for out, P, scale, acc, base, dt in ((oa, Pa, 0.25, acc_a, base_a, da),
+                                                     (ob, Pb, -3.0, acc_b, base_b, db)):
+                    want = scale * P.astype(np.float64).sum(axis=0) + (base if acc else 0)
+                    tol = 1e-6 if dt == np.float32 else 1e-12
+                    np.testing.assert_allclose(out.copy_to_host(), want, rtol=tol, atol=tol)
+
+
 class FakePool:
     """CuPy's ``empty`` as the wrappers use it: an owner object exporting the
     CUDA array interface. Its memory is a simulator device array, which
@@ -1347,7 +1384,8 @@ def test_cuda_host_cost_runs():
     """``benchmarks/cuda_host_cost.py`` (the wrappers' host cost with launches
     faked, on the real numba.cuda without a GPU) runs, and each wrapper makes
     the launches and copies it should: a training step launches its kernel
-    and second passes and copies nothing; ``affine_sigmoid`` one launch. Its
+    and its second passes (one launch) and copies nothing; ``affine_sigmoid``
+    one launch. Its
     replay of those launches on numba's launch code finds every one packed by
     ``rt.launch`` (no argument type left to numba's launch)."""
     import os
@@ -1372,8 +1410,9 @@ def test_cuda_host_cost_runs():
     for label, (launches, numba_us, fast_us, ratio, packed) in replayed.items():
         assert launches == float(rows[label][1].rstrip(",")) and packed == launches, label
         assert numba_us > 0 and fast_us > 0
-    assert rows["mlp.loss_grad_device 16, 32, 4 (a training step)"][1:3] == ["3,", "0"]
-    # a minibatch step: gather, fused kernel, two second passes, loss sum, update
-    assert rows["MLPClassifier.fit sgd, batch 200, a step"][1].startswith("6.0")
+    # the fused kernel, then its gradient's and loss's second passes in one launch
+    assert rows["mlp.loss_grad_device 16, 32, 4 (a training step)"][1:3] == ["2,", "0"]
+    # a minibatch step: gather, fused kernel, second passes, loss sum, update
+    assert rows["MLPClassifier.fit sgd, batch 200, a step"][1].startswith("5.0")
     assert rows["affine_sigmoid 16 -> 32, out="][1:3] == ["1,", "0"]
     assert all(float(r[0]) > 0 for r in rows.values())

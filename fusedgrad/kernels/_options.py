@@ -222,6 +222,11 @@ CUDA_SHARED_BYTES = 48 * 1024
 #: per column (see ``_runtime.sum_partials``).
 CUDA_SUM_BLOCK_MAX_COLS = 1024
 
+#: Where a call sums two sets of block partials (a gradient's and a loss's),
+#: one launch does both (``rt.sum_partials(..., also=...)``). False: a
+#: launch each, as before. Not measured on a GPU yet.
+CUDA_SUM_PAIRS = True
+
 #: Reduce within a warp with ``shfl_down_sync`` (True), through shared memory
 #: only (False), or decide at build time (None: shuffles on a real GPU, shared
 #: memory under the simulator, which does not implement warp shuffles).

@@ -670,41 +670,43 @@ def to_host(a):
 
 
 @functools.lru_cache(maxsize=None)
-def _sum_kernel():
-    @jit()
-    def sum_rows(partials, out, scale, accumulate):
-        # out[m] (+)= scale * sum_g partials[g, m], in float64, g in order.
-        m = cuda.grid(1)
-        step = cuda.gridsize(1)
-        while m < out.shape[0]:
-            s = 0.0
-            for g in range(partials.shape[0]):
-                s += partials[g, m]
-            s *= scale
-            if accumulate:
-                s += out[m]
-            out[m] = s
-            m += step
+def _column_sums_fn(tpb, cw):
+    """The second pass's device function: ``out[c] (+)= scale * sum_g
+    partials[g, c]`` in float64, g in order, for the columns of block ``b``
+    of ``nb`` (a grid stride of ``nb`` blocks). ``red``: a shared array of
+    ``tpb`` float64.
 
-    return sum_rows
+    ``cw == 0``: a thread per column (wide outputs, split-K products).
+    Otherwise a block per ``cw`` columns, its ``gl = tpb // cw`` lanes each
+    summing every ``gl``-th partial of a column (consecutive threads read
+    consecutive columns), then a tree over the lanes in shared memory; fixed
+    order for a given ``tpb``."""
+    if cw == 0:
+        @jit(device=True)
+        def threads(partials, out, scale, accumulate, b, nb, red):
+            m = b * tpb + cuda.threadIdx.x
+            step = nb * tpb
+            while m < out.shape[0]:
+                s = 0.0
+                for g in range(partials.shape[0]):
+                    s += partials[g, m]
+                s *= scale
+                if accumulate:
+                    s += out[m]
+                out[m] = s
+                m += step
 
+        return threads
 
-@functools.lru_cache(maxsize=None)
-def _sum_block_kernel(tpb, cw):
-    """The second pass for few columns: a block per ``cw`` columns, its
-    ``gl = tpb // cw`` lanes each summing every ``gl``-th partial of a column
-    (consecutive threads read consecutive columns), then a tree over the
-    lanes in shared memory. Fixed order for a given ``tpb``."""
     gl = tpb // cw
 
-    @jit()
-    def sum_cols(partials, out, scale, accumulate):
-        red = cuda.shared.array(tpb, dtype=types.float64)
+    @jit(device=True)
+    def lanes(partials, out, scale, accumulate, b, nb, red):
         tid = cuda.threadIdx.x
         lane = tid // cw
         G = partials.shape[0]
         M = out.shape[0]
-        col0 = cuda.blockIdx.x * cw
+        col0 = b * cw
         while col0 < M:  # the same trip count for the whole block
             c = col0 + tid - lane * cw
             s = 0.0
@@ -727,12 +729,54 @@ def _sum_block_kernel(tpb, cw):
                     v += out[c]
                 out[c] = v
             cuda.syncthreads()
-            col0 += cuda.gridDim.x * cw
+            col0 += nb * cw
 
-    return sum_cols
+    return lanes
 
 
-def sum_partials(partials, out, scale=1.0, accumulate=False):
+@functools.lru_cache(maxsize=None)
+def _sum_kernel(tpb, cw):
+    """The second pass over one set of partials (see :func:`_column_sums_fn`)."""
+    columns = _column_sums_fn(tpb, cw)
+
+    @jit()
+    def sum_partials(partials, out, scale, accumulate):
+        red = cuda.shared.array(tpb, dtype=types.float64)
+        columns(partials, out, scale, accumulate, cuda.blockIdx.x, cuda.gridDim.x, red)
+
+    return sum_partials
+
+
+@functools.lru_cache(maxsize=None)
+def _sum_pair_kernel(tpb, cw_a, cw_b):
+    """The second passes over two sets of partials in one launch: the first
+    ``blocks_a`` blocks sum the first set, the others the second (each as
+    :func:`_column_sums_fn`; a block's branch is the same for all its
+    threads)."""
+    columns_a, columns_b = _column_sums_fn(tpb, cw_a), _column_sums_fn(tpb, cw_b)
+
+    @jit()
+    def sum_partials_pair(pa, oa, sa, acc_a, pb, ob, sb, acc_b, blocks_a):
+        red = cuda.shared.array(tpb, dtype=types.float64)
+        b = cuda.blockIdx.x
+        if b < blocks_a:
+            columns_a(pa, oa, sa, acc_a, b, blocks_a, red)
+        else:
+            columns_b(pb, ob, sb, acc_b, b - blocks_a, cuda.gridDim.x - blocks_a, red)
+
+    return sum_partials_pair
+
+
+def _sum_plan(partials, out, tpb):
+    """(cw, blocks) of the second pass over ``partials`` into ``out``."""
+    m = out.shape[0]
+    if m <= opt.CUDA_SUM_BLOCK_MAX_COLS and partials.shape[0] > 1:
+        cw = min(32, m, tpb)
+        return cw, grid_size(-(-m // cw))
+    return 0, grid_size(-(-m // tpb))
+
+
+def sum_partials(partials, out, scale=1.0, accumulate=False, also=None):
     """``out (+)= scale * partials.sum(axis=0)``: the fixed-order second pass.
 
     ``partials`` is (n_blocks, m) on the device, ``out`` a 1-D device array
@@ -743,16 +787,26 @@ def sum_partials(partials, out, scale=1.0, accumulate=False):
     column are read by a block's threads in parallel; on the first GPU run
     the loss's sum was one thread reading its 528 partials one after the
     other. Wider outputs (split-K products) keep a thread per column.
+
+    ``also``: ``(partials, out, scale, accumulate)`` of a second pass made
+    in the same launch (a gradient's and a loss's partials: one launch
+    fewer), unless ``CUDA_SUM_PAIRS`` is False.
     """
-    m = out.shape[0]
     tpb = opt.CUDA_TPB
-    if m <= opt.CUDA_SUM_BLOCK_MAX_COLS and partials.shape[0] > 1:
-        cw = min(32, m, tpb)
-        launch(_sum_block_kernel(tpb, cw), grid_size(-(-m // cw)), tpb,
-               partials, out, float(scale), bool(accumulate))
+    cw, blocks = _sum_plan(partials, out, tpb)
+    if also is not None and not opt.CUDA_SUM_PAIRS:
+        sum_partials(partials, out, scale, accumulate)
+        partials, out, scale, accumulate = also
+        also = None
+        cw, blocks = _sum_plan(partials, out, tpb)
+    if also is None:
+        launch(_sum_kernel(tpb, cw), blocks, tpb, partials, out, float(scale),
+               bool(accumulate))
         return
-    launch(_sum_kernel(), grid_size(-(-m // tpb)), tpb, partials, out, float(scale),
-           bool(accumulate))
+    pb, ob, sb, acc_b = also
+    cw_b, blocks_b = _sum_plan(pb, ob, tpb)
+    launch(_sum_pair_kernel(tpb, cw, cw_b), blocks + blocks_b, tpb, partials, out,
+           float(scale), bool(accumulate), pb, ob, float(sb), bool(acc_b), blocks)
 
 
 # ---------------------------------------------------------------------------

@@ -677,8 +677,7 @@ def _fused(Xd, yd, W1, b1, W2, b2, flat, loss, plan, sw=None, total=None, work=N
     X_arg, W1_arg = (Xd.reshape(N * D), W1.reshape(D * H)) if opt.CUDA_FUSED_FLAT else (Xd, W1)
     rt.launch(kernel, blocks, plan["T"], X_arg, yd, sw if weighted else yd, W1_arg, b1, W2, b2,
               inv_n, part, loss_part)
-    rt.sum_partials(part, flat)
-    rt.sum_partials(loss_part.reshape(blocks, 1), loss, 1.0 / n)
+    rt.sum_partials(part, flat, also=(loss_part.reshape(blocks, 1), loss, 1.0 / n, False))
 
 
 # ---------------------------------------------------------------------------
@@ -704,10 +703,11 @@ def _layered(Xd, yd, W1, b1, W2, b2, dW1, db1, dW2, db2, loss, chunk_rows, sw=No
         _gemm.matmul(A, W2, Z, epi=_gemm.EPI_BIAS, bias=b2, work=work)
         loss_part, col_part = softmax_ce_device(Z, yc, Z, colsum=True, n_total=n,
                                                 sw=None if sw is None else sw[r0:r1], work=work)
-        rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 1.0 / n, acc)
+        loss_sum = (loss_part.reshape(loss_part.shape[0], 1), loss, 1.0 / n, acc)
         if col_part is not None:
-            rt.sum_partials(col_part, db2, 1.0, acc)
+            rt.sum_partials(col_part, db2, 1.0, acc, also=loss_sum)
         else:
+            rt.sum_partials(*loss_sum)
             column_sums(Z, db2, accumulate=acc, work=work)
         _gemm.matmul(A, Z, dW2, ta=True, accumulate=acc, work=work)
         _gemm.matmul(Z, W2, A, tb=True, epi=_gemm.EPI_DSIGMOID, aux=A, use_library=False,

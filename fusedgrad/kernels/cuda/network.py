@@ -113,10 +113,11 @@ def _layered(Xd, yd, rows, Ws, bs, activation, dWs, dbs, loss, work, sw=None, to
         _gemm.matmul(prev, Ws[-1], Z, epi=_gemm.EPI_BIAS, bias=bs[-1], work=work)
         loss_part, col_part = softmax_ce_device(Z, yc, Z, colsum=True, n_total=n,
                                                 sw=None if sw is None else sw[r0:r1], work=work)
-        rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 1.0 / n, acc)
+        loss_sum = (loss_part.reshape(loss_part.shape[0], 1), loss, 1.0 / n, acc)
         if col_part is not None:
-            rt.sum_partials(col_part, dbs[-1], 1.0, acc)
+            rt.sum_partials(col_part, dbs[-1], 1.0, acc, also=loss_sum)
         else:
+            rt.sum_partials(*loss_sum)
             column_sums(Z, dbs[-1], accumulate=acc, work=work)
         delta = Z
         for l in range(L - 1, -1, -1):

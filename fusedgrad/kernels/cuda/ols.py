@@ -264,17 +264,18 @@ def loss_grad_device(Xd, yd, wd, grad, loss, work=None):
         loss_part = rt.buffer(work, "ols.loss_part", (blocks,), np.float64)
         grad_part = rt.buffer(work, "ols.grad_part", (blocks, d), dtype)
         rt.launch(kernel, blocks, tpb, Xf, yd, wd, loss_part, grad_part)
-        rt.sum_partials(grad_part, grad, -1.0 / N)
-    else:
-        Xw = rt.buffer(work, "ols.Xw", (N, 1), dtype)
-        _gemm.matmul(Xd, wd.reshape(d, 1), Xw, work=work)
-        rn = rt.buffer(work, "ols.residuals", (N, 1), dtype)
-        blocks = rt.grid_size(-(-N // tpb))
-        loss_part = rt.buffer(work, "ols.loss_part", (blocks,), np.float64)
-        inv_n = dtype.type(1.0) / dtype.type(N)
-        rt.launch(_residual_kernel(dtype, tpb, shuffle), blocks, tpb, Xw, yd, rn, inv_n, loss_part)
-        _gemm.matmul(Xd, rn, grad.reshape(d, 1), ta=True, work=work)
-    rt.sum_partials(loss_part.reshape(loss_part.shape[0], 1), loss, 0.5 / N)
+        rt.sum_partials(grad_part, grad, -1.0 / N,
+                        also=(loss_part.reshape(blocks, 1), loss, 0.5 / N, False))
+        return
+    Xw = rt.buffer(work, "ols.Xw", (N, 1), dtype)
+    _gemm.matmul(Xd, wd.reshape(d, 1), Xw, work=work)
+    rn = rt.buffer(work, "ols.residuals", (N, 1), dtype)
+    blocks = rt.grid_size(-(-N // tpb))
+    loss_part = rt.buffer(work, "ols.loss_part", (blocks,), np.float64)
+    inv_n = dtype.type(1.0) / dtype.type(N)
+    rt.launch(_residual_kernel(dtype, tpb, shuffle), blocks, tpb, Xw, yd, rn, inv_n, loss_part)
+    _gemm.matmul(Xd, rn, grad.reshape(d, 1), ta=True, work=work)
+    rt.sum_partials(loss_part.reshape(blocks, 1), loss, 0.5 / N)
 
 
 def gram(X, y, *, check_finite=True):
