@@ -148,6 +148,10 @@ def calls(n=512):
         W1, b1, W2, b2 = dev(d, h), dev(h), dev(h, K), dev(K)
         out.append((f"mlp_loss_grad {d}, {h}, {K}", lambda X=X, y=y, W1=W1, b1=b1, W2=W2, b2=b2:
                     kc.mlp_loss_grad(X, y, W1, b1, W2, b2, check_finite=False)))
+        if d == 64:
+            out.append((f"mlp_loss_grad {d}, {h}, {K}, check_finite",
+                        lambda X=X, y=y, W1=W1, b1=b1, W2=W2, b2=b2:
+                        kc.mlp_loss_grad(X, y, W1, b1, W2, b2)))
         if d <= 64:
             flat, loss, work = dev(d * h + h + h * K + K), dev(1), {}
             out.append((f"mlp.loss_grad_device {d}, {h}, {K} (a training step)",

@@ -231,6 +231,18 @@ def test_check_kernels_count_exactly(seed, unroll):
         flags = cuda.to_device(np.zeros(1, np.int64))
         count_nonfinite[4, 8](cuda.to_device(np.full(n, np.inf)), flags, 0)
         assert flags.copy_to_host()[0] == n
+    # up to four arrays a launch (the unused arguments repeat the first):
+    # each array's count into its own slot, whatever the sizes
+    group = rt._check_group_kernel(8, unroll)
+    sizes = (600, 1, 129, 32)
+    arrays = [np.full(n, np.inf) for n in sizes]
+    arrays[2][::3] = 0.0
+    counts = [n if j != 2 else n - len(range(0, n, 3)) for j, n in enumerate(sizes)]
+    for k in (1, 2, 3, 4):
+        flags = cuda.to_device(np.full(6, 5, np.int64))
+        dev = [cuda.to_device(a) for a in arrays[:k]]
+        group[4, 8](*(dev + dev[:1] * (4 - k)), np.int64(k), flags, 1)
+        assert flags.copy_to_host().tolist() == [5] + [5 + c for c in counts[:k]] + [5] * (5 - k)
 
 
 def test_block_reductions_back_to_back():
@@ -696,6 +708,27 @@ def test_nonfinite_input(on_device):
     # check_finite=False: no check, NaN flows through as in the CPU kernel
     loss, dZ = kc.softmax_cross_entropy(put(Z), [0], check_finite=False)
     assert np.isnan(loss)
+
+
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_nonfinite_in_each_device_input(monkeypatch, group):
+    """Every input on the device, their NaN/inf counts made ``group`` arrays a
+    launch (``CUDA_CHECK_GROUP``): a NaN or inf in any one of them, at its
+    first or last element, raises naming that one; clean inputs pass. With 4,
+    mlp_loss_grad's five inputs take two launches, the first of them four
+    arrays of different sizes."""
+    monkeypatch.setattr(opt, "CUDA_CHECK_GROUP", group)
+    args = dict(zip(("X", "y", "W1", "b1", "W2", "b2"), _mlp_args()))
+    names = ["X", "W1", "b1", "W2", "b2"]
+    want = kc.mlp_loss_grad(*(rt.cuda.to_device(v) for v in args.values()))[0]
+    np.testing.assert_allclose(want, ref.mlp_loss_grad(*args.values())[0], rtol=1e-10)
+    for name in names:
+        for where, value in ((0, np.nan), (-1, np.inf)):
+            bad = dict(args)
+            bad[name] = args[name].copy()
+            bad[name].reshape(-1)[where] = value
+            with pytest.raises(ValueError, match=f"^{name} contains NaN or infinity"):
+                kc.mlp_loss_grad(*(rt.cuda.to_device(v) for v in bad.values()))
 
 
 LABEL_PATHS = ["softmax staged", "softmax per-row", "mlp fused", "mlp fused first",
@@ -1401,7 +1434,9 @@ def test_cuda_host_cost_runs():
     wrappers, launch_code, slicing = proc.stdout.strip().split("\n\n")
     assert slicing.startswith("a row slice")
     rows = {line[:58].strip(): line[58:].split() for line in wrappers.splitlines()[1:]}
-    assert len(rows) == 13
+    assert len(rows) == 14
+    # the five inputs' NaN/inf counts in two launches, the fused kernel, its sums
+    assert rows["mlp_loss_grad 64, 128, 10, check_finite"][1:3] == ["4,", "3"]
     # the second table: the same calls' launches replayed on numba's launch
     # code and on rt.launch, which must pack every one of them itself
     replayed = {line[:58].strip(): [float(v) for v in line[58:].split()]

@@ -187,6 +187,12 @@ CUDA_LABELS_IN_KERNEL = True
 #: measured on a GPU yet (``benchmarks/gpu_check.py`` times both).
 CUDA_CHECK_UNROLL = 8
 
+#: Arrays whose NaN/inf counts one launch makes (``check_finite`` on device
+#: inputs; at most 4, of one dtype): ``mlp_loss_grad``'s five inputs take two
+#: launches instead of five. 1: a launch each, as before. Not measured on a
+#: GPU yet.
+CUDA_CHECK_GROUP = 4
+
 #: Launch kernels through ``cuda._runtime.launch``, which packs a launch's
 #: arguments itself (about 0.5 us an array on a 2-core VM) instead of numba's
 #: per-launch typing and argument marshalling (about 6 us an array there,

@@ -444,24 +444,16 @@ def rows(a, start, stop):
 
 
 @functools.lru_cache(maxsize=None)
-def _check_kernels(tpb, unroll=1):
-    """Kernels that count non-finite values and out-of-range labels.
+def _count_nonfinite_fn(tpb, U):
+    """Device function ``count_block(a, flags, slot, buf)``: ``flags[slot]
+    +=`` the number of NaN/inf in the 1-D ``a``, over a grid-stride loop of
+    ``U`` elements a round (see :func:`_check_kernels`); block partial counts
+    in the shared ``buf`` (``tpb`` int64), one integer atomic per block
+    (exact, order-free). Ends with a barrier after which only thread 0 reads
+    ``buf[0]``, so the calls can follow one another on one buffer."""
 
-    ``unroll`` (``CUDA_CHECK_UNROLL``): elements of ``a`` a thread tests per
-    round of the NaN count's grid-stride loop, on unsigned offsets. SASS
-    (sm_90, float32): with 8, a round's 8 loads are issued back to back, 7.6
-    instructions an element, 30 registers; the plain loop (1), which LLVM
-    unrolls 16 times, interleaves its loads with signed 64-bit index code,
-    16 instructions an element, 54 registers (its grid: 4 blocks of 256 per
-    multiprocessor; the unrolled one's: as many as fit, 8).
-    """
-    U = int(unroll)
-
-    @jit()
-    def count_nonfinite(a, flags, slot):
-        # a: 1-D; flags[slot] += number of NaN/inf. Block partial counts in
-        # shared memory, one integer atomic per block (exact, order-free).
-        buf = cuda.shared.array(tpb, types.int64)
+    @jit(device=True)
+    def count_block(a, flags, slot, buf):
         tid = cuda.threadIdx.x
         count = 0
         if U == 1:
@@ -493,6 +485,50 @@ def _check_kernels(tpb, unroll=1):
             s //= 2
         if tid == 0 and buf[0] > 0:
             cuda.atomic.add(flags, slot, buf[0])
+
+    return count_block
+
+
+@functools.lru_cache(maxsize=None)
+def _check_group_kernel(tpb, unroll):
+    """The NaN/inf count of up to four 1-D arrays of one type in one launch:
+    ``flags[slot + j] +=`` the count of ``a_j`` for ``j < k`` (the unused
+    arguments repeat ``a0``)."""
+    count_block = _count_nonfinite_fn(tpb, int(unroll))
+
+    @jit()
+    def count_nonfinite_group(a0, a1, a2, a3, k, flags, slot):
+        buf = cuda.shared.array(tpb, types.int64)
+        count_block(a0, flags, slot, buf)
+        if k > 1:
+            count_block(a1, flags, slot + 1, buf)
+        if k > 2:
+            count_block(a2, flags, slot + 2, buf)
+        if k > 3:
+            count_block(a3, flags, slot + 3, buf)
+
+    return count_nonfinite_group
+
+
+@functools.lru_cache(maxsize=None)
+def _check_kernels(tpb, unroll=1):
+    """Kernels that count non-finite values and out-of-range labels.
+
+    ``unroll`` (``CUDA_CHECK_UNROLL``): elements of ``a`` a thread tests per
+    round of the NaN count's grid-stride loop, on unsigned offsets. SASS
+    (sm_90, float32): with 8, a round's 8 loads are issued back to back, 7.6
+    instructions an element, 30 registers; the plain loop (1), which LLVM
+    unrolls 16 times, interleaves its loads with signed 64-bit index code,
+    16 instructions an element, 54 registers (its grid: 4 blocks of 256 per
+    multiprocessor; the unrolled one's: as many as fit, 8).
+    """
+    count_block = _count_nonfinite_fn(tpb, int(unroll))
+
+    @jit()
+    def count_nonfinite(a, flags, slot):
+        # a: 1-D; flags[slot] += number of NaN/inf
+        buf = cuda.shared.array(tpb, types.int64)
+        count_block(a, flags, slot, buf)
 
     @jit()
     def label_range(y, n_classes, flags, slot):
@@ -1040,23 +1076,19 @@ def prepare(specs, check_finite=True, labels=None, indices=None, labels_in_kerne
         init += [0, _I64_MAX, _I64_MIN]
     if init:
         flags = to_device(np.array(init, dtype=np.int64))
-    count_nonfinite, label_range = _check_kernels(opt.CUDA_TPB, opt.CUDA_CHECK_UNROLL)
+    _, label_range = _check_kernels(opt.CUDA_TPB, opt.CUDA_CHECK_UNROLL)
     tpb = opt.CUDA_TPB
     slot = 0
+    counted = []  # (flat device array, its slot)
     for i, ((name, _, _), a) in enumerate(zip(specs, values)):
         if not check_finite:
             continue
         if on_device[i]:
             flat = _contiguous(a)
-            flat = flat.reshape(flat.size)
-            if opt.CUDA_CHECK_UNROLL > 1:
-                blocks = resident_grid(count_nonfinite, (flat, flags, slot), tpb,
-                                       -(-flat.size // (tpb * opt.CUDA_CHECK_UNROLL)))
-            else:
-                blocks = grid_size(-(-flat.size // tpb))
-            launch(count_nonfinite, blocks, tpb, flat, flags, slot)
+            counted.append((flat.reshape(flat.size), slot))
             device_checks.append(("finite", name, slot))
             slot += 1
+    _count_nonfinite(counted, flags)
     if y_device and not defer:
         launch(label_range, grid_size(-(-y.shape[0] // tpb)), tpb,
                y, np.int64(sizes[labels[3]]), flags, slot)
@@ -1100,6 +1132,35 @@ def prepare(specs, check_finite=True, labels=None, indices=None, labels_in_kerne
     host = not any(on_device) and not y_device and not idx_device
     return Inputs(arrays, y, host, dtype, sizes, idx,
                   (labels[0], sizes[labels[3]]) if defer else None)
+
+
+def _count_nonfinite(counted, flags):
+    """Launch the NaN/inf counts of ``counted`` (``(flat, slot)`` pairs, slots
+    consecutive): up to ``CUDA_CHECK_GROUP`` arrays of one dtype a launch
+    (four at most), else one each."""
+    tpb, U = opt.CUDA_TPB, opt.CUDA_CHECK_UNROLL
+    group = min(4, int(opt.CUDA_CHECK_GROUP))
+    count_nonfinite, _ = _check_kernels(tpb, U)
+    i = 0
+    while i < len(counted):
+        flat, slot = counted[i]
+        k = 1
+        while (k < group and i + k < len(counted)
+               and counted[i + k][0].dtype == flat.dtype):
+            k += 1
+        work = max(a.size for a, _ in counted[i:i + k])
+        if k > 1:
+            kernel = _check_group_kernel(tpb, U)
+            arrays = [a for a, _ in counted[i:i + k]] + [flat] * (4 - k)
+            args = (*arrays, k, flags, slot)
+        else:
+            kernel, args = count_nonfinite, (flat, flags, slot)
+        if U > 1:
+            blocks = resident_grid(kernel, args, tpb, -(-work // (tpb * U)))
+        else:
+            blocks = grid_size(-(-work // tpb))
+        launch(kernel, blocks, tpb, *args)
+        i += k
 
 
 def check_labels(name, y, n_classes):
