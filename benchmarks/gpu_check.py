@@ -829,6 +829,8 @@ def run_ablations(smoke, quick, rows):
             lambda: kc.ols_loss_grad(X, yv, w), nbytes)
         add(group, "one pass, inputs checked, one load a round, 4 blocks/SM (as before)",
             lambda: kc.ols_loss_grad(X, yv, w), nbytes, {"CUDA_CHECK_UNROLL": 1})
+        add(group, "one pass, inputs checked, a launch per input (CUDA_CHECK_GROUP=1)",
+            lambda: kc.ols_loss_grad(X, yv, w), nbytes, {"CUDA_CHECK_GROUP": 1})
         del X
 
     # The thin kernels (added 2026-11-27, not yet timed: B in shared memory,
