@@ -346,13 +346,7 @@ def measure(fn, calls, rounds=5):
     COPIES.clear()
     fn()
     launches, copies = list(LAUNCHES), list(COPIES)
-    best = math.inf
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - t) / calls)
-    return best, launches, copies
+    return best_of(fn, rounds, calls), launches, copies
 
 
 def main(argv=None):

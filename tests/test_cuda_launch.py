@@ -90,20 +90,14 @@ else:
         return kernel
 
     def same(a, b):
-        """Two recorded launches hand the driver the same thing."""
-        if {k: v for k, v in a.items() if k != "params"} != \
-                {k: v for k, v in b.items() if k != "params"}:
-            return False
-        if len(a["params"]) != len(b["params"]):
-            return False
-        for x, y in zip(a["params"], b["params"]):
-            if type(x) is not type(y):
-                return False
-            if isinstance(x, ctypes._SimpleCData):
-                x, y = x.value, y.value
-            if not (x == y or (x != x and y != y)):
-                return False
-        return True
+        """Two recorded launches hand the driver the same thing: the same
+        configuration, and parameters of the same types and values."""
+        def canonical(call):
+            params = [(type(x), x.value if isinstance(x, ctypes._SimpleCData) else x)
+                      for x in call["params"]]
+            return {k: v for k, v in call.items() if k != "params"}, params
+
+        return canonical(a) == canonical(b)
 
     def numba_launch(kernel, grid, block, *args):
         with pytest.MonkeyPatch.context() as m:
