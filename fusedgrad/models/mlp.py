@@ -1507,7 +1507,7 @@ class MLPClassifier(ClassifierMixin, BaseModel):
                             progress.batch(stop)
                             continue
                     # rt.rows: a device array's rows without numba's slicing
-                    # (about 20 us a slice on a 2-core VM; a full batch takes
+                    # (about 13 us a slice on a 2-core VM, 5 by rt.rows; a full batch takes
                     # the buffers whole)
                     if rows_d is not None:
                         batch_rows = rt.rows(rows_d, start, stop)
