@@ -373,9 +373,10 @@ def _launcher(kernel, config, args):
         for ty, a in zip(compiled.argument_types, args):
             compiled._prepare_args(ty, a, config.stream, retr, numbas)
         compiled._codelibrary.get_cufunc  # noqa: B018 (launch() calls it)
+        ours = _pack(packers, args)
     except (AttributeError, NotImplementedError):  # numba-cuda's internals moved
         return None
-    if not _same_params(_pack(packers, args), numbas):
+    if not _same_params(ours, numbas):
         return None
     return compiled, packers
 
