@@ -211,11 +211,12 @@ def fit(solver):
     return run
 
 
-def launch_costs(labelled, rounds=5):
+def launch_costs(labelled, rounds=5, launches=4000):
     """(label, launches, us of numba's launches, us of ``rt.launch``'s,
     launches ``rt.launch`` packs itself) for one call of each ``(label, fn,
     per)`` (the costs divided by ``per``): the call's launches, recorded from
-    the stand-ins, replayed on numba's own dispatchers and launch code.
+    the stand-ins, replayed on numba's own dispatchers and launch code (about
+    ``launches`` launches a round each way).
 
     The kernels are shells of numba's compiled kernels (nothing is compiled),
     the device arrays numba's over made-up addresses (a recorded buffer is
@@ -285,7 +286,7 @@ def launch_costs(labelled, rounds=5):
         rt._LAUNCHERS.clear()
         fast_launches()  # numba's launch, and the self-check of each key
         keys = set(rt._LAUNCHERS)
-        calls = max(1, 4000 // len(plan))
+        calls = max(1, launches // len(plan))
         numba_us = best_of(numba_launches, rounds, calls) / per * 1e6
         fast_us = best_of(fast_launches, rounds, calls) / per * 1e6
         assert set(rt._LAUNCHERS) == keys
@@ -369,7 +370,7 @@ def main(argv=None):
     labelled = [(label, fn, 1) for label, fn in calls()]
     labelled += [(f"MLPClassifier.fit {solver}, batch 200, a step", fit(solver), 200)
                  for solver in ("sgd", "adam")]
-    for label, launches, numba_us, fast_us, packed in launch_costs(labelled):
+    for label, launches, numba_us, fast_us, packed in launch_costs(labelled, launches=2 * args.reps):
         print(f"{label:<58} {launches:8.2f} {numba_us:9.1f} {fast_us:12.1f} "
               f"{numba_us / fast_us:6.1f}  {packed:.2f}")
     print()
