@@ -324,3 +324,25 @@ else:
         assert all(rt._LAUNCHERS.values())
         assert driver[-1]["cooperative"] == ("old name", False)
         assert same(driver[-2], driver[-1])
+
+    def test_small_grids_do_not_warn(driver):
+        """numba warns about a grid of fewer than 128 blocks when it is
+        configured; the wrappers' launches (second passes, small calls) use
+        such grids on purpose and do not pass the warning on. The user's own
+        ``kernel[grid, block]`` keeps it."""
+        import warnings
+
+        @cuda.jit
+        def kernel(a):
+            pass
+
+        a = device(4)
+        compiled(kernel, *typed((a,)))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for grid in (1, 2, 1, (3, 1)):
+                rt.launch(kernel, grid, 32, a)
+            assert not [w for w in caught if "under-utilization" in str(w.message)]
+            kernel[5, 32](a)
+            assert [w for w in caught if "under-utilization" in str(w.message)]
+        assert len(driver) == 5

@@ -26,6 +26,7 @@ import importlib.util
 import math
 import numbers
 import types as types_module
+import warnings
 
 import numpy as np
 from numba import types
@@ -381,13 +382,37 @@ def _launcher(kernel, config, args):
     return compiled, packers
 
 
+_CONFIGS = {}  # (kernel, grid, block) -> kernel[grid, block]
+
+
+def _configured(kernel, grid, block):
+    """``kernel[grid, block]``, kept. numba warns when it configures a grid
+    of fewer than 128 blocks ("will likely result in GPU under-utilization");
+    the wrappers' second passes and small calls use such grids on purpose,
+    so the warning is silenced for them (for the configuration only, once
+    per kernel and grid; the user's own kernels keep numba's warning)."""
+    key = (kernel, grid, block)
+    try:
+        config = _CONFIGS.get(key)
+    except TypeError:  # a list for a grid: not kept
+        return kernel[grid, block]
+    if config is None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Grid size .* under-utilization")
+            config = kernel[grid, block]
+        if len(_CONFIGS) >= 4096:
+            _CONFIGS.clear()
+        _CONFIGS[key] = config
+    return config
+
+
 def launch(kernel, grid, block, *args):
     """``kernel[grid, block](*args)``, with the arguments packed by this
     module once numba has compiled the kernel for their types (see the
     comment above; ``CUDA_FAST_LAUNCH``). Anything but numba's own dispatcher
     and device arrays (the simulator's kernels, CuPy or PyTorch arrays, the
     benchmarks' stand-ins) goes through ``kernel[grid, block]``."""
-    config = kernel[grid, block]
+    config = _configured(kernel, grid, block)
     dispatcher_type, device_array, nb_dispatcher = _FAST_TYPES or _fast_types()
     if type(kernel) is not dispatcher_type or not opt.CUDA_FAST_LAUNCH:
         config(*args)
