@@ -386,7 +386,7 @@ _CONFIGS = {}  # (kernel, grid, block) -> kernel[grid, block]
 
 
 def _configured(kernel, grid, block):
-    """``kernel[grid, block]``, kept. numba warns when it configures a grid
+    """``kernel[grid, block]`` of numba's dispatcher, kept. numba warns when it configures a grid
     of fewer than 128 blocks ("will likely result in GPU under-utilization");
     the wrappers' second passes and small calls use such grids on purpose,
     so the warning is silenced for them (for the configuration only, once
@@ -412,9 +412,12 @@ def launch(kernel, grid, block, *args):
     comment above; ``CUDA_FAST_LAUNCH``). Anything but numba's own dispatcher
     and device arrays (the simulator's kernels, CuPy or PyTorch arrays, the
     benchmarks' stand-ins) goes through ``kernel[grid, block]``."""
-    config = _configured(kernel, grid, block)
     dispatcher_type, device_array, nb_dispatcher = _FAST_TYPES or _fast_types()
-    if type(kernel) is not dispatcher_type or not opt.CUDA_FAST_LAUNCH:
+    if type(kernel) is not dispatcher_type:  # the simulator's configures itself
+        kernel[grid, block](*args)
+        return
+    config = _configured(kernel, grid, block)
+    if not opt.CUDA_FAST_LAUNCH:
         config(*args)
         return
     key = [kernel]
