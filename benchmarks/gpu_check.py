@@ -31,6 +31,10 @@ GPU image has, so a numpy 2.4.x wheel for Python 3.12 travels with the tree:
    card, the date and the commit. A lent machine may not be lent twice in a
    session: plan on this one run. Optionally, if time is left, after the
    script: ``FUSEDGRAD_TEST_GPU=1 python3 -m pytest -q -m gpu tests/test_cuda.py``.
+   Every launch goes through ``rt.launch``, untimed on a GPU before the next
+   run; should checks fail, ``--option CUDA_FAST_LAUNCH=False`` (any option of
+   ``fusedgrad.kernels._options``, repeatable) reruns them on numba's own
+   launch, and the log's last line says which launch keys it packed.
 
 What it does:
 
