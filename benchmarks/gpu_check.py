@@ -34,7 +34,7 @@ GPU image has, so a numpy 2.4.x wheel for Python 3.12 travels with the tree:
    Every launch goes through ``rt.launch``, untimed on a GPU before the next
    run; should checks fail, ``--option CUDA_FAST_LAUNCH=False`` (any option of
    ``fusedgrad.kernels._options``, repeatable) reruns them on numba's own
-   launch, and the log's last line says which launch keys it packed.
+   launch; the log's ``rt.launch:`` line near its end says which keys it packed.
 
 What it does:
 
