@@ -191,15 +191,26 @@ def array_type(dtype, ndim):
     return types.Array(numba.from_dtype(np.dtype(dtype)), ndim, "C")
 
 
+def _array_key(a):
+    """An array's dtype, dimensions and layout as numba types a device array:
+    C, F, or A (also for a broadcast axis, of stride 0)."""
+    if a.size and 0 in a.strides:
+        layout = "A"
+    else:
+        flags = a.flags
+        layout = "C" if flags["C_CONTIGUOUS"] else "F" if flags["F_CONTIGUOUS"] else "A"
+    return (a.dtype, a.ndim, layout)
+
+
 def _arg_key(a):
     """What numba's typing of a launch argument depends on, without building
-    a numba type: a numba type as it is; an array's dtype, dimensions and
-    C-contiguity; a scalar's Python type."""
+    a numba type: a numba type as it is; an array's :func:`_array_key`; a
+    scalar's Python type."""
     if isinstance(a, types.Type):
         return a
     if isinstance(a, np.generic) or not hasattr(a, "shape"):
         return type(a)
-    return (a.dtype, len(a.shape), _is_c_contiguous(a))
+    return _array_key(a)
 
 
 def resident_grid(kernel, args, tpb, work, per_sm=None):
@@ -280,20 +291,10 @@ def _fast_types():
 def _launch_arg_key(a, device_array):
     """What numba's typing of a launch argument depends on, exactly (None for
     an argument :func:`launch` leaves to numba): a numba device array's
-    dtype, dimensions and layout (C, F, or A, which numba gives a broadcast
-    one), a Python scalar's type, a NumPy scalar's dtype."""
+    :func:`_array_key`, a Python scalar's type, a NumPy scalar's dtype."""
     t = type(a)
     if t is device_array:
-        ndim = a.ndim
-        if not ndim:
-            return None
-        strides = a.strides
-        if a.size and 0 in strides:
-            layout = "A"
-        else:
-            flags = a.flags
-            layout = "C" if flags["C_CONTIGUOUS"] else "F" if flags["F_CONTIGUOUS"] else "A"
-        return (a.dtype, ndim, layout)
+        return _array_key(a) if a.ndim else None
     if t is float or t is bool:
         return t
     if t is int:
