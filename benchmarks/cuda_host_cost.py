@@ -229,6 +229,7 @@ def launch_costs(labelled, rounds=5, launches=4000):
     import ctypes
 
     import numba.cuda.dispatcher as nb_dispatcher
+    from numba import types as nbtypes
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
     from numba.cuda.cudadrv.driver import MemoryPointer
     from numba.cuda.typing import signature
@@ -269,7 +270,7 @@ def launch_costs(labelled, rounds=5, launches=4000):
             sig = tuple(kernel.typeof_pyval(a) for a in args)
             if sig not in kernel.overloads:
                 kernel.add_overload(nb_dispatcher._Kernel._rebuild(
-                    cooperative=False, name=fn_.__name__, signature=signature(types_none(), *sig),
+                    cooperative=False, name=fn_.__name__, signature=signature(nbtypes.none, *sig),
                     codelibrary=lib, debug=False, lineinfo=False, call_helper=None,
                     extensions=[]), sig)
             plan.append((kernel, grid, block, args))
@@ -290,8 +291,9 @@ def launch_costs(labelled, rounds=5, launches=4000):
         numba_us = best_of(numba_launches, rounds, calls) / per * 1e6
         fast_us = best_of(fast_launches, rounds, calls) / per * 1e6
         assert set(rt._LAUNCHERS) == keys
+        device_array = rt._fast_types()[1]
         packed = sum(1 for kernel, grid, block, args in plan
-                     if rt._LAUNCHERS.get(launch_key(rt, kernel, args)) is not None)
+                     if rt._LAUNCHERS.get(rt._launch_key(kernel, args, device_array)) is not None)
         rows.append((label, len(plan) / per, numba_us, fast_us, packed / per))
     return rows
 
@@ -313,17 +315,6 @@ def slice_costs(calls=5000):
     numba_us = best_of(lambda: a._do_getitem(slice(400, 600)), 5, calls) * 1e6
     rows_us = best_of(lambda: rt.rows(a, 400, 600), 5, calls) * 1e6
     return numba_us, rows_us
-
-
-def types_none():
-    from numba import types
-
-    return types.none
-
-
-def launch_key(rt, kernel, args):
-    _, device_array, _ = rt._fast_types()
-    return (kernel,) + tuple(rt._launch_arg_key(a, device_array) for a in args)
 
 
 def best_of(fn, rounds, calls):
@@ -370,7 +361,8 @@ def main(argv=None):
     labelled = [(label, fn, 1) for label, fn in calls()]
     labelled += [(f"MLPClassifier.fit {solver}, batch 200, a step", fit(solver), 200)
                  for solver in ("sgd", "adam")]
-    for label, launches, numba_us, fast_us, packed in launch_costs(labelled, launches=2 * args.reps):
+    rows = launch_costs(labelled, launches=2 * args.reps)
+    for label, launches, numba_us, fast_us, packed in rows:
         print(f"{label:<58} {launches:8.2f} {numba_us:9.1f} {fast_us:12.1f} "
               f"{numba_us / fast_us:6.1f}  {packed:.2f}")
     print()

@@ -304,6 +304,17 @@ def _launch_arg_key(a, device_array):
     return None
 
 
+def _launch_key(kernel, args, device_array):
+    """:func:`launch`'s key of a kernel and its arguments, or None."""
+    key = [kernel]
+    for a in args:
+        k = _launch_arg_key(a, device_array)
+        if k is None:
+            return None
+        key.append(k)
+    return tuple(key)
+
+
 def _packers(argtypes):
     """How :func:`launch` packs each argument of a kernel compiled for
     ``argtypes``, as numba's ``_Kernel._prepare_args`` does; None if one is
@@ -421,14 +432,10 @@ def launch(kernel, grid, block, *args):
     if not opt.CUDA_FAST_LAUNCH:
         config(*args)
         return
-    key = [kernel]
-    for a in args:
-        k = _launch_arg_key(a, device_array)
-        if k is None:
-            config(*args)
-            return
-        key.append(k)
-    key = tuple(key)
+    key = _launch_key(kernel, args, device_array)
+    if key is None:
+        config(*args)
+        return
     entry = _LAUNCHERS.get(key, _MISSING)
     if entry is _MISSING:
         config(*args)  # compiles the kernel for these types if need be
